@@ -1,0 +1,29 @@
+"""The task registry: task presets are YAML files in config/tasks/ (see utility/tasks.py).
+
+``python pkgs/FTE/finetuning_tasks.py`` lists them; ``... NAME`` shows one resolved (size variants too).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from utility.tasks import available_tasks, load_task  # noqa: E402,F401
+
+
+def _main(argv: list[str]) -> int:
+    import yaml
+
+    if not argv:
+        for name in available_tasks():
+            t = load_task(name)
+            print(f"{name:16s} {t.type:10s} {t.description}")
+        print("\nEvery task also has size variants: NAME-M (50%), -S (10%), -XS (1%), -XXS (0.1%) of train.")
+        return 0
+    print(yaml.safe_dump(load_task(argv[0]).model_dump(mode="json", by_alias=True), sort_keys=False))
+    return 0
+
+
+if __name__ == "__main__":
+    from utility.entry import run_entry
+
+    sys.exit(run_entry(_main))

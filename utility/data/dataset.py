@@ -1,0 +1,84 @@
+"""Dataset: index -> load -> conform channels -> resize -> normalise -> (cache) -> sample dict.
+
+Random augmentation is not done here: it runs batched on the training device (utility/augment.py),
+so what this class returns is deterministic and can be cached.
+
+A sample is ``{"image": float32 [C,H,W], "target": ..., "index": int, "valid": bool, "bad": str}``.
+``valid`` is False for an unreadable file (a zero image stands in so batch shapes hold) and, with
+``test_nan_inf``, for an image holding NaN/Inf; the step drops invalid samples from loss and metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utility.data.cache import SharedStore
+from utility.data.index import Split
+from utility.data.io import UnreadableImage, read_image
+from utility.data.preprocess import conform_channels, normalize, resize, value_range_of
+from utility.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The deterministic part of the pipeline (its fields key the cache)."""
+
+    channels: int
+    shape: tuple[int, int]
+    normalizer: str
+    window: tuple[float, float] | None = None
+
+    def __call__(self, arr: np.ndarray) -> torch.Tensor:
+        vr = value_range_of(arr)
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+        x = conform_channels(x, self.channels).contiguous()
+        x = resize(x, self.shape)
+        return normalize(x, self.normalizer, self.window, vr)
+
+
+class ImageDataset(Dataset):
+    def __init__(self, split: Split, prep: Preprocess, multilabel: bool, num_classes: int,
+                 cache: SharedStore | None = None, debug: bool = False, test_nan_inf: bool = True) -> None:
+        self.split = split
+        self.prep = prep
+        self.multilabel = multilabel
+        self.num_classes = num_classes
+        self.cache = cache
+        self.debug = debug
+        self.test_nan_inf = test_nan_inf
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def _target(self, i: int) -> torch.Tensor:
+        t = self.split.targets[i]
+        if self.multilabel:
+            return torch.as_tensor(np.asarray(t, dtype=np.float32))
+        return torch.tensor(int(t), dtype=torch.int64)
+
+    def load(self, i: int) -> tuple[torch.Tensor, str]:
+        """Preprocessed image i and '' or the reason it could not be read."""
+        path: Path = self.split.paths[i]
+        try:
+            arr = read_image(path)
+        except (UnreadableImage, OSError) as exc:
+            if self.debug:
+                raise UserError(f"unreadable image {path}: {exc}") from None
+            return torch.zeros(self.prep.channels, *self.prep.shape), f"unreadable: {exc}"
+        if self.test_nan_inf and not np.isfinite(arr).all():
+            return torch.zeros(self.prep.channels, *self.prep.shape), "nan_inf: image holds NaN or Inf"
+        return self.prep(arr), ""
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        bad = ""
+        x = self.cache.get(i) if self.cache is not None else None
+        if x is None:
+            x, bad = self.load(i)
+            if self.cache is not None and not bad:
+                self.cache.put(i, x)
+        return {"image": x, "target": self._target(i), "index": i, "valid": not bad, "bad": bad}

@@ -1,0 +1,171 @@
+"""Target readers: a function that says what the label of one image is.
+
+Built in: ``folders`` (the class is the first folder below the split dir), ``csv`` (a CSV/TSV of
+path + label(s), multi-label joined by ``|``), ``imagenet`` (train/<wnid>/ folders, val/test labels
+from a solution CSV). A custom reader is one registered function::
+
+    from utility.data.targets import register_target_reader
+
+    @register_target_reader("my_reader")
+    def my_reader(path, ctx):   # ctx.split_dir, ctx.data_dir, ctx.task -> class name/index or list
+        ...
+
+and the task YAML says ``layout: {reader: my_reader}`` (or ``reader: my_module:my_reader``,
+which imports ``my_module`` first).
+"""
+from __future__ import annotations
+
+import csv
+import importlib
+from functools import lru_cache
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from utility.errors import UserError
+from utility.tasks import LayoutSpec, TaskSpec
+
+@dataclass(frozen=True)
+class ReaderContext:
+    """What a target reader may need besides the image path."""
+
+    task: TaskSpec
+    data_dir: Path      # the task's root folder (labels files live here)
+    split_dir: Path     # the folder the image was found under (== data_dir for list/csv splits)
+
+
+TargetReader = Callable[[Path, ReaderContext], Any]
+_READERS: dict[str, TargetReader] = {}
+
+
+def register_target_reader(name: str) -> Callable[[TargetReader], TargetReader]:
+    def deco(fn: TargetReader) -> TargetReader:
+        _READERS[name] = fn
+        return fn
+    return deco
+
+
+def get_target_reader(name: str) -> TargetReader:
+    if name in _READERS:
+        return _READERS[name]
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise UserError(f"target reader '{name}': cannot import module '{module}' ({exc})") from None
+        if attr in _READERS:
+            return _READERS[attr]
+        fn = getattr(mod, attr, None)
+        if callable(fn):
+            return fn
+    raise UserError(f"unknown target reader '{name}'; registered: {', '.join(sorted(_READERS))}")
+
+
+@register_target_reader("folders")
+def folder_target(path: Path, ctx: ReaderContext) -> str:
+    rel = path.relative_to(ctx.split_dir)
+    if len(rel.parts) < 2:
+        raise UserError(f"{path}: with the 'folders' layout every image must be inside a class folder "
+                        f"of {ctx.split_dir}")
+    return rel.parts[0]
+
+
+def _delimiter(path: Path, given: str | None) -> str:
+    if given:
+        return given
+    return "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+
+
+@lru_cache(maxsize=8)
+def read_label_table(path: Path, layout_json: str) -> dict[str, str]:
+    """Map key (basename / relative path / stem) -> raw label text, read once per file."""
+    layout = LayoutSpec.model_validate_json(layout_json)
+    if not path.is_file():
+        raise UserError(f"labels file not found: {path}")
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh, delimiter=_delimiter(path, layout.delimiter)))
+    if not rows:
+        raise UserError(f"labels file {path} is empty")
+    header = rows[0]
+    has_header = layout.header if layout.header is not None else (
+        isinstance(layout.path_column, str) or isinstance(layout.label_column, str)
+        or not any(Path(h).suffix for h in header[:1]))
+
+    def col(spec: int | str) -> int:
+        if isinstance(spec, int):
+            return spec
+        if spec not in header:
+            raise UserError(f"labels file {path} has no column '{spec}' (columns: {', '.join(header)})")
+        return header.index(spec)
+
+    pc, lc = col(layout.path_column), col(layout.label_column)
+    table: dict[str, str] = {}
+    for row in rows[1:] if has_header else rows:
+        if len(row) <= max(pc, lc):
+            continue
+        table[key_for(Path(row[pc]), layout)] = row[lc].strip()
+    return table
+
+
+def key_for(path: Path, layout: LayoutSpec, root: Path | None = None) -> str:
+    if layout.match == "basename":
+        return path.name
+    if layout.match == "stem":
+        return path.name.split(".")[0]
+    if root is not None and path.is_absolute():
+        path = path.relative_to(root)
+    return path.as_posix()
+
+
+def task_file(task: TaskSpec, data_dir: Path, name: str | None, key: str) -> Path:
+    if name is None:
+        raise UserError(f"task {task.name}: layout.{key} is required for reader '{task.layout.reader}'")
+    return data_dir / name
+
+
+@register_target_reader("csv")
+def csv_target(path: Path, ctx: ReaderContext) -> Any:
+    task = ctx.task
+    table = read_label_table(task_file(task, ctx.data_dir, task.layout.labels_file, "labels_file"),
+                             task.layout.model_dump_json())
+    key = key_for(path, task.layout, ctx.data_dir)
+    if key not in table:
+        raise LookupError(f"{path.name} has no row in {task.layout.labels_file}")
+    raw = table[key]
+    if task.type == "multilabel":
+        return [s for s in raw.split(task.layout.label_separator) if s]
+    return raw
+
+
+@register_target_reader("imagenet")
+def imagenet_target(path: Path, ctx: ReaderContext) -> str:
+    parent = path.parent.name
+    if parent.startswith("n") and parent[1:].isdigit():
+        return parent
+    task = ctx.task
+    sol = _solution_table(task_file(task, ctx.data_dir, task.layout.solution_file, "solution_file"))
+    stem = path.name.split(".")[0]
+    if stem not in sol:
+        raise LookupError(f"{path.name} has no row in {task.layout.solution_file}")
+    return sol[stem]
+
+
+@lru_cache(maxsize=4)
+def _solution_table(path: Path) -> dict[str, str]:
+    """LOC_val_solution.csv: ImageId,PredictionString ('n01751748 x y x y ...') -> first wnid."""
+    if not path.is_file():
+        raise UserError(f"ImageNet solution file not found: {path}")
+    out: dict[str, str] = {}
+    with path.open(newline="") as fh:
+        for row in csv.reader(fh):
+            if len(row) >= 2 and row[1].strip() and row[0] != "ImageId":
+                out[row[0].strip()] = row[1].split()[0]
+    return out
+
+
+def read_synsets(path: Path) -> list[str]:
+    """LOC_synset_mapping.txt: 'n01440764 tench, Tinca tinca' per line -> wnids in file order."""
+    if not path.is_file():
+        raise UserError(f"ImageNet class list not found: {path}")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,11 @@
+"""User-facing errors: a mistake by the user ends with one short message and a non-zero exit."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad key, missing folder, wrong checkpoint).
+
+    Entry points print only the message (no traceback) and exit with code 2.
+    """
+
+    exit_code = 2

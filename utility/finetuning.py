@@ -1,0 +1,291 @@
+"""Finetuning: config -> task -> data -> model -> engine -> test with the last and best model.
+
+``pkgs/FTE/finetune.py`` is a thin wrapper around :func:`main`.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from utility.augment import build_augment
+from utility.checkpoint import load_checkpoint, seed_everything
+from utility.classification import ClassificationMethod
+from utility.config import dump_config, load_config
+from utility.data.cache import SharedStore
+from utility.data.dataset import ImageDataset, Preprocess
+from utility.data.index import IndexedTask, index_task
+from utility.distributed import is_main
+from utility.engine import Amp, EpochSampler, Trainer, TrainerOptions
+from utility.entry import CrashLog
+from utility.errors import UserError
+from utility.models import Classifier, build_encoder, count_parameters, load_into_classifier
+from utility.optim import build_optimizer
+from utility.paths import DEFAULT_DATA_ROOT, DEFAULT_OUTPUT_ROOT, REPO_ROOT
+from utility.rundir import write_table
+from utility.schedulers import build_scheduler
+from utility.schemas import FTE_DEPRECATED, FTEConfig
+from utility.tasks import TaskSpec, load_task
+
+# Keys that may change between a run and its resumption without making it a different run.
+RESUME_FREE_KEYS = {"epochs", "num_workers", "prefetch_factor", "verbose", "device", "debug", "log_losses",
+                    "checkpoint_every_steps", "output_root", "data_root", "save_predictions", "opmode"}
+
+
+def resolve_user_path(p: str) -> Path:
+    """Relative paths: the cwd first, then the repository root (where predecessor configs ran)."""
+    path = Path(p).expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    return (REPO_ROOT / path).resolve()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' was asked for but CUDA is not available here; use device: cpu or auto")
+    return torch.device(name)
+
+
+def check_existing_run(run_dir: Path, cfg: FTEConfig) -> Optional[str]:
+    """None for a fresh run; 'resume' to continue; 'done' if the run already finished.
+    A different run under the same name is refused rather than overwritten."""
+    ck_path = run_dir / "checkpoint_last.pt"
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists():
+        old = yaml.safe_load(cfg_path.read_text()) or {}
+        new = cfg.model_dump(mode="json")
+        diffs = [k for k in new if k not in RESUME_FREE_KEYS and k in old and old.get(k) != new[k]]
+        if diffs:
+            shown = "; ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diffs[:4])
+            raise UserError(f"run directory {run_dir} holds a run with a different config ({shown}); "
+                            "choose another name to start a new run (nothing was overwritten)")
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UserError(f"run directory {run_dir} is not empty and holds no run config of ours; "
+                        "choose another name or move it away (nothing was overwritten)")
+    if not ck_path.exists():
+        for stale in ("train.log", "val.log"):  # our own rows from an attempt killed before epoch 1 ended
+            (run_dir / stale).unlink(missing_ok=True)
+        return None
+    ck = load_checkpoint(ck_path)
+    if ck.get("finished") and ck.get("epoch", 0) >= cfg.epochs:
+        return "done"
+    return "resume"
+
+
+@dataclass
+class Data:
+    indexed: IndexedTask
+    loaders: dict[str, DataLoader]
+    datasets: dict[str, ImageDataset]
+
+
+def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device) -> Data:
+    data_root = resolve_user_path(cfg.data_root) if cfg.data_root else DEFAULT_DATA_ROOT
+    indexed = index_task(task, data_root, cfg.seed, cfg.data_format, cfg.folds, cfg.fold, cfg.train_fraction)
+    shape = tuple(cfg.shape_desired or task.shape_desired)
+    prep = Preprocess(channels=3 if (cfg.in_channels or 3) == 3 else 1, shape=shape,  # type: ignore[arg-type]
+                      normalizer=cfg.normalizer or task.normalizer,
+                      window=tuple(cfg.window) if cfg.window else (tuple(task.window) if task.window else None))
+    if prep.normalizer == "windowed" and prep.window is None:
+        raise UserError("normalizer 'windowed' needs window: [low, high] in the config or the task")
+    workers = 0 if cfg.debug else cfg.num_workers
+    datasets, loaders = {}, {}
+    for name in ("train", "val", "test"):
+        split = indexed.splits[name]
+        cache = None
+        if cfg.opmode != "disk":
+            cache = SharedStore(len(split), prep.channels, shape, f"split '{name}'")
+        ds = ImageDataset(split, prep, task.type == "multilabel", indexed.num_classes, cache,
+                          debug=cfg.debug, test_nan_inf=cfg.test_nan_inf)
+        if cfg.opmode == "pre_cache":
+            fill_cache(ds, workers, cfg.batch_size)
+        train = name == "train"
+        sampler = EpochSampler(len(ds), cfg.seed, shuffle=train)
+        extra: dict[str, Any] = {}
+        if workers > 0:
+            extra = {"num_workers": workers, "prefetch_factor": cfg.prefetch_factor or 2}
+        # a last training batch of one sample would break BatchNorm: drop only that case
+        drop_last = train and len(ds) % cfg.batch_size == 1 and len(ds) > 1
+        loaders[name] = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
+                                   pin_memory=device.type == "cuda", **extra)
+        datasets[name] = ds
+    return Data(indexed, loaders, datasets)
+
+
+def fill_cache(ds: ImageDataset, workers: int, batch_size: int) -> None:
+    """pre_cache: fill the store with parallel workers before training starts."""
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False)
+    for _ in loader:
+        pass
+
+
+def build_model(cfg: FTEConfig, num_classes: int) -> tuple[Classifier, list[str]]:
+    encoder, width = build_encoder(cfg.model_name, cfg.in_channels or 3)
+    model = Classifier(encoder, width, num_classes, cfg.head_dropout)
+    notes: list[str] = []
+    if cfg.model_path is not None:
+        notes = load_into_classifier(model, resolve_user_path(cfg.model_path), cfg.allow_partial_load)
+    if cfg.frozen_encoder:
+        model.freeze_encoder(cfg.unfreeze_last_n)
+    return model, notes
+
+
+def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
+    metric = cfg.best_metric or task.primary_metric
+    mode = cfg.best_mode or ("min" if "loss" in metric else task.primary_mode)
+    return metric, mode
+
+
+def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
+    """Train, validate, test one run (one fold); returns the test metrics of the last model."""
+    state = check_existing_run(run_dir, cfg)
+    if state == "done":
+        print(f"run {run_dir} is already complete; results in {run_dir / 'test.log'}. "
+              "Use another name to run it again.")
+        return read_test_row(run_dir / "test.log")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    CrashLog.path = run_dir / "crash.log"
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    if cfg.debug:
+        torch.autograd.set_detect_anomaly(True)
+    data = build_data(cfg, task, device)
+    n_cls = data.indexed.num_classes
+    if cfg.w_l is not None and len(cfg.w_l) != n_cls:
+        raise UserError(f"config key 'w_l' has {len(cfg.w_l)} weights but task {task.name} has {n_cls} classes")
+    model, notes = build_model(cfg, n_cls)
+    for note in notes:
+        print(f"warning: loading {cfg.model_path}: {note}", file=sys.stderr)
+    model.to(device)
+    if is_main():
+        dump_config(cfg, run_dir / "config.yaml")
+        (run_dir / "classes.txt").write_text("\n".join(data.indexed.classes) + "\n")
+    augment = None
+    if not cfg.no_augs or cfg.noise_injection:
+        augment = build_augment(task.augmentation, tuple(cfg.shape_desired or task.shape_desired),
+                                cfg.no_augs, cfg.noise_injection)
+        if augment is not None:
+            augment.to(device)
+    method = ClassificationMethod(n_cls, task.type == "multilabel", data.indexed.classes, cfg.in_channels or 3,
+                                  augment, cfg.w_l, {k: s.paths for k, s in data.indexed.splits.items()},
+                                  per_class_columns=task.per_class_metrics)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    steps = 1 if cfg.short_training else len(data.loaders["train"])
+    scheduler = build_scheduler(optimizer, cfg.scheduler, interval=cfg.scheduling_interval, steps_per_epoch=steps,
+                                epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
+                                annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs)
+    metric, mode = best_settings(cfg, task)
+    opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=cfg.scheduling_interval,
+                          short_training=cfg.short_training, verbose=cfg.verbose, debug=cfg.debug,
+                          log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
+                          best_metric=metric, best_mode=mode, config=cfg.model_dump(mode="json"))
+    trainer = Trainer(model, method, optimizer, scheduler, Amp(device, cfg.amp), run_dir, opts)
+    if state == "resume" and trainer.resume():
+        print(f"resuming {run_dir} at epoch {trainer.epoch + 1} step {trainer.batch_in_epoch}")
+    if cfg.verbose and is_main():
+        sizes = ", ".join(f"{k} {len(s)}" for k, s in data.indexed.splits.items())
+        p = count_parameters(model)
+        print(f"task {task.name} ({task.type}, {n_cls} classes): {sizes}; model {cfg.model_name} "
+              f"({p['trainable']:,}/{p['total']:,} trainable); device {device}; run dir {run_dir}")
+    try:
+        trainer.fit(data.loaders["train"], data.loaders["val"])
+        if is_main():
+            torch.save(model.state_dict(), run_dir / "finetuned_model.tar")
+        results = test(trainer, data, run_dir, metric)
+        trainer.finished = True
+        trainer.save()
+    finally:
+        trainer.close()
+    report_bad_files(method, run_dir)
+    return results
+
+
+def test(trainer: Trainer, data: Data, run_dir: Path, metric: str) -> dict[str, float]:
+    """Evaluate the test split with the last model (test.log) and the best one (test_best.log)."""
+    last_epoch = trainer.epoch
+    last_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    out: dict[str, float] = {}
+    for which, log_name in (("last", "test.log"), ("best", "test_best.log")):
+        epoch = trainer.load_weights(which)
+        if epoch is None:
+            print(f"note: no best checkpoint ({metric} was never finite); test_best.log not written")
+            continue
+        m = trainer.evaluate(data.loaders["test"], f"test_{which}", "test")
+        row = {**m, "epoch": epoch, "model": which}
+        write_table(run_dir / log_name, list(row), [row])
+        trainer.tb.scalars(m, epoch, f"test_{which}")
+        if which == "last":
+            out = m
+        if trainer.opts.verbose and is_main():
+            head = "  ".join(f"{k} {v:.4f}" for k, v in list(m.items())[:5])
+            print(f"test ({which} model, epoch {epoch}): {head}")
+    trainer.model.load_state_dict(last_state)
+    trainer.epoch = last_epoch
+    return out
+
+
+def report_bad_files(method: ClassificationMethod, run_dir: Path) -> None:
+    if any(method.dropped.values()):
+        print(f"note: {method.dropped['train']} training and {method.dropped['eval']} evaluation samples "
+              "were dropped (unreadable or NaN/Inf); see the data-pipeline report")
+
+
+def read_test_row(path: Path) -> dict[str, float]:
+    import csv
+
+    if not path.exists():
+        return {}
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = {}
+    for k, v in (rows[0] if rows else {}).items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def run_folds(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> None:
+    """k-fold cross-validation: each fold in run_dir/fold_<i>/, then folds_summary.csv (mean, std)."""
+    folds = cfg.folds or 0
+    which = [cfg.fold] if cfg.fold is not None else list(range(folds))
+    results = []
+    for i in which:
+        print(f"=== fold {i + 1}/{folds} ===")
+        results.append(run_one(cfg.model_copy(update={"fold": i}), task, run_dir / f"fold_{i}"))
+    if cfg.fold is None and results and is_main():
+        keys = [k for k in results[0] if k not in ("epoch",)]
+        rows = [{"fold": str(i), **r} for i, r in zip(which, results)]
+        for stat, fn in (("mean", statistics.fmean), ("std", statistics.pstdev)):
+            row: dict[str, Any] = {"fold": stat}
+            for k in keys:
+                vals = [r[k] for r in results if k in r and not math.isnan(r[k])]
+                row[k] = fn(vals) if vals else float("nan")
+            rows.append(row)
+        write_table(run_dir / "folds_summary.csv", ["fold", *keys], rows)
+        print(f"k-fold summary: {run_dir / 'folds_summary.csv'}")
+
+
+def main(argv: list[str]) -> int:
+    cfg, _ = load_config(FTEConfig, argv, "pkgs/FTE/finetune.py", FTE_DEPRECATED)
+    task = load_task(cfg.task)
+    out_root = resolve_user_path(cfg.output_root) if cfg.output_root else DEFAULT_OUTPUT_ROOT
+    run_dir = out_root / "finetuning" / cfg.name
+    if cfg.folds:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        CrashLog.path = run_dir / "crash.log"
+        run_folds(cfg, task, run_dir)
+    else:
+        CrashLog.path = run_dir / "crash.log" if run_dir.exists() else None
+        run_one(cfg, task, run_dir)
+    return 0

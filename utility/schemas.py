@@ -1,0 +1,138 @@
+"""Typed config schemas. Each field is one YAML key; the predecessor's keys keep their meaning."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class RunBase(BaseModel):
+    """Keys every training entry point shares (loop sizes, device, precision, outputs)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field(description="run directory under logs_and_checkpoints/<kind>/")
+    seed: int = 42
+    num_workers: NonNegInt = 4
+    prefetch_factor: Optional[PositiveInt] = 2
+    batch_size: PositiveInt = 32
+    epochs: PositiveInt = 10
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:<index>")
+    amp: Literal["auto", "fp16", "bf16", "off"] = Field(
+        "auto", description="auto: fp16 with GradScaler on CUDA, float32 on CPU")
+    verbose: bool = True
+    debug: bool = False
+    log_losses: bool = True
+    output_root: Optional[str] = Field(None, description="default: logs_and_checkpoints/ in the repo")
+    data_root: Optional[str] = Field(None, description="default: datasets/ in the repo")
+    checkpoint_every_steps: Optional[PositiveInt] = Field(
+        None, description="also save a resume checkpoint every N steps (long epochs)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v in ("auto", "cpu", "cuda", "gpu") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return "cuda" if v == "gpu" else v
+        raise ValueError("expected auto, cpu, cuda or cuda:<index>")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        v = v.strip().strip("/")
+        if not v or ".." in v.split("/"):
+            raise ValueError("expected a non-empty relative run name without '..'")
+        return v
+
+
+class DataKeys(BaseModel):
+    """Keys of the data pipeline (shared by finetuning and pretraining)."""
+
+    opmode: Literal["disk", "pre_cache", "live_cache"] = "disk"
+    data_format: Optional[list[str]] = Field(None, description="file extensions; default from the task")
+    normalizer: Optional[Literal["naive", "01_clipped_CT", "imagenet", "windowed"]] = None
+    window: Optional[tuple[float, float]] = Field(None, description="[low, high] for normalizer windowed")
+    shape_desired: Optional[tuple[PositiveInt, PositiveInt]] = None
+    tf_device: Literal["gpu", "cpu"] = "gpu"
+    no_augs: bool = False
+    noise_injection: Optional[tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0, le=1)]]] = None
+    test_nan_inf: bool = True
+
+    @field_validator("data_format", mode="before")
+    @classmethod
+    def _formats(cls, v):  # one extension or a list, with or without the dot
+        if v is None:
+            return None
+        items = [v] if isinstance(v, str) else list(v)
+        return [s if str(s).startswith(".") else f".{s}" for s in map(str, items)]
+
+    @field_validator("shape_desired", mode="before")
+    @classmethod
+    def _shape(cls, v):
+        return (v, v) if isinstance(v, int) else v
+
+
+class FTEConfig(RunBase, DataKeys):
+    """Finetuning (``pkgs/FTE/finetune.py``)."""
+
+    task: str = Field(description="task preset name (config/tasks/*.yaml) or a path to a task YAML")
+    model_name: str = "resnet50"
+    in_channels: Optional[Literal[1, 3]] = Field(None, description="encoder input channels; default 3")
+    model_path: Optional[str] = Field(None, description="weights to start from; null = random init")
+    allow_partial_load: bool = False
+    frozen_encoder: bool = False
+    unfreeze_last_n: NonNegInt = Field(0, description="with frozen_encoder: train the last N encoder blocks")
+    head_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    syncbn: bool = False
+
+    optimizer: str = "AdamW"
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-5
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    scheduler: Optional[Literal["decay", "cosine", "decaying_cosine", "cosine_total"]] = "decay"
+    decay_per_epoch: Annotated[float, Field(gt=0, le=1)] = 0.95
+    scheduling_interval: Literal["epoch", "step"] = "epoch"
+    annealing_time: Optional[Annotated[float, Field(gt=0)]] = None
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
+    w_l: Optional[list[Annotated[float, Field(ge=0)]]] = None
+
+    best_metric: Optional[str] = Field(None, description="val metric that picks the best checkpoint")
+    best_mode: Optional[Literal["max", "min"]] = None
+    short_training: bool = False
+    train_fraction: Optional[Annotated[float, Field(gt=0, le=1)]] = Field(
+        None, description="seeded stratified fraction of the training set (size variants -M/-S/...)")
+    folds: Optional[Annotated[int, Field(ge=2)]] = Field(None, description="k-fold cross-validation")
+    fold: Optional[NonNegInt] = Field(None, description="run only this fold (0-based) of `folds`")
+    save_predictions: bool = Field(True, description="write per-image test predictions")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: str) -> str:
+        names = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "lars": "LARS"}
+        if v.lower() not in names:
+            raise ValueError("expected one of Adam, AdamW, SGD, LARS")
+        return names[v.lower()]
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler(cls, v):
+        return None if isinstance(v, str) and v.lower() in ("none", "null", "") else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FTEConfig":
+        if self.normalizer == "windowed" and self.window is None:
+            raise ValueError("normalizer 'windowed' needs window: [low, high]")
+        if self.window is not None and self.window[0] >= self.window[1]:
+            raise ValueError(f"window {list(self.window)} must be [low, high] with low < high")
+        if self.fold is not None and (self.folds is None or self.fold >= self.folds):
+            raise ValueError(f"fold {self.fold} needs folds > {self.fold}")
+        return self
+
+
+# Keys the predecessor had that are accepted but no longer do anything.
+FTE_DEPRECATED: dict[str, str] = {
+    "w_m": "per-class metric weights never had an effect; metrics are reported per class and as means",
+}
