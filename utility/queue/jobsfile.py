@@ -1,0 +1,363 @@
+"""Jobs.csv: parsing, per-job options, locking and atomic status updates.
+
+Line format (see docs/QUEUE.md):
+
+    <command>,<status>,<options>
+
+* ``#`` lines (after optional blanks) are comments / section headers; blank lines are kept.
+* ``<command>`` is either unquoted, in which case the line is split at its LAST two commas
+  (so the predecessor's ``python x.py -c a,b.yaml,open,`` lines keep working), or written
+  CSV-style in double quotes, a doubled quote standing for one quote character:
+  the command  echo "a,b" c  is written  "echo ""a,b"" c",open,
+* ``<status>`` is open, running, completed or failed.
+* ``<options>`` is empty or ``key=value;key=value`` (see OPTION_KEYS).
+
+The queue only ever rewrites the status field of a line; every other byte of the file
+(comments, blank lines, line endings, options, order) is kept exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shlex
+import tempfile
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from .errors import QueueError
+
+STATUSES = ("open", "running", "completed", "failed")
+
+# key -> (description, parser); parsers raise ValueError with a short reason
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '1.5m', '2h', '1d' -> seconds; also SLURM-ish 'H:MM:SS' / 'MM:SS'."""
+    t = text.strip()
+    if ":" in t:
+        parts = t.split(":")
+        if len(parts) > 3 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"bad duration {text!r}")
+        secs = 0.0
+        for p in parts:
+            secs = secs * 60 + int(p)
+        return secs
+    m = _DURATION_RE.match(t)
+    if not m:
+        raise ValueError(f"bad duration {text!r} (use e.g. 90, 90s, 30m, 2h, 1d or H:MM:SS)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on", ""):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _parse_gpus(text: str):
+    t = text.strip().lower()
+    if t == "all":
+        return "all"
+    if t.isdigit():
+        return int(t)
+    raise ValueError(f"expected a number of GPUs or 'all', got {text!r}")
+
+
+def _parse_count(text: str) -> int:
+    t = text.strip()
+    if not t.isdigit():
+        raise ValueError(f"expected a non-negative integer, got {text!r}")
+    return int(t)
+
+
+def _parse_str(text: str) -> str:
+    return text.strip()
+
+
+OPTION_KEYS = {
+    "gpus": _parse_gpus,               # 'all' (default: runs alone with every GPU) or N
+    "retries": _parse_count,           # extra attempts after a failure (default 0)
+    "backoff": parse_duration,         # first retry delay, doubled each retry (default 10 s)
+    "timeout": parse_duration,         # wall-clock limit per attempt (SLURM: --time)
+    "no_output_timeout": parse_duration,  # kill when the job prints nothing this long
+    "shell": _parse_bool,              # run through /bin/sh -c (default: no shell)
+    "partition": _parse_str,           # SLURM partition for this job
+    "sbatch": _parse_str,              # extra sbatch arguments for this job
+}
+_ALIASES = {"idle_timeout": "no_output_timeout", "gpu": "gpus", "retry": "retries"}
+
+
+@dataclass
+class JobOptions:
+    gpus: object = "all"
+    retries: int = 0
+    backoff: float = 10.0
+    timeout: Optional[float] = None
+    no_output_timeout: Optional[float] = None
+    shell: bool = False
+    partition: Optional[str] = None
+    sbatch: Optional[str] = None
+
+    @property
+    def exclusive(self) -> bool:
+        return self.gpus == "all"
+
+
+def parse_options(text: str) -> JobOptions:
+    """'gpus=2;retries=1' -> JobOptions; ValueError with a short reason on mistakes."""
+    opts = JobOptions()
+    seen = set()
+    for item in text.split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            if item.lower() == "shell":          # bare flag
+                key, value = "shell", "1"
+            else:
+                raise ValueError(f"option {item!r} is not of the form key=value")
+        else:
+            key, value = item.split("=", 1)
+        key = key.strip().lower().replace("-", "_")
+        key = _ALIASES.get(key, key)
+        if key not in OPTION_KEYS:
+            raise ValueError(f"unknown option {key!r} (known: {', '.join(sorted(OPTION_KEYS))})")
+        if key in seen:
+            raise ValueError(f"option {key!r} given twice")
+        seen.add(key)
+        setattr(opts, key, OPTION_KEYS[key](value))
+    return opts
+
+
+@dataclass
+class Line:
+    """One physical line of the file. kind: 'comment', 'blank' or 'job'."""
+    lineno: int                 # 1-based
+    raw: str                    # the line including its line ending
+    kind: str
+    command: str = ""           # job: the command text (unquoted)
+    status: str = ""
+    options_text: str = ""
+    options: JobOptions = field(default_factory=JobOptions)
+    status_span: Tuple[int, int] = (0, 0)   # where the status token sits in raw
+    occurrence: int = 0         # how many earlier job lines have the same command
+
+    @property
+    def key(self) -> Tuple[str, int]:
+        return (self.command, self.occurrence)
+
+    def with_status(self, status: str) -> str:
+        a, b = self.status_span
+        return self.raw[:a] + status + self.raw[b:]
+
+
+def _split_ending(raw: str) -> Tuple[str, str]:
+    body = raw.rstrip("\r\n")
+    return body, raw[len(body):]
+
+
+def _parse_quoted(body: str) -> Optional[Tuple[str, int]]:
+    """If body starts (after blanks) with a CSV-quoted field closed right before a comma,
+    return (unquoted command, index of that comma); else None."""
+    i = len(body) - len(body.lstrip())
+    if i >= len(body) or body[i] != '"':
+        return None
+    out = []
+    j = i + 1
+    while j < len(body):
+        c = body[j]
+        if c == '"':
+            if j + 1 < len(body) and body[j + 1] == '"':
+                out.append('"')
+                j += 2
+                continue
+            k = j + 1
+            while k < len(body) and body[k] in " \t":
+                k += 1
+            if k < len(body) and body[k] == ",":
+                return "".join(out), k
+            return None
+        out.append(c)
+        j += 1
+    return None
+
+
+def parse_line(raw: str, lineno: int, path: str = "Jobs.csv") -> Line:
+    body, _ = _split_ending(raw)
+    stripped = body.strip()
+    if not stripped:
+        return Line(lineno, raw, "blank")
+    if stripped.startswith("#"):
+        return Line(lineno, raw, "comment")
+
+    def fail(msg: str):
+        raise QueueError(f"{path}:{lineno}: {msg}\n    {body}")
+
+    quoted = _parse_quoted(body)
+    if quoted is not None:
+        command, comma = quoted
+        rest_start = comma + 1
+        rest = body[rest_start:]
+        parts = rest.split(",", 1)
+        status_raw = parts[0]
+        options_text = parts[1] if len(parts) > 1 else ""
+        status_start = rest_start
+    else:
+        if body.count(",") < 1:
+            fail("expected '<command>,<status>,[options]' (no comma found)")
+        pieces = body.rsplit(",", 2)
+        if len(pieces) == 3:
+            command, status_raw, options_text = pieces
+            # 'cmd,open' written without the trailing comma but with a comma inside the command
+            if status_raw.strip().lower() not in STATUSES and options_text.strip().lower() in STATUSES:
+                command, status_raw, options_text = command + "," + status_raw, options_text, ""
+        else:
+            command, status_raw = pieces
+            options_text = ""
+        status_start = len(command) + 1
+        command = command.strip()
+    lead = len(status_raw) - len(status_raw.lstrip())
+    status = status_raw.strip()
+    span = (status_start + lead, status_start + lead + len(status))
+    if status.lower() not in STATUSES:
+        fail(f"unknown status {status!r} (expected one of: {', '.join(STATUSES)}); "
+             "quote commands that contain commas: \"cmd,with,commas\",open,")
+    if not command:
+        fail("empty command")
+    try:
+        options = parse_options(options_text)
+    except ValueError as e:
+        fail(f"bad option field {options_text.strip()!r}: {e}")
+    if not options.shell:
+        try:
+            shlex.split(command)
+        except ValueError as e:
+            fail(f"cannot split the command into arguments ({e}); fix the quoting or add shell=1")
+    return Line(lineno, raw, "job", command=command, status=status.lower(),
+                options_text=options_text.strip(), options=options, status_span=span)
+
+
+def format_job_line(command: str, status: str = "open", options: str = "") -> str:
+    """The line the queue would write for a new job (quoted when needed)."""
+    needs_quotes = ("," in command or command.lstrip().startswith('"'))
+    cmd = '"' + command.replace('"', '""') + '"' if needs_quotes else command
+    return f"{cmd},{status},{options}"
+
+
+def parse_text(text: str, path: str = "Jobs.csv") -> List[Line]:
+    lines = []
+    counts: Dict[str, int] = {}
+    for i, raw in enumerate(text.splitlines(keepends=True), start=1):
+        ln = parse_line(raw, i, path)
+        if ln.kind == "job":
+            ln.occurrence = counts.get(ln.command, 0)
+            counts[ln.command] = ln.occurrence + 1
+        lines.append(ln)
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# file access
+
+
+def lock_path(path: str) -> str:
+    d, b = os.path.split(os.path.abspath(path))
+    return os.path.join(d, "." + b + ".lock")
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Exclusive flock on a side file next to the jobs file (shared by all queue instances)."""
+    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def read_text(path: str) -> Tuple[str, os.stat_result]:
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except FileNotFoundError:
+        raise QueueError(f"jobs file {path} does not exist (create it, or pass --jobs PATH)")
+    except IsADirectoryError:
+        raise QueueError(f"jobs file {path} is a directory")
+    except PermissionError:
+        raise QueueError(f"jobs file {path} is not readable")
+    return data.decode("utf-8", "surrogateescape"), st
+
+
+def read_jobs(path: str) -> List[Line]:
+    text, _ = read_text(path)
+    return parse_text(text, path)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns)
+
+
+def atomic_write(path: str, text: str, mode: Optional[int] = None) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8", "surrogateescape"))
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def update_status(path: str, key: Tuple[str, int], new: str,
+                  expect: Optional[Tuple[str, ...]] = None) -> Tuple[bool, Optional[Line]]:
+    """Set the status of the job identified by (command, occurrence) to `new`.
+
+    Under the lock: re-read the file, find the line, and change only its status field, and
+    only when its current status is one of `expect` (compare-and-swap: a status the user
+    edited by hand in the meantime wins).  Returns (changed, current line or None when the
+    job is no longer in the file, e.g. commented out or deleted)."""
+    assert new in STATUSES
+    with locked(path):
+        for _ in range(20):
+            text, st = read_text(path)
+            lines = parse_text(text, path)
+            target = next((ln for ln in lines if ln.kind == "job" and ln.key == key), None)
+            if target is None:
+                return False, None
+            if expect is not None and target.status not in expect:
+                return False, target
+            if target.status == new:
+                return True, target
+            out = "".join(ln.with_status(new) if ln is target else ln.raw for ln in lines)
+            # an editor may have saved the file between our read and now: start over
+            try:
+                if not _same_file(st, os.stat(path)):
+                    continue
+            except FileNotFoundError:
+                raise QueueError(f"jobs file {path} disappeared")
+            atomic_write(path, out, st.st_mode)
+            target.status = new
+            return True, target
+        raise QueueError(f"jobs file {path} keeps changing; could not write a status")

@@ -1,0 +1,456 @@
+"""The queue loop: read Jobs.csv, start what may start, watch, write every change at once.
+
+The loop blocks on an event queue (child exits, signals) with a timeout that is the nearest
+watchdog deadline / retry time / file re-read (0.5 s, to notice edits).  Every status change
+is a compare-and-swap on the one line of the job (jobsfile.update_status), so edits made while
+the queue runs are never overwritten.
+"""
+from __future__ import annotations
+
+import os
+import queue as _queue
+import signal
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from . import jobsfile, scheduler
+from .base import Echo, Launch, LaunchError, slug
+from .errors import QueueError
+from .jobsfile import Line
+from .state import HOST, StateLog, process_alive, proc_start_ticks
+
+FILE_POLL = 0.5          # seconds between re-reads of the jobs file while waiting
+
+
+@dataclass
+class Active:
+    """A job this queue instance owns: running, or waiting for a retry."""
+    token: int
+    key: Tuple[str, int]
+    line: Line
+    attempt: int
+    gpus: List[str]
+    log_path: str = ""
+    started: float = 0.0             # monotonic
+    started_wall: float = 0.0
+    running: bool = False
+    retry_at: Optional[float] = None
+    kill_reason: Optional[str] = None
+    kill_at: Optional[float] = None  # when to escalate to SIGKILL
+    stopping: bool = False           # the queue is shutting down: reopen on exit
+    exclusive: bool = False
+
+
+class Runner:
+    def __init__(self, jobs_path: str, log_dir: str, backend, gpus: List[str], echo: Echo,
+                 watch: bool = False, max_parallel: Optional[int] = None,
+                 kill_grace: float = 30.0, slurm_all_gpus: Optional[int] = None):
+        self.path = os.path.abspath(jobs_path)
+        self.cwd = os.path.dirname(self.path)
+        self.log_dir = os.path.abspath(log_dir)
+        self.backend = backend
+        self.events = backend.events
+        self.total = list(gpus)
+        self.echo = echo
+        self.watch = watch
+        self.max_parallel = max_parallel
+        self.kill_grace = kill_grace
+        self.slurm_all_gpus = slurm_all_gpus
+        self.state = StateLog(self.log_dir, self.path)
+        self.active: Dict[int, Active] = {}
+        self.next_token = 1
+        self.stop_signal: Optional[int] = None
+        self.force_kill = False
+        self.failed_count = 0
+        self.completed_count = 0
+        self.warned: set = set()
+        self.my_start = proc_start_ticks(os.getpid())
+
+    # -- small helpers ----------------------------------------------------------------------
+    def say(self, msg: str) -> None:
+        self.echo.message(f"[queue] {msg}")
+
+    def warn_once(self, msg: str) -> None:
+        if msg not in self.warned:
+            self.warned.add(msg)
+            self.say(msg)
+
+    def read_lines(self) -> List[Line]:
+        """Tolerant read while running: a line the user is half-way through editing is
+        reported and skipped, not fatal."""
+        text, _ = jobsfile.read_text(self.path)
+        lines: List[Line] = []
+        counts: Dict[str, int] = {}
+        for i, raw in enumerate(text.splitlines(keepends=True), start=1):
+            try:
+                ln = jobsfile.parse_line(raw, i, self.path)
+            except QueueError as e:
+                self.warn_once(f"skipping a line: {e}")
+                continue
+            if ln.kind == "job":
+                ln.occurrence = counts.get(ln.command, 0)
+                counts[ln.command] = ln.occurrence + 1
+            lines.append(ln)
+        return lines
+
+    def set_status(self, key, new, expect=("running",)) -> bool:
+        changed, cur = jobsfile.update_status(self.path, key, new, expect)
+        if not changed:
+            if cur is None:
+                self.say(f"job no longer in {os.path.basename(self.path)} (edited out); "
+                         f"not writing '{new}': {key[0]}")
+            else:
+                self.say(f"line {cur.lineno} was changed to '{cur.status}' meanwhile; "
+                         f"keeping it (not writing '{new}')")
+        return changed
+
+    def need_of(self, opts) -> Tuple[int, bool]:
+        if opts.gpus == "all":
+            if self.backend.name == "slurm":
+                return (self.slurm_all_gpus or 0), False
+            return len(self.total), True
+        return int(opts.gpus), False
+
+    # -- signals ----------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        def handler(signum, frame):
+            self.events.put(("signal", signum))     # SimpleQueue.put is signal-safe
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, handler)
+
+    # -- recovery of 'running' lines left by a dead queue -----------------------------------
+    def recover(self) -> None:
+        latest = self.state.latest()
+        for ln in self.read_lines():
+            if ln.kind != "job" or ln.status != "running":
+                continue
+            rec = latest.get(ln.key)
+            if rec is None:
+                self.say(f"line {ln.lineno} is 'running' with no record of who runs it; "
+                         f"running it again")
+                self.set_status(ln.key, "open")
+                continue
+            if rec.get("ended"):
+                final = rec.get("status")
+                if final in ("completed", "failed"):
+                    self.set_status(ln.key, final)      # the crash came between the writes
+                else:
+                    self.set_status(ln.key, "open")
+                continue
+            if rec.get("backend") == "slurm":
+                if self.backend.name == "slurm" and rec.get("slurm_id"):
+                    self.adopt(ln, rec)
+                else:
+                    self.warn_once(f"line {ln.lineno} runs as SLURM job {rec.get('slurm_id')}; "
+                                   "left alone (use --backend slurm to track it)")
+                continue
+            qalive = process_alive(rec.get("queue_pid"), rec.get("host"), rec.get("boot_id"),
+                                   rec.get("queue_proc_start"))
+            jalive = process_alive(rec.get("pid"), rec.get("host"), rec.get("boot_id"),
+                                   rec.get("proc_start"))
+            if qalive is None or jalive is None:
+                self.warn_once(f"line {ln.lineno} is running on host {rec.get('host')}; left alone")
+                continue
+            if qalive and rec.get("queue_pid") != os.getpid():
+                self.warn_once(f"line {ln.lineno} is run by another queue (pid "
+                               f"{rec.get('queue_pid')}); left alone")
+                continue
+            if jalive:
+                self.say(f"line {ln.lineno}: its queue died but the job (pid {rec['pid']}) still "
+                         f"runs; stopping it to run it again")
+                self._stop_orphan(rec["pid"])
+            else:
+                self.say(f"line {ln.lineno} was left 'running' by a queue that died; "
+                         f"running it again")
+            self.state.append({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
+                               "status": "open", "reason": "queue died", "end_time": time.time()})
+            self.set_status(ln.key, "open")
+
+    def _stop_orphan(self, pgid: int) -> None:
+        for sig, wait in ((signal.SIGTERM, self.kill_grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                return
+            end = time.monotonic() + wait
+            while time.monotonic() < end:
+                try:
+                    os.killpg(pgid, 0)
+                except (ProcessLookupError, PermissionError):
+                    return
+                time.sleep(0.05)
+
+    def adopt(self, ln: Line, rec: dict) -> None:
+        tok = self.next_token
+        self.next_token += 1
+        act = Active(tok, ln.key, ln, rec.get("attempt", 1), [], rec.get("log", ""),
+                     time.monotonic(), rec.get("start_time", time.time()), running=True)
+        self.active[tok] = act
+        self.backend.adopt(tok, rec, ln)
+        self.say(f"line {ln.lineno}: tracking SLURM job {rec.get('slurm_id')} again")
+
+    # -- starting ---------------------------------------------------------------------------
+    def _busy(self) -> Tuple[List[str], bool, int]:
+        busy, excl, n = set(), False, 0
+        for a in self.active.values():
+            if a.running:
+                busy.update(a.gpus)
+                excl = excl or a.exclusive
+                n += 1
+        return [g for g in self.total if g not in busy], excl, n
+
+    def dispatch(self, lines: List[Line]) -> bool:
+        """Start what may start. Returns True when open work remains in the file."""
+        now = time.monotonic()
+        by_key = {a.key: a for a in self.active.values()}
+        cands = []
+        pending_work = False
+        for ln in lines:
+            if ln.kind != "job":
+                continue
+            act = by_key.get(ln.key)
+            if act is not None:
+                if act.running:
+                    continue
+                if ln.status != "running":          # user edited a job waiting for a retry
+                    del self.active[act.token]
+                    if ln.status != "open":
+                        continue
+                    act = None
+                else:
+                    pending_work = True
+                    if act.retry_at is not None and act.retry_at > now:
+                        continue
+            elif ln.status != "open":
+                continue
+            need, excl = self.need_of(ln.options)
+            c = scheduler.Candidate((ln, act), need, excl)
+            if self.backend.name == "local" and not scheduler.runnable(c, len(self.total)):
+                self.warn_once(f"line {ln.lineno} needs {need} GPUs but only {len(self.total)} "
+                               f"are available; not started")
+                continue
+            pending_work = True
+            cands.append(c)
+        if self.stop_signal is not None or not cands:
+            return pending_work
+        if self.backend.name == "local":
+            free, excl, n = self._busy()
+            chosen = scheduler.select(cands, free, self.total, n, excl, self.max_parallel)
+        else:
+            n = sum(1 for a in self.active.values() if a.running)
+            room = (self.max_parallel - n) if self.max_parallel else len(cands)
+            chosen = [(c, []) for c in cands[:max(room, 0)]]
+        for c, gpus in chosen:
+            ln, act = c.ref
+            if act is None:
+                if not jobsfile.update_status(self.path, ln.key, "running", ("open",))[0]:
+                    continue            # edited or claimed by another queue meanwhile
+                tok = self.next_token
+                self.next_token += 1
+                act = Active(tok, ln.key, ln, 1, gpus)
+                self.active[tok] = act
+            else:
+                act.attempt += 1
+                act.line = ln
+                act.gpus = gpus
+            act.exclusive = c.exclusive
+            self._launch(act, c.need)
+        return pending_work
+
+    def _launch(self, act: Active, need: int) -> None:
+        ln = act.line
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = f"{stamp}_L{ln.lineno}_{slug(ln.command)}"
+        if act.attempt > 1:
+            name += f"_try{act.attempt}"
+        act.log_path = os.path.join(self.log_dir, name + ".log")
+        launch = Launch(act.token, ln.command, ln.options, act.gpus,
+                        need if self.backend.name == "slurm" else len(act.gpus),
+                        self.cwd, act.log_path, f"L{ln.lineno}", act.attempt)
+        act.started, act.started_wall = time.monotonic(), time.time()
+        act.retry_at, act.kill_reason, act.kill_at = None, None, None
+        base = {"command": ln.command, "occurrence": ln.occurrence, "line": ln.lineno,
+                "attempt": act.attempt, "gpus": act.gpus, "log": act.log_path,
+                "start_time": act.started_wall, "queue_pid": os.getpid(),
+                "queue_proc_start": self.my_start, "host": HOST}
+        where = f"GPUs {','.join(act.gpus)}" if act.gpus else "no GPU"
+        if self.backend.name == "slurm":
+            where = f"sbatch --gres=gpu:{need}" if need else "sbatch"
+        self.say(f"start L{ln.lineno} (attempt {act.attempt}, {where}): {ln.command}  "
+                 f"-> {act.log_path}")
+        try:
+            handle = self.backend.start(launch)
+        except LaunchError as e:
+            self.say(f"line {ln.lineno}: {e}")
+            self.state.append(dict(base, event="start", backend=self.backend.name))
+            act.running = True
+            self._finished(act, 127, "could not start")
+            return
+        hrec = handle.record()
+        self.state.append(dict(base, event="start", **hrec))
+        act.running = True
+        if hrec.get("slurm_id"):
+            self.say(f"L{ln.lineno} submitted as SLURM job {hrec['slurm_id']}")
+
+    # -- finishing --------------------------------------------------------------------------
+    def on_exit(self, token: int, rc: int, reason: Optional[str]) -> None:
+        act = self.active.get(token)
+        if act is None:
+            return
+        self.backend.forget(token)
+        self._finished(act, rc, reason)
+
+    def _finished(self, act: Active, rc: int, reason: Optional[str]) -> None:
+        act.running = False
+        ln = act.line
+        dur = time.time() - act.started_wall
+        reason = act.kill_reason or reason
+        rec = {"event": "end", "command": ln.command, "occurrence": ln.occurrence,
+               "attempt": act.attempt, "exit_code": rc, "end_time": time.time()}
+        if act.stopping:
+            self.state.append(dict(rec, status="open", reason="queue stopped"))
+            self.set_status(act.key, "open")
+            self.say(f"L{ln.lineno} stopped (exit {rc}); marked open again")
+            del self.active[act.token]
+            return
+        if rc == 0 and not act.kill_reason and not reason:
+            self.state.append(dict(rec, status="completed", reason="exit 0"))
+            self.set_status(act.key, "completed")
+            self.completed_count += 1
+            self.say(f"L{ln.lineno} completed in {dur:.1f} s")
+            del self.active[act.token]
+            return
+        why = reason or f"exit code {rc}"
+        if act.attempt <= ln.options.retries:
+            delay = ln.options.backoff * (2 ** (act.attempt - 1))
+            act.retry_at = time.monotonic() + delay
+            act.gpus = []
+            self.state.append(dict(rec, status="retry", reason=why))
+            self.say(f"L{ln.lineno} failed ({why}); retry {act.attempt}/{ln.options.retries} "
+                     f"in {delay:g} s")
+            return
+        self.state.append(dict(rec, status="failed", reason=why))
+        self.set_status(act.key, "failed")
+        self.failed_count += 1
+        self.say(f"L{ln.lineno} failed ({why}) after {act.attempt} attempt(s); log: {act.log_path}")
+        del self.active[act.token]
+
+    # -- watchdogs --------------------------------------------------------------------------
+    def watchdogs(self) -> Optional[float]:
+        """Enforce timeouts; return the nearest future deadline (monotonic) or None."""
+        now = time.monotonic()
+        nearest: Optional[float] = None
+
+        def near(t):
+            nonlocal nearest
+            nearest = t if nearest is None else min(nearest, t)
+
+        for act in list(self.active.values()):
+            if not act.running:
+                if act.retry_at is not None:
+                    near(act.retry_at)
+                continue
+            if act.kill_at is not None:
+                if now >= act.kill_at:
+                    self.backend.kill(act.token)
+                    act.kill_at = now + 5.0
+                near(act.kill_at)
+                continue
+            if act.stopping:
+                continue
+            o = act.line.options
+            if o.timeout is not None and not self.backend.enforces_timeout:
+                if now - act.started >= o.timeout:
+                    self._kill(act, f"timeout after {o.timeout:g} s")
+                    continue
+                near(act.started + o.timeout)
+            if o.no_output_timeout is not None:
+                last = max(self.backend.last_output(act.token), act.started)
+                if now - last >= o.no_output_timeout:
+                    self._kill(act, f"no output for {o.no_output_timeout:g} s")
+                    continue
+                near(last + o.no_output_timeout)
+        return nearest
+
+    def _kill(self, act: Active, reason: str) -> None:
+        self.say(f"L{act.line.lineno}: {reason}; stopping it")
+        act.kill_reason = reason
+        self.backend.signal(act.token, signal.SIGTERM)
+        act.kill_at = time.monotonic() + self.kill_grace
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def begin_stop(self, signum: int) -> None:
+        if self.stop_signal is not None:
+            if not self.force_kill:
+                self.force_kill = True
+                self.say("second signal: killing the jobs")
+                for act in self.active.values():
+                    if act.running:
+                        self.backend.kill(act.token)
+            return
+        self.stop_signal = signum
+        name = signal.Signals(signum).name
+        running = [a for a in self.active.values() if a.running]
+        self.say(f"{name}: forwarding it to {len(running)} running job(s) and waiting for them "
+                 f"(send it again to kill them)")
+        for act in list(self.active.values()):
+            act.stopping = True
+            if act.running:
+                self.backend.signal(act.token, signum)
+            else:                                   # waiting for a retry
+                self.state.append({"event": "end", "command": act.line.command,
+                                   "occurrence": act.line.occurrence, "status": "open",
+                                   "reason": "queue stopped", "end_time": time.time()})
+                self.set_status(act.key, "open")
+                del self.active[act.token]
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        os.makedirs(self.log_dir, exist_ok=True)
+        jobsfile.read_jobs(self.path)      # strict: malformed files are reported up front
+        self.install_signals()
+        self.recover()
+        while True:
+            if self.stop_signal is None:
+                lines = self.read_lines()
+                pending = self.dispatch(lines)
+            else:
+                pending = False
+            if not self.active:
+                if self.stop_signal is not None:
+                    return 128 + self.stop_signal
+                if not pending and not self.watch:
+                    break
+            deadline = self.watchdogs()
+            self.backend.poll()
+            timeout = FILE_POLL
+            if self.backend.poll_interval:
+                timeout = min(timeout, self.backend.poll_interval)
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+            self._wait_events(timeout)
+        self.say(f"done: {self.completed_count} completed, {self.failed_count} failed")
+        return 1 if self.failed_count or self.warned_unrunnable() else 0
+
+    def warned_unrunnable(self) -> bool:
+        return any("GPUs but only" in w for w in self.warned)
+
+    def _wait_events(self, timeout: float) -> None:
+        try:
+            ev = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
+        except _queue.Empty:
+            return
+        while True:
+            self._handle(ev)
+            try:
+                ev = self.events.get_nowait()
+            except _queue.Empty:
+                return
+
+    def _handle(self, ev) -> None:
+        if ev[0] == "exit":
+            _, tok, rc, reason = ev
+            self.on_exit(tok, rc, reason)
+        elif ev[0] == "signal":
+            self.begin_stop(ev[1])
