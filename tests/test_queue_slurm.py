@@ -1,0 +1,115 @@
+"""The SLURM backend against a real cluster (.ci/slurm_setup.sh brings up a one-node one).
+Skipped when sbatch/sinfo are missing or the cluster does not answer."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_queue_helpers import (latest, queue_output, run_queue, start_queue,  # noqa: E402
+                                statuses, stop, wait_for, write_jobs)
+
+
+def _cluster():
+    for c in ("sbatch", "sinfo", "squeue", "scancel"):
+        if not shutil.which(c):
+            return None, f"{c} not installed (run .ci/slurm_setup.sh as root)"
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%T|%G"], capture_output=True, text=True,
+                           timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"sinfo failed: {e}"
+    if r.returncode != 0:
+        return None, f"SLURM cluster does not answer: {r.stderr.strip()}"
+    rows = [x.split("|") for x in r.stdout.split()]
+    if not any(st.rstrip("*~#") in ("idle", "mixed", "allocated", "completing")
+               for st, *_ in rows):
+        return None, f"no usable SLURM node: {r.stdout.strip()}"
+    return {"gpus": any("gpu" in (g[0] if g else "") for _, *g in rows)}, ""
+
+
+CLUSTER, WHY = _cluster()
+pytestmark = pytest.mark.skipif(CLUSTER is None, reason=WHY)
+PY = sys.executable
+
+
+def slurm_state(job_id):
+    r = subprocess.run(["scontrol", "-o", "show", "job", str(job_id)], capture_output=True,
+                       text=True, timeout=10)
+    for tok in r.stdout.split():
+        if tok.startswith("JobState="):
+            return tok.split("=", 1)[1]
+    return None
+
+
+def test_submit_and_track_to_completed_and_failed(tmp_path):
+    lines = [f'{PY} -c "print(\'hello from slurm\')",open,gpus=0',
+             f"{PY} -c \"import sys; sys.exit(3)\",open,gpus=0",
+             '"echo a,b",open,gpus=0']
+    if CLUSTER["gpus"]:
+        lines.append("echo cvd=$CUDA_VISIBLE_DEVICES,open,shell=1;gpus=1")
+    jobs = write_jobs(tmp_path, "# slurm\n" + "\n".join(lines) + "\n")
+    r = run_queue(tmp_path, jobs, "--backend", "slurm", "--poll", "0.3", timeout=28)
+    assert r.returncode == 1, r.stdout + r.stderr          # one job failed
+    st = statuses(jobs)
+    assert st[:3] == ["completed", "failed", "completed"], r.stdout
+    lt = latest(tmp_path, jobs)
+    ok = lt[(f"{PY} -c \"print('hello from slurm')\"", 0)]
+    bad = lt[(f'{PY} -c "import sys; sys.exit(3)"', 0)]
+    assert ok["backend"] == "slurm" and ok["slurm_id"].isdigit()
+    assert ok["exit_code"] == 0 and bad["exit_code"] == 3
+    assert open(ok["log"]).read() == "hello from slurm\n"     # logs where the local backend puts them
+    assert os.path.dirname(ok["log"]) == str(tmp_path / "logs")
+    assert slurm_state(ok["slurm_id"]) in ("COMPLETED", None)
+    assert slurm_state(bad["slurm_id"]) in ("FAILED", None)
+    assert open(lt[("echo a,b", 0)]["log"]).read() == "a,b\n"
+    assert "[L2] hello from slurm" in r.stdout
+    if CLUSTER["gpus"]:
+        assert st[3] == "completed"
+        assert open(lt[("echo cvd=$CUDA_VISIBLE_DEVICES", 0)]["log"]).read() == "cvd=0\n"
+
+
+def test_sigterm_cancels_with_scancel_and_reopens(tmp_path):
+    (tmp_path / "long.py").write_text(
+        "import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    text = f"{PY} long.py,open,gpus=0\n"
+    jobs = write_jobs(tmp_path, text)
+    q = start_queue(tmp_path, jobs, "--backend", "slurm", "--poll", "0.3")
+    try:
+        wait_for(lambda: "[L1] started" in queue_output(tmp_path), timeout=20,
+                 what="the SLURM job to run")
+        job_id = latest(tmp_path, jobs)[(f"{PY} long.py", 0)]["slurm_id"]
+        assert slurm_state(job_id) == "RUNNING"
+        q.send_signal(signal.SIGTERM)
+        rc = q.wait(timeout=20)
+    finally:
+        stop(q)
+    assert rc == 128 + signal.SIGTERM, queue_output(tmp_path)
+    assert slurm_state(job_id) in ("CANCELLED", None)
+    assert jobs.read_text() == text
+    assert latest(tmp_path, jobs)[(f"{PY} long.py", 0)]["status"] == "open"
+
+
+def test_restart_after_queue_crash_tracks_submitted_job(tmp_path):
+    (tmp_path / "wait.py").write_text(
+        "import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.05)\nprint('done')\n")
+    jobs = write_jobs(tmp_path, f"{PY} wait.py,open,gpus=0\n")
+    q = start_queue(tmp_path, jobs, "--backend", "slurm", "--poll", "0.3")
+    try:
+        wait_for(lambda: "submitted as SLURM job" in queue_output(tmp_path), timeout=20,
+                 what="submission")
+        q.send_signal(signal.SIGKILL)
+        q.wait(timeout=10)
+    finally:
+        stop(q)
+    assert statuses(jobs) == ["running"]
+    job_id = latest(tmp_path, jobs)[(f"{PY} wait.py", 0)]["slurm_id"]
+    (tmp_path / "go").touch()
+    r = run_queue(tmp_path, jobs, "--backend", "slurm", "--poll", "0.3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"tracking SLURM job {job_id} again" in r.stdout
+    assert statuses(jobs) == ["completed"]                 # not submitted twice
+    assert sum(1 for x in os.listdir(tmp_path / "logs") if x.endswith(".sbatch")) == 1
