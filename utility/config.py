@@ -82,7 +82,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+# Common spellings of a key that string similarity cannot find (learning_rate -> annealing_time).
+KEY_SYNONYMS: dict[str, str] = {
+    "learning_rate": "lr", "wd": "weight_decay", "bs": "batch_size", "n_epochs": "epochs",
+    "num_epochs": "epochs", "workers": "num_workers", "arch": "model_name", "model": "model_name",
+}
+
+
 def closest_key(key: str, valid: list[str]) -> str | None:
+    synonym = KEY_SYNONYMS.get(key.lower())
+    if synonym in valid:
+        return synonym
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     return match[0] if match else None
 

@@ -1,0 +1,213 @@
+"""Shared pytest fixtures: tiny generated image data, task YAMLs and running the real entry points.
+
+Everything here is CPU-only and writes into ``tmp_path``. Fixtures return plain functions so a
+test can build as many datasets / runs as it needs::
+
+    def test_something(tmp_path, make_folder_dataset, write_task_yaml, run_finetune):
+        make_folder_dataset(tmp_path / "data" / "tiny", ["a", "b"], 6)
+        task = write_task_yaml(tmp_path / "tiny.yaml", root="tiny")
+        proc = run_finetune(["-c", cfg, "--task", task, "--data_root", tmp_path / "data"], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+
+The same functions are importable for module-level helpers: ``from conftest import write_png``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+FINETUNE = REPO / "pkgs" / "FTE" / "finetune.py"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+# ----------------------------------------------------------------------------- images
+
+def class_pattern(cls: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    """A learnable uint8 [size, size] image for class ``cls``.
+
+    The class is the orientation of bright bars (0 horizontal, 1 vertical, 2 diagonal,
+    3 anti-diagonal) and, beyond 4 classes, their number (1 + cls // 4). Orientation survives
+    flips, small crops and per-image min-max normalisation, so any class count stays learnable.
+    Low-amplitude noise (seeded) makes every image distinct.
+    """
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 40, size=(size, size)).astype(np.float32)
+    orient, n_bars = cls % 4, 1 + cls // 4
+    yy, xx = np.mgrid[0:size, 0:size]
+    width = max(1, size // 8)
+    for b in range(n_bars):
+        offset = (b + 1) * size // (n_bars + 1)
+        if orient == 0:
+            mask = np.abs(yy - offset) < width
+        elif orient == 1:
+            mask = np.abs(xx - offset) < width
+        elif orient == 2:
+            mask = np.abs((yy - xx) - (offset - size // 2)) < width
+        else:
+            mask = np.abs((yy + xx) - (offset + size // 2)) < width
+        img[mask] = 200 + rng.integers(0, 55)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 [H, W] (grayscale) or [H, W, 3] (RGB) array as PNG, creating parent folders.
+    The format follows the suffix, so ``x.JPEG`` writes a JPEG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+    return path
+
+
+def write_class_image(path: Path, cls: int, size: int = 16, seed: int = 0, rgb: bool = False) -> Path:
+    """``class_pattern`` written to ``path`` (grayscale, or the same pattern in 3 channels)."""
+    arr = class_pattern(cls, size, seed)
+    if rgb:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    return write_png(path, arr)
+
+
+def make_folder_dataset(root: Path, classes: Sequence[str], n_per_class: int | Mapping[str, int],
+                        splits: Iterable[str] = ("train", "test"), size: int = 16,
+                        ext: str = ".png", rgb: bool = False) -> dict[str, list[Path]]:
+    """Folder-per-class layout ``root/<split>/<class>/<class>_<i>.png`` with learnable images.
+
+    ``n_per_class`` is one count for every class or a {class: count} mapping (class imbalance).
+    The pattern of a class is its position in ``classes``. Returns {split: sorted paths}.
+    """
+    root = Path(root)
+    out: dict[str, list[Path]] = {}
+    for s_i, split in enumerate(splits):
+        paths = []
+        for c_i, cls in enumerate(classes):
+            n = n_per_class[cls] if isinstance(n_per_class, Mapping) else n_per_class
+            for i in range(n):
+                p = root / split / cls / f"{cls}_{split}_{i:04d}{ext}"
+                paths.append(write_class_image(p, c_i, size, seed=hash((s_i, c_i, i)) % 2**32, rgb=rgb))
+        out[split] = sorted(paths)
+    return out
+
+
+# ----------------------------------------------------------------------------- YAML files
+
+def write_yaml(path: Path, data: Mapping[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dict(data), sort_keys=False))
+    return path
+
+
+def task_dict(name: str = "tiny", root: str = "tiny", **overrides: Any) -> dict[str, Any]:
+    """A minimal folder-layout multiclass task (train/ and test/ folders, val carved out of train,
+    16x16, naive normalizer, no augmentation). Keyword arguments replace top-level keys."""
+    data: dict[str, Any] = {
+        "name": name,
+        "type": "multiclass",
+        "root": root,
+        "data_format": [".png"],
+        "layout": {"reader": "folders"},
+        "splits": {"train": {"dir": "train"}, "val": {"from": "train", "fraction": 0.25},
+                   "test": {"dir": "test"}},
+        "loss": "ce",
+        "normalizer": "naive",
+        "shape_desired": [16, 16],
+        "augmentation": "none",
+        "primary_metric": "accuracy",
+    }
+    data.update(overrides)
+    return data
+
+
+def small_run_config(name: str = "t/run", task: str | Path = "tiny", **overrides: Any) -> dict[str, Any]:
+    """FTE config keys for a fast CPU run: resnet18, 16x16, 1 epoch, batch 8, no workers."""
+    data: dict[str, Any] = {
+        "name": name, "task": str(task), "model_name": "resnet18", "device": "cpu", "seed": 0,
+        "epochs": 1, "batch_size": 8, "num_workers": 0, "shape_desired": [16, 16],
+        "optimizer": "AdamW", "lr": 0.001, "scheduler": None, "verbose": False,
+    }
+    data.update(overrides)
+    return data
+
+
+# ----------------------------------------------------------------------------- subprocesses
+
+def run_finetune(args: Sequence[Any], cwd: Path, timeout: float = 300, cpu_only: bool = True,
+                 env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess:
+    """``python pkgs/FTE/finetune.py *args`` exactly as a user runs it, from ``cwd`` (use a folder
+    other than the repository to prove runs work from anywhere). Output is captured as text.
+    ``cpu_only`` hides CUDA devices so the test behaves the same on a GPU machine."""
+    full_env = dict(os.environ)
+    full_env.setdefault("OMP_NUM_THREADS", "2")
+    if cpu_only:
+        full_env["CUDA_VISIBLE_DEVICES"] = ""
+    full_env.update(env or {})
+    cmd = [sys.executable, str(FINETUNE), *map(str, args)]
+    return subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """{relative path: bytes} of every file under ``folder`` (to prove nothing was touched)."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def repo_root() -> Path:
+    """The repository root (tests never write into it)."""
+    return REPO
+
+
+@pytest.fixture(name="make_folder_dataset")
+def make_folder_dataset_fixture():
+    """``make_folder_dataset(root, classes, n_per_class, splits=("train","test"), size=16)``."""
+    return make_folder_dataset
+
+
+@pytest.fixture(name="write_task_yaml")
+def write_task_yaml_fixture(tmp_path):
+    """``write_task_yaml(path=None, **keys) -> Path``: a minimal task YAML (see ``task_dict``);
+    default path ``tmp_path/tasks/<name>.yaml``."""
+    def write(path: Optional[Path] = None, **keys: Any) -> Path:
+        data = task_dict(**keys)
+        return write_yaml(Path(path) if path else tmp_path / "tasks" / f"{data['name']}.yaml", data)
+    return write
+
+
+@pytest.fixture
+def task_yaml(write_task_yaml) -> Path:
+    """A minimal folder-layout task YAML (name/root ``tiny``) in tmp_path/tasks/tiny.yaml."""
+    return write_task_yaml()
+
+
+@pytest.fixture(name="run_finetune")
+def run_finetune_fixture():
+    """``run_finetune(args, cwd, timeout=300) -> CompletedProcess`` (see the module function)."""
+    return run_finetune
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, make_folder_dataset, write_task_yaml):
+    """A ready-to-run folder dataset + task + run config in tmp_path.
+
+    Returns a dict: data_root, out_root, task (YAML path), config (YAML path), cwd (an empty
+    folder that is not the repository), paths ({split: files}).
+    """
+    data_root = tmp_path / "data"
+    paths = make_folder_dataset(data_root / "tiny", ["bar_h", "bar_v"], 8)
+    task = write_task_yaml(root="tiny")
+    config = write_yaml(tmp_path / "cfg" / "run.yaml", small_run_config(task=task))
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    return {"data_root": data_root, "out_root": tmp_path / "out", "task": task, "config": config,
+            "cwd": cwd, "paths": paths}
