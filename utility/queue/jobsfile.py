@@ -251,11 +251,21 @@ def format_job_line(command: str, status: str = "open", options: str = "") -> st
     return f"{cmd},{status},{options}"
 
 
-def parse_text(text: str, path: str = "Jobs.csv") -> List[Line]:
+def parse_text(text: str, path: str = "Jobs.csv", strict: bool = True,
+               errors: Optional[List[str]] = None) -> List[Line]:
+    """All lines of a jobs file.  strict=False keeps a malformed line (e.g. one the user is
+    half-way through editing) as kind 'invalid', byte for byte, instead of raising."""
     lines = []
     counts: Dict[str, int] = {}
     for i, raw in enumerate(text.splitlines(keepends=True), start=1):
-        ln = parse_line(raw, i, path)
+        try:
+            ln = parse_line(raw, i, path)
+        except QueueError as e:
+            if strict:
+                raise
+            if errors is not None:
+                errors.append(str(e))
+            ln = Line(i, raw, "invalid")
         if ln.kind == "job":
             ln.occurrence = counts.get(ln.command, 0)
             counts[ln.command] = ln.occurrence + 1
@@ -330,27 +340,40 @@ def atomic_write(path: str, text: str, mode: Optional[int] = None) -> None:
             os.close(dfd)
 
 
-def update_status(path: str, key: Tuple[str, int], new: str,
-                  expect: Optional[Tuple[str, ...]] = None) -> Tuple[bool, Optional[Line]]:
-    """Set the status of the job identified by (command, occurrence) to `new`.
+def update_many(path: str, changes: List[Tuple[Tuple[str, int], str, Optional[Tuple[str, ...]]]]
+                ) -> List[Tuple[bool, Optional[Line]]]:
+    """Apply several status changes [(key, new, expect)] in one locked read-modify-write.
 
-    Under the lock: re-read the file, find the line, and change only its status field, and
-    only when its current status is one of `expect` (compare-and-swap: a status the user
-    edited by hand in the meantime wins).  Returns (changed, current line or None when the
-    job is no longer in the file, e.g. commented out or deleted)."""
-    assert new in STATUSES
+    For each job identified by (command, occurrence): re-read the file, find the line, and
+    change only its status field, and only when its current status is one of `expect`
+    (compare-and-swap: a status the user edited by hand in the meantime wins).  Returns per
+    change (changed, current line or None when the job is no longer in the file, e.g.
+    commented out or deleted)."""
+    if not changes:
+        return []
     with locked(path):
         for _ in range(20):
             text, st = read_text(path)
-            lines = parse_text(text, path)
-            target = next((ln for ln in lines if ln.kind == "job" and ln.key == key), None)
-            if target is None:
-                return False, None
-            if expect is not None and target.status not in expect:
-                return False, target
-            if target.status == new:
-                return True, target
-            out = "".join(ln.with_status(new) if ln is target else ln.raw for ln in lines)
+            lines = parse_text(text, path, strict=False)
+            by_key = {ln.key: ln for ln in lines if ln.kind == "job"}
+            new_status: Dict[int, str] = {}
+            results: List[Tuple[bool, Optional[Line]]] = []
+            for key, new, expect in changes:
+                assert new in STATUSES
+                target = by_key.get(key)
+                if target is None:
+                    results.append((False, None))
+                    continue
+                cur = new_status.get(id(target), target.status)
+                if expect is not None and cur not in expect:
+                    results.append((False, target))
+                    continue
+                new_status[id(target)] = new
+                results.append((True, target))
+            if not any(new_status.get(id(ln), ln.status) != ln.status for ln in lines):
+                return results
+            out = "".join(ln.with_status(new_status[id(ln)]) if id(ln) in new_status else ln.raw
+                          for ln in lines)
             # an editor may have saved the file between our read and now: start over
             try:
                 if not _same_file(st, os.stat(path)):
@@ -358,6 +381,11 @@ def update_status(path: str, key: Tuple[str, int], new: str,
             except FileNotFoundError:
                 raise QueueError(f"jobs file {path} disappeared")
             atomic_write(path, out, st.st_mode)
-            target.status = new
-            return True, target
+            return results
         raise QueueError(f"jobs file {path} keeps changing; could not write a status")
+
+
+def update_status(path: str, key: Tuple[str, int], new: str,
+                  expect: Optional[Tuple[str, ...]] = None) -> Tuple[bool, Optional[Line]]:
+    """One compare-and-swap status change (see update_many)."""
+    return update_many(path, [(key, new, expect)])[0]

@@ -2,7 +2,7 @@
 
 The loop blocks on an event queue (child exits, signals) with a timeout that is the nearest
 watchdog deadline / retry time / file re-read (0.5 s, to notice edits).  Every status change
-is a compare-and-swap on the one line of the job (jobsfile.update_status), so edits made while
+is a compare-and-swap on the one line of the job (jobsfile.update_many), so edits made while
 the queue runs are never overwritten.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .errors import QueueError
 from .jobsfile import Line
 from .state import HOST, StateLog, process_alive, proc_start_ticks
 
-FILE_POLL = 0.5          # seconds between re-reads of the jobs file while waiting
+FILE_POLL = 0.02         # seconds between stat() checks of the jobs file (new lines, edits)
 
 
 @dataclass
@@ -66,6 +66,11 @@ class Runner:
         self.completed_count = 0
         self.warned: set = set()
         self.my_start = proc_start_ticks(os.getpid())
+        self._cache_sig = None
+        self._dirty = True               # dispatch() needs to look at the file again
+        self._pending = True
+        self.outbox: List[Tuple[Tuple[str, int], str, Optional[Tuple[str, ...]]]] = []
+        self._cache_lines: List[Line] = []
 
     # -- small helpers ----------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -79,31 +84,50 @@ class Runner:
     def read_lines(self) -> List[Line]:
         """Tolerant read while running: a line the user is half-way through editing is
         reported and skipped, not fatal."""
-        text, _ = jobsfile.read_text(self.path)
-        lines: List[Line] = []
-        counts: Dict[str, int] = {}
-        for i, raw in enumerate(text.splitlines(keepends=True), start=1):
-            try:
-                ln = jobsfile.parse_line(raw, i, self.path)
-            except QueueError as e:
-                self.warn_once(f"skipping a line: {e}")
-                continue
-            if ln.kind == "job":
-                ln.occurrence = counts.get(ln.command, 0)
-                counts[ln.command] = ln.occurrence + 1
-            lines.append(ln)
+        try:
+            st = os.stat(self.path)
+            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            sig = None
+        if sig is not None and sig == self._cache_sig:
+            return self._cache_lines          # unchanged since the last parse
+        self._dirty = True
+        text, st = jobsfile.read_text(self.path)
+        errors: List[str] = []
+        lines = jobsfile.parse_text(text, self.path, strict=False, errors=errors)
+        for e in errors:
+            self.warn_once(f"skipping a line: {e}")
+        self._cache_sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        self._cache_lines = lines
         return lines
 
-    def set_status(self, key, new, expect=("running",)) -> bool:
-        changed, cur = jobsfile.update_status(self.path, key, new, expect)
-        if not changed:
+    def set_status(self, key, new, expect=("running",)) -> None:
+        """Write one status change now (together with anything queued)."""
+        self.queue_status(key, new, expect)
+        self.flush()
+
+    def queue_status(self, key, new, expect=("running",)) -> None:
+        """A status change for the next flush, which comes in this loop iteration, together
+        with the claims of the jobs that start next: one locked write instead of several."""
+        self.outbox.append((key, new, expect))
+
+    def flush(self, claims=()) -> List[bool]:
+        """Write the queued status changes plus `claims` (keys to move open -> running) in
+        one go; return whether each claim succeeded."""
+        queued = self.outbox
+        self.outbox = []
+        changes = queued + [(k, "running", ("open",)) for k in claims]
+        results = jobsfile.update_many(self.path, changes)
+        for (key, new, _), (changed, cur) in zip(queued, results):
+            if changed:
+                continue
             if cur is None:
                 self.say(f"job no longer in {os.path.basename(self.path)} (edited out); "
                          f"not writing '{new}': {key[0]}")
             else:
                 self.say(f"line {cur.lineno} was changed to '{cur.status}' meanwhile; "
                          f"keeping it (not writing '{new}')")
-        return changed
+        return [changed for changed, _ in results[len(queued):]]
 
     def need_of(self, opts) -> Tuple[int, bool]:
         if opts.gpus == "all":
@@ -233,6 +257,7 @@ class Runner:
             pending_work = True
             cands.append(c)
         if self.stop_signal is not None or not cands:
+            self.flush()
             return pending_work
         if self.backend.name == "local":
             free, excl, n = self._busy()
@@ -241,10 +266,12 @@ class Runner:
             n = sum(1 for a in self.active.values() if a.running)
             room = (self.max_parallel - n) if self.max_parallel else len(cands)
             chosen = [(c, []) for c in cands[:max(room, 0)]]
+        fresh = [c.ref[0].key for c, _ in chosen if c.ref[1] is None]
+        claimed = dict(zip(fresh, self.flush(fresh)))     # one write for all of them
         for c, gpus in chosen:
             ln, act = c.ref
             if act is None:
-                if not jobsfile.update_status(self.path, ln.key, "running", ("open",))[0]:
+                if not claimed.get(ln.key):
                     continue            # edited or claimed by another queue meanwhile
                 tok = self.next_token
                 self.next_token += 1
@@ -310,13 +337,13 @@ class Runner:
                "attempt": act.attempt, "exit_code": rc, "end_time": time.time()}
         if act.stopping:
             self.state.append(dict(rec, status="open", reason="queue stopped"))
-            self.set_status(act.key, "open")
+            self.queue_status(act.key, "open")
             self.say(f"L{ln.lineno} stopped (exit {rc}); marked open again")
             del self.active[act.token]
             return
         if rc == 0 and not act.kill_reason and not reason:
             self.state.append(dict(rec, status="completed", reason="exit 0"))
-            self.set_status(act.key, "completed")
+            self.queue_status(act.key, "completed")
             self.completed_count += 1
             self.say(f"L{ln.lineno} completed in {dur:.1f} s")
             del self.active[act.token]
@@ -331,7 +358,7 @@ class Runner:
                      f"in {delay:g} s")
             return
         self.state.append(dict(rec, status="failed", reason=why))
-        self.set_status(act.key, "failed")
+        self.queue_status(act.key, "failed")
         self.failed_count += 1
         self.say(f"L{ln.lineno} failed ({why}) after {act.attempt} attempt(s); log: {act.log_path}")
         del self.active[act.token]
@@ -402,7 +429,7 @@ class Runner:
                 self.state.append({"event": "end", "command": act.line.command,
                                    "occurrence": act.line.occurrence, "status": "open",
                                    "reason": "queue stopped", "end_time": time.time()})
-                self.set_status(act.key, "open")
+                self.queue_status(act.key, "open")
                 del self.active[act.token]
 
     # -- the loop ---------------------------------------------------------------------------
@@ -414,11 +441,19 @@ class Runner:
         while True:
             if self.stop_signal is None:
                 lines = self.read_lines()
-                pending = self.dispatch(lines)
+                now = time.monotonic()
+                if self._dirty or self.outbox or any(
+                        a.retry_at is not None and a.retry_at <= now for a in self.active.values()):
+                    # something changed: the file, a job ended, a retry is due
+                    self._dirty = False
+                    self._pending = self.dispatch(lines)
+                pending = self._pending
             else:
+                self.flush()
                 pending = False
             if not self.active:
                 if self.stop_signal is not None:
+                    self.flush()
                     return 128 + self.stop_signal
                 if not pending and not self.watch:
                     break
@@ -441,6 +476,7 @@ class Runner:
             ev = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
         except _queue.Empty:
             return
+        self._dirty = True
         while True:
             self._handle(ev)
             try:

@@ -90,8 +90,9 @@ class StateLog:
                     f.seek(size - 1)
                     if f.read(1) != b"\n":
                         line = "\n" + line
+            # no fsync: after a power loss every job process is gone anyway, and the jobs
+            # file (which is fsynced) is what recovery trusts; the page cache survives SIGKILL
             os.write(fd, line.encode())
-            os.fsync(fd)
         finally:
             os.close(fd)
 
