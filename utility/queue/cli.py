@@ -10,7 +10,8 @@ from typing import List, Optional
 
 from . import gpus as gpus_mod
 from . import jobsfile, scheduler
-from .base import Echo, command_argv
+from .base import Echo
+from .local_backend import local_argv
 from .errors import QueueError
 from .state import StateLog
 
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", metavar="SPEC",
                    help="GPUs to use: a count (8), ids (0,1,2,3; '3,' for GPU 3 alone) or none; "
                         "default: CUDA_VISIBLE_DEVICES, else nvidia-smi -L, else none")
+    p.add_argument("--workdir", metavar="DIR",
+                   help="directory the jobs run in (default: the directory of the jobs file)")
     p.add_argument("--backend", choices=("local", "slurm"), default="local")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true",
@@ -105,7 +108,7 @@ def status_table(jobs: str, log_dir: str) -> str:
 def dry_run(args, total: List[str], source: str) -> str:
     lines = jobsfile.read_jobs(args.jobs)
     out = [f"jobs file: {args.jobs}", f"GPUs: {','.join(total) or 'none'} ({source})",
-           f"backend: {args.backend}", f"working directory of jobs: {os.path.dirname(args.jobs)}"]
+           f"backend: {args.backend}", f"working directory of jobs: {args.workdir}"]
     cands = []
     for ln in lines:
         if ln.kind != "job":
@@ -130,7 +133,7 @@ def dry_run(args, total: List[str], source: str) -> str:
     planned = {id(c) for _, c, _ in plan}
     for wave, c, g in plan:
         ln = c.ref
-        argv = command_argv(ln.command, ln.options.shell)
+        argv = local_argv(ln.command, ln.options.shell)
         where = f"GPUs {','.join(g)}" if g else "no GPU"
         excl = ", alone" if c.exclusive else ""
         out.append(f"  wave {wave}: L{ln.lineno} on {where}{excl} "
@@ -145,9 +148,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.jobs = os.path.abspath(args.jobs)
     args.log_dir = os.path.abspath(args.log_dir)
+    args.workdir = os.path.abspath(args.workdir or os.path.dirname(args.jobs))
     try:
         if args.max_parallel is not None and args.max_parallel < 1:
             raise QueueError("--max-parallel must be at least 1")
+        if not os.path.isdir(args.workdir):
+            raise QueueError(f"--workdir {args.workdir} is not a directory")
         if args.action == "status":
             print(status_table(args.jobs, args.log_dir))
             return 0
@@ -173,10 +179,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                      f"{','.join(total) or 'none'} ({source}), logs in {args.log_dir}")
         runner = Runner(args.jobs, args.log_dir, backend, total, echo, watch=args.watch,
                         max_parallel=args.max_parallel, kill_grace=args.kill_grace,
-                        slurm_all_gpus=slurm_all)
+                        slurm_all_gpus=slurm_all, workdir=args.workdir)
         return runner.run()
     except QueueError as e:
         print(f"QueueManager.py: error: {e}", file=sys.stderr)
+        return 2
+    except PermissionError as e:
+        print(f"QueueManager.py: error: {e.filename}: permission denied", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -21,6 +21,15 @@ from .state import BOOT_ID, HOST, proc_start_ticks
 PYTHON_NAMES = ("python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}")
 
 
+def local_argv(command: str, shell: bool, python: str = sys.executable):
+    """The argv a job runs with; a leading python/python3 becomes the interpreter (venv)
+    that runs the queue, so jobs see the same packages however PATH is set."""
+    argv = command_argv(command, shell)
+    if not shell and argv and argv[0] in PYTHON_NAMES:
+        argv[0] = python
+    return argv
+
+
 class LocalHandle:
     def __init__(self, launch: Launch, proc: subprocess.Popen, log_file):
         self.launch = launch
@@ -48,9 +57,7 @@ class LocalBackend:
 
     # -- start ------------------------------------------------------------------------------
     def start(self, launch: Launch) -> LocalHandle:
-        argv = command_argv(launch.command, launch.options.shell)
-        if not launch.options.shell and argv and argv[0] in PYTHON_NAMES:
-            argv[0] = self.python       # the interpreter (venv) that runs the queue
+        argv = local_argv(launch.command, launch.options.shell, self.python)
         env = dict(os.environ)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(launch.gpus)
         env["PYTHONUNBUFFERED"] = "1"   # live output: the echo and the no-output watchdog

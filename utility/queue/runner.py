@@ -45,9 +45,10 @@ class Active:
 class Runner:
     def __init__(self, jobs_path: str, log_dir: str, backend, gpus: List[str], echo: Echo,
                  watch: bool = False, max_parallel: Optional[int] = None,
-                 kill_grace: float = 30.0, slurm_all_gpus: Optional[int] = None):
+                 kill_grace: float = 30.0, slurm_all_gpus: Optional[int] = None,
+                 workdir: Optional[str] = None):
         self.path = os.path.abspath(jobs_path)
-        self.cwd = os.path.dirname(self.path)
+        self.cwd = os.path.abspath(workdir) if workdir else os.path.dirname(self.path)
         self.log_dir = os.path.abspath(log_dir)
         self.backend = backend
         self.events = backend.events
