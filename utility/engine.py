@@ -8,6 +8,7 @@ import contextlib
 import math
 import sys
 import time
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Protocol
@@ -152,6 +153,8 @@ class TrainerOptions:
     best_metric: Optional[str] = None
     best_mode: str = "max"
     config: dict[str, Any] = field(default_factory=dict)
+    train_columns: list[str] = field(default_factory=lambda: list(TRAIN_COLUMNS))
+    epoch_end: Optional[Callable[["Trainer"], None]] = None  # e.g. SimCLR's encoder snapshots
 
 
 class Trainer:
@@ -171,7 +174,7 @@ class Trainer:
         self.best_epoch: Optional[int] = None
         self.finished = False
         self.epoch_loss = [0.0, 0]  # running (sum, batches) of the current epoch, kept across resume
-        self.train_log = CsvLog(run_dir / "train.log", TRAIN_COLUMNS, opts.log_losses)
+        self.train_log = CsvLog(run_dir / "train.log", opts.train_columns, opts.log_losses)
         self.val_log: Optional[CsvLog] = None
         self.tb = TensorBoard(run_dir / "tensorboard")
 
@@ -266,6 +269,8 @@ class Trainer:
             self._write_val(row)
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             self.epoch_loss = [0.0, 0]
+            if self.opts.epoch_end is not None and is_main():
+                self.opts.epoch_end(self)
             self.save()
             if self.opts.verbose and is_main():
                 shown = {k: v for k, v in list(row.items())[:6]}
@@ -327,9 +332,10 @@ class Trainer:
         if not pending:
             return
         values = torch.stack([p[2] for p in pending]).float().tolist()
+        stamp = datetime.now().isoformat(timespec="seconds")
         for (step, gstep, _, lr), v in zip(pending, values):
             self.train_log.write({"epoch": self.epoch + 1, "step": step, "loss": v, "lr": lr,
-                                  "global_step": gstep})
+                                  "global_step": gstep, "datetime": stamp})
         self.tb.scalars({"loss": values[-1], "lr": pending[-1][3]}, pending[-1][1], "train")
         if self.opts.debug:
             print(f"epoch {self.epoch + 1} step {pending[-1][0]} loss {values[-1]:.6f}", flush=True)

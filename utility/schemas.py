@@ -136,3 +136,76 @@ class FTEConfig(RunBase, DataKeys):
 FTE_DEPRECATED: dict[str, str] = {
     "w_m": "per-class metric weights never had an effect; metrics are reported per class and as means",
 }
+
+
+class SimCLRConfig(RunBase, DataKeys):
+    """SimCLR pretraining (``pkgs/SimCLR/main.py``); the predecessor's keys keep their meaning."""
+
+    dataset: Literal["Custom_2D"] = Field("Custom_2D", description="images found recursively in folders")
+    dataset_base_dir: list[str] = Field(description="folder(s) of unlabeled images (recursive)")
+    random_subset: Annotated[float, Field(gt=0, le=1)] = 1.0
+    grayscale: bool = False
+    image_size: PositiveInt = Field(224, description="crop size of the views")
+    resnet: str = Field("resnet50", description="encoder name (any backbone finetuning supports)")
+    in_channels: Literal[1, 3] = 3
+    projection_head: Literal["predecessor", "mlp"] = "predecessor"
+    projection_hidden: Optional[PositiveInt] = Field(None, description="default: the encoder width")
+    projection_dim: PositiveInt = 256
+    temperature: Annotated[float, Field(gt=0)] = 0.5
+    loss_device: Literal["gather", "per_replica", "cpu", "cuda"] = Field(
+        "gather", description="gather: negatives from all ranks; per_replica: predecessor behaviour")
+    jitter_strength: Annotated[float, Field(ge=0)] = 1.0
+    jitter_p: Annotated[float, Field(ge=0, le=1)] = 0.8
+    blur_p: Annotated[float, Field(ge=0, le=1)] = 0.0
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    optimizer: str = "LARS"
+    lr: Optional[Annotated[float, Field(gt=0)]] = Field(None, description="default 0.075*sqrt(batch) for LARS")
+    base_lr: Optional[Annotated[float, Field(gt=0)]] = Field(None, description="lr = base_lr x scaling(batch)")
+    lr_scaling: Literal["linear", "sqrt", "none"] = "sqrt"
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-6
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    stepwise_scheduler: Optional[Literal["None", "CosineAnnealing", "Exponential", "DecayingCosine"]] = None
+    scheduler: Optional[Literal["decay", "cosine", "decaying_cosine", "cosine_total"]] = "cosine_total"
+    scheduling_interval: Literal["epoch", "step"] = "step"
+    decay_per_epoch: Annotated[float, Field(gt=0, le=1)] = 0.95
+    annealing_time: Optional[Annotated[float, Field(gt=0)]] = None
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
+    enc_save_frequency: Optional[PositiveInt] = Field(10, description="epochs between encoder_<epoch>.tar")
+    model_save_frequency: Optional[PositiveInt] = Field(None, description="resume checkpoints are saved every epoch")
+    low_verbosity: bool = False
+    dataparallel: bool = False
+    nodes: PositiveInt = 1
+    gpus: Optional[NonNegInt] = None
+    nr: NonNegInt = 0
+
+    @field_validator("dataset_base_dir", mode="before")
+    @classmethod
+    def _dirs(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: str) -> str:
+        names = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "lars": "LARS"}
+        if v.lower() not in names:
+            raise ValueError("expected one of LARS, Adam, AdamW, SGD")
+        return names[v.lower()]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SimCLRConfig":
+        shape = self.shape_desired
+        if shape is not None and (self.image_size > shape[0] or self.image_size > shape[1]):
+            raise ValueError(f"image_size {self.image_size} is larger than shape_desired {list(shape)}")
+        if self.nodes > 1:
+            raise ValueError("nodes > 1: launch with torchrun --nnodes (see README, multi-node)")
+        return self
+
+
+SIMCLR_DEPRECATED: dict[str, str] = {
+    "pretrain": "unused by the predecessor too", "dataset_dir": "use dataset_base_dir",
+    "checkpoint_epoch": "unused by the predecessor too", "model_path": "unused by the predecessor too",
+    "logistic_batch_size": "unused by the predecessor too", "logistic_epochs": "unused by the predecessor too",
+    "reload": "resume is automatic: start the same command again",
+    "epoch_num": "resume is automatic and continues from the last checkpoint",
+    "start_epoch": "resume is automatic and continues from the last checkpoint",
+}

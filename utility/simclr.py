@@ -1,0 +1,107 @@
+"""SimCLR: encoder + projection head, two views per image made on the training device with
+per-sample parameters, and the step the shared engine runs (NT-Xent over all ranks' views)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import kornia.augmentation as K
+import torch
+from torch import nn
+
+from utility.data.preprocess import conform_channels
+from utility.engine import StepContext
+from utility.ntxent import nt_xent
+
+
+def projection_head(width: int, hidden: int, out: int, kind: str) -> nn.Module:
+    """'predecessor': Linear-ReLU-Linear-Sigmoid-Linear without biases (its default);
+    'mlp': Linear-BN-ReLU-Linear (the SimCLR paper's 2-layer head)."""
+    if kind == "predecessor":
+        return nn.Sequential(nn.Linear(width, hidden, bias=False), nn.ReLU(),
+                             nn.Linear(hidden, hidden, bias=False), nn.Sigmoid(),
+                             nn.Linear(hidden, out, bias=False))
+    return nn.Sequential(nn.Linear(width, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
+                         nn.Linear(hidden, out))
+
+
+class SimCLRModel(nn.Module):
+    """Returns projections of both views; the encoder alone is what pretraining hands on."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = head
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.projector(self.encoder(torch.cat([x1, x2])))
+        return z[: x1.shape[0]], z[x1.shape[0]:]
+
+
+class SimCLRViews(nn.Module):
+    """RandomResizedCrop(image_size), flip 0.5, colour jitter (strength s, probability p), grayscale
+    0.2 (off for grayscale data), optional Gaussian blur: each image its own parameters."""
+
+    def __init__(self, image_size: int, jitter_strength: float = 1.0, jitter_p: float = 0.8,
+                 grayscale_data: bool = False, blur_p: float = 0.0, crop_scale=(0.08, 1.0)) -> None:
+        super().__init__()
+        s = jitter_strength
+        ops: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=tuple(crop_scale)),
+                                K.RandomHorizontalFlip(p=0.5)]
+        if grayscale_data:
+            ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.0, 0.0, p=jitter_p))
+        else:
+            ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=jitter_p))
+            ops.append(K.RandomGrayscale(p=0.2))
+        if blur_p > 0:
+            k = max(3, (image_size // 10) | 1)
+            ops.append(K.RandomGaussianBlur((k, k), (0.1, 2.0), p=blur_p))
+        self.ops = K.AugmentationSequential(*ops, same_on_batch=False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.clamp(0, 1)
+        return self.ops(x), self.ops(x)
+
+
+class SimCLRMethod:
+    """One SimCLR step for the engine. ``gather``: negatives from every rank (DDP); off gives the
+    predecessor's per-replica loss (``loss_device``)."""
+
+    def __init__(self, views: SimCLRViews, temperature: float, in_channels: int = 3, gather: bool = True) -> None:
+        self.views, self.temperature, self.in_channels, self.gather = views, temperature, in_channels, gather
+        self.dropped = {"train": 0, "eval": 0}
+
+    def train_loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext):
+        x = batch["image"]
+        valid = batch["valid"]
+        if not bool(valid.all()):
+            self.dropped["train"] += int((~valid).sum())
+            x = x[valid]
+            if x.shape[0] < 2:
+                return None, 0
+        x = conform_channels(x.to(ctx.device, non_blocking=True), 3)
+        with torch.autocast(ctx.device.type, enabled=False):
+            v1, v2 = self.views(x.float())
+        if self.in_channels == 1:
+            v1, v2 = conform_channels(v1, 1), conform_channels(v2, 1)
+        z1, z2 = model(v1, v2)
+        return nt_xent(z1, z2, self.temperature, self.gather), int(x.shape[0])
+
+    # pretraining has no labelled evaluation split; the engine is given no val loader
+    def eval_begin(self, split: str) -> None: ...
+
+    def eval_batch(self, model, batch, ctx):
+        return torch.zeros((), device=ctx.device), 0
+
+    def eval_end(self, avg_loss: float) -> dict[str, float]:
+        return {}
+
+    def eval_artifacts(self, out_dir: Path, tag: str) -> None: ...
+
+
+def save_encoder(model: SimCLRModel, path: Path) -> None:
+    """Encoder state dict only, no ``module.`` prefix: what finetuning's model_path and get_model read."""
+    from utility.checkpoint import atomic_save
+
+    atomic_save({k: v.detach().cpu() for k, v in model.encoder.state_dict().items()}, path)
