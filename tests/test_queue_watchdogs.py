@@ -92,3 +92,19 @@ def test_retries_exhausted_is_failed(tmp_path):
     assert (tmp_path / "bcount").read_text() == "2"
     rec = latest(tmp_path, jobs)[("python job.py broken", 0)]
     assert rec["exit_code"] == 2 and rec["attempts"] == 2 and rec["status"] == "failed"
+
+
+def test_job_commented_out_while_waiting_for_retry_is_dropped(tmp_path):
+    jobs = _setup(tmp_path, "python job.py broken,open,retries=5;backoff=3\n")
+    from test_queue_helpers import replace_text, start_queue, stop, wait_for
+    q = start_queue(tmp_path, jobs, "--gpus", "none")
+    try:
+        wait_for(lambda: (tmp_path / "bcount").exists(), what="first attempt")
+        wait_for(lambda: "retry 1/5" in (tmp_path / "queue_stdout.txt").read_text(),
+                 what="retry to be scheduled")
+        replace_text(jobs, "#python job.py broken,running,retries=5;backoff=3\n")
+        assert q.wait(timeout=10) == 0
+    finally:
+        stop(q)
+    assert (tmp_path / "bcount").read_text() == "1"
+    assert jobs.read_text() == "#python job.py broken,running,retries=5;backoff=3\n"

@@ -231,6 +231,11 @@ class Runner:
         by_key = {a.key: a for a in self.active.values()}
         cands = []
         pending_work = False
+        seen = {ln.key for ln in lines if ln.kind == "job"}
+        for act in list(self.active.values()):
+            if not act.running and act.key not in seen:      # waiting for a retry, edited out
+                self.say(f"L{act.line.lineno} was removed from the file; no more retries")
+                del self.active[act.token]
         for ln in lines:
             if ln.kind != "job":
                 continue
@@ -239,7 +244,7 @@ class Runner:
                 if act.running:
                     continue
                 if ln.status != "running":          # user edited a job waiting for a retry
-                    del self.active[act.token]
+                    self.active.pop(act.token, None)
                     if ln.status != "open":
                         continue
                     act = None
