@@ -18,7 +18,8 @@ from utility.rundir import write_table
 class ClassificationMethod:
     def __init__(self, num_classes: int, multilabel: bool, class_names: list[str], in_channels: int,
                  augment: Optional[nn.Module] = None, class_weights: Optional[list[float]] = None,
-                 paths: Optional[dict[str, list[Path]]] = None, per_class_columns: bool = True) -> None:
+                 paths: Optional[dict[str, list[Path]]] = None, per_class_columns: bool = True,
+                 save_predictions: bool = True) -> None:
         self.multilabel = multilabel
         self.in_channels = in_channels
         self.augment = augment
@@ -27,6 +28,7 @@ class ClassificationMethod:
         self.class_names = class_names
         self.paths = paths or {}
         self.per_class_columns = per_class_columns  # off for 1000-class tasks: logs stay readable
+        self.save_predictions = save_predictions
         self._eval_index: list[np.ndarray] = []
         self._eval_split = "val"
         self.dropped = {"train": 0, "eval": 0}
@@ -94,7 +96,7 @@ class ClassificationMethod:
         cm_dir = out_dir / "confusion_matrices"
         cm_dir.mkdir(exist_ok=True)
         self.metrics.save_confusion_matrix(cm_dir / f"{tag}.csv")
-        if tag.startswith("test"):
+        if tag.startswith("test") and self.save_predictions:
             self._save_predictions(out_dir / f"predictions_{tag}.csv")
 
     def _save_predictions(self, path: Path) -> None:

@@ -22,7 +22,7 @@ from utility.config import dump_config, load_config
 from utility.data.cache import SharedStore
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import IndexedTask, index_task
-from utility.distributed import is_main
+from utility.distributed import is_dist, is_main
 from utility.engine import Amp, EpochSampler, Trainer, TrainerOptions
 from utility.entry import CrashLog
 from utility.errors import UserError
@@ -61,18 +61,24 @@ def check_existing_run(run_dir: Path, cfg: FTEConfig) -> Optional[str]:
     ck_path = run_dir / "checkpoint_last.pt"
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists():
-        old = yaml.safe_load(cfg_path.read_text()) or {}
+        try:
+            old = yaml.safe_load(cfg_path.read_text())
+        except yaml.YAMLError:
+            old = None
+        if not isinstance(old, dict) or "name" not in old or "task" not in old:
+            raise UserError(f"run directory {run_dir} holds a config.yaml that is not a run config of ours; "
+                            "choose another name or move it away (nothing was overwritten)")
         new = cfg.model_dump(mode="json")
         diffs = [k for k in new if k not in RESUME_FREE_KEYS and k in old and old.get(k) != new[k]]
         if diffs:
             shown = "; ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diffs[:4])
             raise UserError(f"run directory {run_dir} holds a run with a different config ({shown}); "
                             "choose another name to start a new run (nothing was overwritten)")
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
+    elif run_dir.is_dir() and any(p.name != "crash.log" for p in run_dir.iterdir()):  # ours: an earlier error
         raise UserError(f"run directory {run_dir} is not empty and holds no run config of ours; "
                         "choose another name or move it away (nothing was overwritten)")
     if not ck_path.exists():
-        for stale in ("train.log", "val.log"):  # our own rows from an attempt killed before epoch 1 ended
+        for stale in ("train.log", "val.log", "crash.log"):  # ours, from an attempt that ended before epoch 1
             (run_dir / stale).unlink(missing_ok=True)
         return None
     ck = load_checkpoint(ck_path)
@@ -136,6 +142,8 @@ def build_model(cfg: FTEConfig, num_classes: int) -> tuple[Classifier, list[str]
         notes = load_into_classifier(model, resolve_user_path(cfg.model_path), cfg.allow_partial_load)
     if cfg.frozen_encoder:
         model.freeze_encoder(cfg.unfreeze_last_n)
+    if cfg.syncbn and is_dist():
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[assignment]
     return model, notes
 
 
@@ -177,7 +185,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
             augment.to(device)
     method = ClassificationMethod(n_cls, task.type == "multilabel", data.indexed.classes, cfg.in_channels or 3,
                                   augment, cfg.w_l, {k: s.paths for k, s in data.indexed.splits.items()},
-                                  per_class_columns=task.per_class_metrics)
+                                  per_class_columns=task.per_class_metrics, save_predictions=cfg.save_predictions)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps = 1 if cfg.short_training else len(data.loaders["train"])
     scheduler = build_scheduler(optimizer, cfg.scheduler, interval=cfg.scheduling_interval, steps_per_epoch=steps,
@@ -282,10 +290,13 @@ def main(argv: list[str]) -> int:
     out_root = resolve_user_path(cfg.output_root) if cfg.output_root else DEFAULT_OUTPUT_ROOT
     run_dir = out_root / "finetuning" / cfg.name
     if cfg.folds:
+        if (run_dir / "config.yaml").exists():
+            raise UserError(f"run directory {run_dir} holds a run without folds; choose another name "
+                            "for the k-fold run (nothing was overwritten)")
         run_dir.mkdir(parents=True, exist_ok=True)
         CrashLog.path = run_dir / "crash.log"
         run_folds(cfg, task, run_dir)
     else:
-        CrashLog.path = run_dir / "crash.log" if run_dir.exists() else None
+        CrashLog.path = None  # run_one sets it once run_dir is known to be ours (never a refused dir)
         run_one(cfg, task, run_dir)
     return 0
