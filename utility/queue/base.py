@@ -6,7 +6,7 @@ import shlex
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 from .jobsfile import JobOptions
 

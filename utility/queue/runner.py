@@ -16,7 +16,6 @@ from typing import Dict, List, Optional, Tuple
 
 from . import jobsfile, scheduler
 from .base import Echo, Launch, LaunchError, slug
-from .errors import QueueError
 from .jobsfile import Line
 from .state import HOST, StateLog, process_alive, proc_start_ticks
 
