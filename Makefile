@@ -22,3 +22,4 @@ test: venv
 
 bench: venv
 	$(VPY) benchmarks/bench_engine_step.py
+	$(VPY) benchmarks/bench_queue.py
