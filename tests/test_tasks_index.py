@@ -410,3 +410,26 @@ def test_unknown_reader_and_unimportable_module(tmp_path):
         index_task(flat_task("nope"), tmp_path, seed=0)
     with pytest.raises(UserError, match="cannot import module 'no_such_module_xyz'"):
         index_task(flat_task("no_such_module_xyz:f"), tmp_path, seed=0)
+
+
+@pytest.mark.parametrize("label, ok", [("1", True), ("2", False), ("bird", False), ("dog", True)])
+def test_csv_multiclass_label_names_and_indices(tmp_path, label, ok):
+    root = tmp_path / "pets"
+    rows = ["file,label"]
+    for split in ("train", "test"):
+        for i in range(8):
+            write_class_image(root / split / f"{split}_{i}.png", i % 2, size=8)
+            rows.append(f"{split}_{i}.png,{['cat', 'dog'][i % 2]}")
+    rows[3] = f"train_2.png,{label}"
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    task = TaskSpec.model_validate(task_dict(name="pets", root="pets", classes=["cat", "dog"],
+                                             layout={"reader": "csv", "labels_file": "labels.csv"}))
+    if ok:
+        idx = index_task(task, tmp_path, seed=0)
+        got = {p.name: t for s in idx.splits.values() for p, t in zip(s.paths, s.targets)}
+        assert got["train_2.png"] == 1 and got["train_1.png"] == 1 and got["train_0.png"] == 0
+    else:
+        with pytest.raises(UserError) as info:
+            index_task(task, tmp_path, seed=0)
+        assert "train_2.png" in str(info.value) and repr(label) in str(info.value)
+        assert "cat, dog" in str(info.value)

@@ -96,7 +96,8 @@ class Data:
 
 def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device) -> Data:
     data_root = resolve_user_path(cfg.data_root) if cfg.data_root else DEFAULT_DATA_ROOT
-    indexed = index_task(task, data_root, cfg.seed, cfg.data_format, cfg.folds, cfg.fold, cfg.train_fraction)
+    indexed = index_task(task, data_root, cfg.seed, cfg.data_format, cfg.folds, cfg.fold, cfg.train_fraction,
+                         slice_axis=cfg.slice_axis)
     shape = tuple(cfg.shape_desired or task.shape_desired)
     prep = Preprocess(channels=3 if (cfg.in_channels or 3) == 3 else 1, shape=shape,  # type: ignore[arg-type]
                       normalizer=cfg.normalizer or task.normalizer,
@@ -109,7 +110,9 @@ def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device) -> Data:
         split = indexed.splits[name]
         cache = None
         if cfg.opmode != "disk":
-            cache = SharedStore(len(split), prep.channels, shape, f"split '{name}'")
+            cache = SharedStore(split.paths, prep.channels, shape, repr(prep),  # type: ignore[arg-type]
+                                resolve_user_path(cfg.cache_dir) if cfg.cache_dir else None,
+                                f"{task.name} split '{name}'")
         ds = ImageDataset(split, prep, task.type == "multilabel", indexed.num_classes, cache,
                           debug=cfg.debug, test_nan_inf=cfg.test_nan_inf)
         if cfg.opmode == "pre_cache":
