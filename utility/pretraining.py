@@ -80,7 +80,7 @@ def check_run_dir(run_dir: Path, cfg: SimCLRConfig) -> str:
         if diffs:
             raise UserError(f"run directory {run_dir} holds a run with a different config "
                             f"({', '.join(diffs[:4])}); choose another name (nothing was overwritten)")
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
+    elif run_dir.is_dir() and any(p.name != "crash.log" for p in run_dir.iterdir()):  # ours: an earlier error
         raise UserError(f"run directory {run_dir} is not empty and holds no run config of ours; "
                         "choose another name (nothing was overwritten)")
     ck = run_dir / "checkpoint_last.pt"
