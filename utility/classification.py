@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utility.data.badfiles import BadFiles, drop_invalid
 from utility.data.preprocess import conform_channels
 from utility.engine import StepContext
 from utility.metrics import ClassificationMetrics
@@ -31,17 +32,12 @@ class ClassificationMethod:
         self.save_predictions = save_predictions
         self._eval_index: list[np.ndarray] = []
         self._eval_split = "val"
-        self.dropped = {"train": 0, "eval": 0}
+        self.bad: Optional[BadFiles] = None  # set by the caller to count and report broken files
 
     def _inputs(self, batch: dict[str, Any], ctx: StepContext, train: bool):
-        valid = batch["valid"]
-        if not bool(valid.all()):
-            self.dropped["train" if train else "eval"] += int((~valid).sum())
-            keep = valid.nonzero().flatten()
-            if keep.numel() == 0:
-                return None
-            batch = {k: (v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in keep.tolist()])
-                     for k, v in batch.items()}
+        batch = drop_invalid(batch, "train" if train else self._eval_split, self.bad)
+        if batch is None:
+            return None
         x = batch["image"].to(ctx.device, non_blocking=True)
         y = batch["target"].to(ctx.device, non_blocking=True)
         x = conform_channels(x, self.in_channels)

@@ -19,6 +19,7 @@ from utility.augment import build_augment
 from utility.checkpoint import load_checkpoint, seed_everything
 from utility.classification import ClassificationMethod
 from utility.config import dump_config, load_config
+from utility.data.badfiles import BadFiles
 from utility.data.cache import SharedStore
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import IndexedTask, index_task
@@ -189,6 +190,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     method = ClassificationMethod(n_cls, task.type == "multilabel", data.indexed.classes, cfg.in_channels or 3,
                                   augment, cfg.w_l, {k: s.paths for k, s in data.indexed.splits.items()},
                                   per_class_columns=task.per_class_metrics, save_predictions=cfg.save_predictions)
+    method.bad = BadFiles({k: s.paths for k, s in data.indexed.splits.items()}, cfg.max_bad_fraction, run_dir)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps = 1 if cfg.short_training else len(data.loaders["train"])
     scheduler = build_scheduler(optimizer, cfg.scheduler, interval=cfg.scheduling_interval, steps_per_epoch=steps,
@@ -198,7 +200,8 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=cfg.scheduling_interval,
                           short_training=cfg.short_training, verbose=cfg.verbose, debug=cfg.debug,
                           log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
-                          best_metric=metric, best_mode=mode, config=cfg.model_dump(mode="json"))
+                          best_metric=metric, best_mode=mode, config=cfg.model_dump(mode="json"),
+                          epoch_end=lambda tr: report_bad_files(method, tr.epoch))
     trainer = Trainer(model, method, optimizer, scheduler, Amp(device, cfg.amp), run_dir, opts)
     if state == "resume" and trainer.resume():
         print(f"resuming {run_dir} at epoch {trainer.epoch + 1} step {trainer.batch_in_epoch}")
@@ -216,7 +219,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
         trainer.save()
     finally:
         trainer.close()
-    report_bad_files(method, run_dir)
+    report_bad_files(method)
     return results
 
 
@@ -244,10 +247,10 @@ def test(trainer: Trainer, data: Data, run_dir: Path, metric: str) -> dict[str, 
     return out
 
 
-def report_bad_files(method: ClassificationMethod, run_dir: Path) -> None:
-    if any(method.dropped.values()):
-        print(f"note: {method.dropped['train']} training and {method.dropped['eval']} evaluation samples "
-              "were dropped (unreadable or NaN/Inf); see the data-pipeline report")
+def report_bad_files(method: ClassificationMethod, epoch: Optional[int] = None) -> None:
+    line = method.bad.write_report() if method.bad is not None else None
+    if line:
+        print(f"epoch {epoch}: {line}" if epoch is not None else line, file=sys.stderr)
 
 
 def read_test_row(path: Path) -> dict[str, float]:

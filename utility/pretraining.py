@@ -8,6 +8,7 @@ encoder_pretrained.tar at the end.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from utility.checkpoint import seed_everything
 from utility.config import dump_config, load_config
+from utility.data.badfiles import BadFiles
 from utility.data.cache import SharedStore
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import Split, find_images
@@ -44,7 +46,7 @@ def unlabeled_split(cfg: SimCLRConfig) -> Split:
         folder = resolve_user_path(d)
         if not folder.is_dir():
             raise UserError(f"dataset_base_dir not found: {folder}")
-        found = find_images(folder, formats)
+        found = find_images(folder, formats, cfg.slice_axis)
         if not found:
             raise UserError(f"no {', '.join(formats)} images under {folder} (data_format)")
         paths += found
@@ -114,7 +116,10 @@ def main(argv: list[str]) -> int:
                         "[0, 1] images; use naive, 01_clipped_CT or windowed")
     if cfg.batch_size > len(split):
         raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(split)} images found")
-    cache = SharedStore(len(split), prep.channels, shape, "the pretraining images") if cfg.opmode != "disk" else None
+    cache = None
+    if cfg.opmode != "disk":
+        cache = SharedStore(split.paths, prep.channels, shape, repr(prep),  # type: ignore[arg-type]
+                            resolve_user_path(cfg.cache_dir) if cfg.cache_dir else None, "pretraining images")
     ds = ImageDataset(split, prep, False, 1, cache, debug=cfg.debug, test_nan_inf=cfg.test_nan_inf)
     workers = 0 if cfg.debug else cfg.num_workers
     if cfg.opmode == "pre_cache":
@@ -135,6 +140,7 @@ def main(argv: list[str]) -> int:
     views = SimCLRViews(cfg.image_size, cfg.jitter_strength, cfg.jitter_p, cfg.grayscale, cfg.blur_p,
                         cfg.crop_scale).to(device)
     method = SimCLRMethod(views, cfg.temperature, cfg.in_channels, gather=cfg.loss_device != "per_replica")
+    method.bad = BadFiles({"train": split.paths}, cfg.max_bad_fraction, run_dir)
     optimizer = build_optimizer(model, cfg.optimizer, learning_rate(cfg), cfg.weight_decay, cfg.momentum)
     sched_name = STEPWISE[cfg.stepwise_scheduler] if cfg.stepwise_scheduler is not None else cfg.scheduler
     interval = "step" if cfg.stepwise_scheduler is not None else cfg.scheduling_interval
@@ -143,6 +149,9 @@ def main(argv: list[str]) -> int:
                                 annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs)
 
     def snapshot(tr: Trainer) -> None:
+        line = method.bad.write_report() if method.bad is not None else None
+        if line:
+            print(f"epoch {tr.epoch}: {line}", file=sys.stderr)
         if cfg.enc_save_frequency and tr.epoch % cfg.enc_save_frequency == 0:
             save_encoder(model, run_dir / f"encoder_{tr.epoch}.tar")
 

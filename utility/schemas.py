@@ -60,6 +60,11 @@ class DataKeys(BaseModel):
     no_augs: bool = False
     noise_injection: Optional[tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0, le=1)]]] = None
     test_nan_inf: bool = True
+    cache_dir: Optional[str] = Field(None, description="where cached images live; default /dev/shm/<user>-mi-cache")
+    slice_axis: Optional[Annotated[int, Field(ge=0, le=2)]] = Field(
+        None, description="read NIfTI volumes as 2-D slices along this axis")
+    max_bad_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.05, description="stop when more than this fraction of a split is unreadable")
 
     @field_validator("data_format", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
+from utility.data.badfiles import BadFiles, drop_invalid
 from utility.data.preprocess import conform_channels
 from utility.engine import StepContext
 from utility.ntxent import nt_xent
@@ -70,16 +71,13 @@ class SimCLRMethod:
 
     def __init__(self, views: SimCLRViews, temperature: float, in_channels: int = 3, gather: bool = True) -> None:
         self.views, self.temperature, self.in_channels, self.gather = views, temperature, in_channels, gather
-        self.dropped = {"train": 0, "eval": 0}
+        self.bad: Optional[BadFiles] = None
 
     def train_loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext):
+        batch = drop_invalid(batch, "train", self.bad)
+        if batch is None or batch["image"].shape[0] < 2:
+            return None, 0
         x = batch["image"]
-        valid = batch["valid"]
-        if not bool(valid.all()):
-            self.dropped["train"] += int((~valid).sum())
-            x = x[valid]
-            if x.shape[0] < 2:
-                return None, 0
         x = conform_channels(x.to(ctx.device, non_blocking=True), 3)
         with torch.autocast(ctx.device.type, enabled=False):
             v1, v2 = self.views(x.float())

@@ -1,43 +1,150 @@
-"""A cache of preprocessed images in shared memory, filled by DataLoader workers.
+"""A cache of preprocessed images: memory-mapped files in shared memory, filled by whoever reads first.
 
-One float tensor [N, C, H, W] plus a 'filled' flag per item, both in shared memory created before
-the workers fork, so every worker reads and writes the same pages (no pickling through a server
-process, unlike the predecessor's Manager dict). Each index is written by exactly one worker per
-epoch, and the flag is set after the data, so a reader never sees a half-written item.
+Why not the predecessor's Manager dict: every item went through one server process by pickling.
+Here the store is two files in a cache directory (default ``/dev/shm/<user>-mi-cache``, i.e. RAM):
+``data.f32`` [N, C, H, W] float32 and ``filled.u8`` (one flag per item). Every DataLoader worker,
+every DDP rank on the node and every later run with the same files and the same preprocessing maps
+the same pages: the store is keyed by a hash of the file list (path, size, mtime) and of the
+preprocessing parameters, so a changed file or setting gives a new store and a stale one is never
+read. The flag is written after the data, and items are deterministic, so two processes filling the
+same item at once write identical bytes. A store whose files are truncated or whose metadata does
+not match is rebuilt (creation is under a file lock; metadata is written last, by rename).
+
+List or remove stores: ``python -m utility.data.cache [--clear] [--cache_dir DIR]``.
 """
 from __future__ import annotations
 
+import fcntl
+import getpass
+import hashlib
+import json
+import os
 import shutil
+import sys
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import torch
 
 from utility.errors import UserError
 
+VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(os.environ.get("TMPDIR", "/tmp"))
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = str(os.getuid())
+    return base / f"{user}-mi-cache"
+
+
+def store_key(paths: Sequence[Path], prep_key: str) -> str:
+    h = hashlib.sha256(f"v{VERSION}|{prep_key}|".encode())
+    for p in paths:
+        name = str(p)
+        real = Path(name.split("::")[0])
+        try:
+            st = real.stat()
+            h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{name}|missing\n".encode())
+    return h.hexdigest()[:20]
+
 
 class SharedStore:
-    def __init__(self, n: int, channels: int, shape: tuple[int, int], what: str = "dataset") -> None:
-        need = n * channels * shape[0] * shape[1] * 4
-        shm = Path("/dev/shm")
-        if shm.is_dir():
-            free = shutil.disk_usage(shm).free
-            if need > free * 0.9:
-                raise UserError(
-                    f"the cache of {what} needs {need / 2**30:.1f} GiB but /dev/shm has "
-                    f"{free / 2**30:.1f} GiB free; use opmode: disk or a smaller shape_desired")
-        self.data = torch.zeros((n, channels, *shape), dtype=torch.float32).share_memory_()
-        self.filled = torch.zeros(n, dtype=torch.uint8).share_memory_()
+    def __init__(self, paths: Sequence[Path], channels: int, shape: tuple[int, int], prep_key: str,
+                 cache_dir: Path | None = None, what: str = "dataset") -> None:
+        self.n = len(paths)
+        self.item_shape = (channels, *shape)
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.key = store_key(paths, prep_key)
+        self.dir = self.cache_dir / self.key
+        self.meta = {"version": VERSION, "n": self.n, "shape": list(self.item_shape), "prep": prep_key,
+                     "what": what}
+        nbytes = self.n * int(np.prod(self.item_shape)) * 4
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the cache directory {self.cache_dir}: {exc}") from None
+        with open(self.cache_dir / f".{self.key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self._valid(nbytes):
+                self._create(nbytes, what)
+        self.data = np.memmap(self.dir / "data.f32", dtype=np.float32, mode="r+",
+                              shape=(self.n, *self.item_shape))
+        self.filled = np.memmap(self.dir / "filled.u8", dtype=np.uint8, mode="r+", shape=(self.n,))
+
+    def _valid(self, nbytes: int) -> bool:
+        try:
+            meta = json.loads((self.dir / "meta.json").read_text())
+            return (meta == self.meta and (self.dir / "data.f32").stat().st_size == nbytes
+                    and (self.dir / "filled.u8").stat().st_size == self.n)
+        except (OSError, ValueError):
+            return False
+
+    def _create(self, nbytes: int, what: str) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        free = shutil.disk_usage(self.cache_dir).free
+        if nbytes > free * 0.95:
+            raise UserError(
+                f"the cache of {what} needs {nbytes / 2**30:.2f} GiB but {self.cache_dir} has "
+                f"{free / 2**30:.2f} GiB free; use opmode: disk, a smaller shape_desired, or cache_dir "
+                "on a larger file system")
+        self.dir.mkdir(parents=True)
+        with open(self.dir / "data.f32", "wb") as fh:
+            fh.truncate(nbytes)  # sparse: pages take memory only once written
+        with open(self.dir / "filled.u8", "wb") as fh:
+            fh.truncate(self.n)
+        tmp = self.dir / "meta.json.tmp"
+        tmp.write_text(json.dumps(self.meta))
+        tmp.replace(self.dir / "meta.json")
 
     def __len__(self) -> int:
-        return int(self.filled.sum())
+        return int(np.count_nonzero(self.filled))
 
     def get(self, i: int) -> torch.Tensor | None:
-        return self.data[i] if self.filled[i] else None
+        """The cached item as a tensor over the mapped pages (no copy), or None."""
+        if not self.filled[i]:
+            return None
+        return torch.from_numpy(self.data[i])
 
     def put(self, i: int, x: torch.Tensor) -> None:
-        self.data[i].copy_(x)
+        self.data[i] = x.detach().cpu().numpy()
         self.filled[i] = 1
 
     @property
     def complete(self) -> bool:
         return bool(self.filled.all())
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="List (or --clear) preprocessed-image caches.")
+    ap.add_argument("--cache_dir", type=Path, default=default_cache_dir())
+    ap.add_argument("--clear", action="store_true")
+    args = ap.parse_args(argv)
+    if not args.cache_dir.is_dir():
+        print(f"no caches in {args.cache_dir}")
+        return 0
+    for d in sorted(p for p in args.cache_dir.iterdir() if p.is_dir()):
+        size = sum(f.stat().st_blocks * 512 for f in d.iterdir() if f.is_file())
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        print(f"{d.name}  {size / 2**20:9.1f} MiB  {meta.get('what', '?')}  n={meta.get('n', '?')}")
+        if args.clear:
+            shutil.rmtree(d, ignore_errors=True)
+    if args.clear:
+        for f in args.cache_dir.glob(".*.lock"):
+            f.unlink(missing_ok=True)
+        print("cleared")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from utility.data.io import nifti_slices
 from utility.data.splits import kfold_indices, stratified_fraction
 from utility.data.targets import (ReaderContext, get_target_reader, key_for, read_label_table,
                                   read_synsets)
@@ -52,8 +53,9 @@ class IndexedTask:
         return len(self.classes)
 
 
-def find_images(folder: Path, formats: Sequence[str]) -> list[Path]:
-    """All files under ``folder`` (recursive) whose extension is one of ``formats``, sorted."""
+def find_images(folder: Path, formats: Sequence[str], slice_axis: int | None = None) -> list[Path]:
+    """All files under ``folder`` (recursive) whose extension is one of ``formats``, sorted; with
+    ``slice_axis`` a NIfTI volume becomes one entry per slice (``file.nii.gz::<k>``)."""
     fmts = {f.lower() for f in formats}
     double = {f for f in fmts if f.count(".") > 1}  # .nii.gz
     out = []
@@ -61,12 +63,28 @@ def find_images(folder: Path, formats: Sequence[str]) -> list[Path]:
         name = p.name.lower()
         if p.is_file() and (p.suffix.lower() in fmts or any(name.endswith(d) for d in double)):
             out.append(p)
-    return sorted(out)
+    return expand_volumes(sorted(out), slice_axis)
+
+
+def expand_volumes(files: list[Path], slice_axis: int | None) -> list[Path]:
+    if slice_axis is None:
+        return files
+    out: list[Path] = []
+    for f in files:
+        if f.name.lower().endswith((".nii", ".nii.gz")):
+            try:
+                out.extend(nifti_slices(f, slice_axis))
+            except Exception as exc:  # unreadable header: keep the file, the loader reports it
+                out.append(f)
+                print(f"warning: cannot read NIfTI header of {f}: {exc}")
+        else:
+            out.append(f)
+    return out
 
 
 def index_task(task: TaskSpec, data_root: Path, seed: int, formats: Sequence[str] | None = None,
                folds: int | None = None, fold: int | None = None,
-               train_fraction: float | None = None) -> IndexedTask:
+               train_fraction: float | None = None, slice_axis: int | None = None) -> IndexedTask:
     """Index every split of ``task``; raises UserError for missing folders, empty splits, bad labels."""
     data_dir = data_root / task.root
     if not data_dir.is_dir():
@@ -79,7 +97,8 @@ def index_task(task: TaskSpec, data_root: Path, seed: int, formats: Sequence[str
     for name, spec in task.splits.items():
         if spec.from_ is not None:
             continue
-        ctx_dir, files = _split_files(task, data_dir, name, spec, formats)
+        ctx_dir, files = _split_files(task, data_dir, name, spec, formats, slice_axis)
+        files = expand_volumes(files, slice_axis) if spec.dir is None else files
         ctx = ReaderContext(task=task, data_dir=data_dir, split_dir=ctx_dir)
         targets = []
         for f in files:
@@ -128,12 +147,13 @@ def _class_list(task: TaskSpec, data_dir: Path, formats: Sequence[str]) -> list[
     return None
 
 
-def _split_files(task: TaskSpec, data_dir: Path, name: str, spec, formats) -> tuple[Path, list[Path]]:
+def _split_files(task: TaskSpec, data_dir: Path, name: str, spec, formats,
+                 slice_axis: int | None = None) -> tuple[Path, list[Path]]:
     if spec.dir is not None:
         d = data_dir / spec.dir
         if not d.is_dir():
             raise UserError(f"task {task.name}: folder of split '{name}' not found: {d}")
-        return d, find_images(d, formats)
+        return d, find_images(d, formats, slice_axis)
     if spec.list is not None:
         lst = data_dir / spec.list
         if not lst.is_file():
