@@ -181,12 +181,11 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     if is_main():
         dump_config(cfg, run_dir / "config.yaml")
         (run_dir / "classes.txt").write_text("\n".join(data.indexed.classes) + "\n")
-    augment = None
-    if not cfg.no_augs or cfg.noise_injection:
-        augment = build_augment(task.augmentation, tuple(cfg.shape_desired or task.shape_desired),
-                                cfg.no_augs, cfg.noise_injection)
-        if augment is not None:
-            augment.to(device)
+    augment, cpu_augment = build_augment(task.augmentation, tuple(cfg.shape_desired or task.shape_desired),
+                                         cfg.no_augs, cfg.noise_injection, cfg.tf_device)
+    if augment is not None:
+        augment.to(device)
+    data.datasets["train"].transform = cpu_augment  # per-sample, in the loader workers
     method = ClassificationMethod(n_cls, task.type == "multilabel", data.indexed.classes, cfg.in_channels or 3,
                                   augment, cfg.w_l, {k: s.paths for k, s in data.indexed.splits.items()},
                                   per_class_columns=task.per_class_metrics, save_predictions=cfg.save_predictions)

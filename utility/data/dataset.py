@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ class ImageDataset(Dataset):
         self.cache = cache
         self.debug = debug
         self.test_nan_inf = test_nan_inf
+        self.transform: Optional[Callable] = None  # random per-sample augmentation (tf_device: cpu)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -81,4 +82,6 @@ class ImageDataset(Dataset):
             x, bad = self.load(i)
             if self.cache is not None and not bad:
                 self.cache.put(i, x)
+        if self.transform is not None and not bad:
+            x = self.transform(x)
         return {"image": x, "target": self._target(i), "index": i, "valid": not bad, "bad": bad}
