@@ -73,6 +73,11 @@ def test_unknown_task(run_finetune, guarded):
 def test_missing_data_folder(tmp_path, run_finetune, guarded):
     proc = run_finetune(args_for(guarded, "--data_root", tmp_path / "nowhere"), cwd=guarded["cwd"])
     assert_user_error(proc, "data folder not found", str(tmp_path / "nowhere" / "tiny"))
+    # what an early user error leaves behind: the run dir with only our crash.log (the message)
+    run_dir = guarded["out_root"] / "finetuning" / "t" / "run"
+    assert snapshot(run_dir).keys() <= {"crash.log"}
+    if (run_dir / "crash.log").exists():
+        assert "data folder not found" in (run_dir / "crash.log").read_text()
 
 
 def test_empty_split(tmp_path, run_finetune, make_folder_dataset, write_task_yaml):
@@ -187,15 +192,16 @@ def test_foreign_non_empty_dir_is_refused_untouched(run_finetune, guarded, files
 
 
 def test_fixed_mistake_reruns_under_same_name(run_finetune, guarded):
-    """After a user error (here: a missing data folder) the corrected command must run, from any
-    cwd, and write the run directory with the predecessor's CSV columns."""
+    """After a user error (the state test_missing_data_folder checks: a run dir holding only our
+    crash.log) the corrected command must run, from any cwd, and write the run directory with the
+    predecessor's CSV columns."""
     s = guarded
-    proc = run_finetune(args_for(s, "--data_root", s["cwd"] / "not_yet"), cwd=s["cwd"])
-    assert_user_error(proc, "data folder not found")
+    run_dir = s["out_root"] / "finetuning" / "t" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "crash.log").write_text("error: task tiny: data folder not found: /somewhere/tiny\n")
     proc = run_finetune(args_for(s), cwd=s["cwd"])
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    run_dir = s["out_root"] / "finetuning" / "t" / "run"
     with (run_dir / "train.log").open() as fh:
         rows = list(csv.reader(fh))
     assert rows[0][:3] == ["epoch", "step", "loss"]
