@@ -54,7 +54,34 @@ def encoder_blocks(encoder: nn.Module) -> list[nn.Module]:
     return [m for m in encoder.children() if any(True for _ in m.parameters())]
 
 
-class Classifier(nn.Module):
+class FreezableEncoder:
+    """Mixin for networks with an ``encoder`` attribute (Classifier, U-Net): ``freeze_encoder``
+    stops gradients to the encoder's blocks (all but the last ``unfreeze_last_n``) and keeps those
+    blocks in eval mode (BatchNorm statistics frozen too) whatever ``train()`` is called with."""
+
+    frozen_blocks: list
+
+    def _freeze_root(self) -> nn.Module:
+        """The module whose top-level blocks are frozen (a network's encoder by default)."""
+        return self.encoder  # type: ignore[attr-defined]
+
+    def freeze_encoder(self, unfreeze_last_n: int = 0) -> None:
+        blocks = encoder_blocks(self._freeze_root())
+        keep = blocks[len(blocks) - unfreeze_last_n:] if unfreeze_last_n > 0 else []
+        self.frozen_blocks = [b for b in blocks if all(b is not k for k in keep)]
+        for b in self.frozen_blocks:
+            for p in b.parameters():
+                p.requires_grad_(False)
+        self.train(self.training)  # type: ignore[attr-defined]
+
+    def train(self, mode: bool = True):
+        super().train(mode)  # type: ignore[misc]
+        for b in getattr(self, "frozen_blocks", []):
+            b.eval()
+        return self
+
+
+class Classifier(FreezableEncoder, nn.Module):
     """Encoder + linear head. With a frozen encoder, the encoder stays in eval mode (BatchNorm
     statistics frozen too) whatever ``train()`` is called with; only unfrozen blocks train."""
 
@@ -64,21 +91,6 @@ class Classifier(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(width, num_classes)
         self.frozen_blocks: list[nn.Module] = []
-
-    def freeze_encoder(self, unfreeze_last_n: int = 0) -> None:
-        blocks = encoder_blocks(self.encoder)
-        keep = blocks[len(blocks) - unfreeze_last_n:] if unfreeze_last_n > 0 else []
-        self.frozen_blocks = [b for b in blocks if all(b is not k for k in keep)]
-        for b in self.frozen_blocks:
-            for p in b.parameters():
-                p.requires_grad_(False)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> "Classifier":
-        super().train(mode)
-        for b in self.frozen_blocks:
-            b.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.encoder(x)))
@@ -157,7 +169,9 @@ def get_model(model_name: str, enc_weights: str | Path | None, classes: int,
     model file. ``model_name`` is an encoder name (``resnet50``) or ``unet_<encoder>_backbone``
     once segmentation is available; ``enc_weights=None`` gives random initialisation."""
     if model_name.lower().startswith("unet"):
-        raise UserError(f"model '{model_name}': U-Net models are not available in this version")
+        from utility.unet import get_unet
+
+        return get_unet(model_name, enc_weights, classes, frozen_encoder, in_channels)
     encoder, width = build_encoder(model_name, in_channels)
     model = Classifier(encoder, width, classes)
     if enc_weights is not None:
