@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snapshot, small_run_config, task_dict, write_class_image, write_yaml
+from conftest import REPO, snapshot, small_run_config, task_dict, write_class_image, write_yaml
 
 
 def assert_user_error(proc, *fragments: str, max_lines: int = 3) -> str:
@@ -71,10 +71,16 @@ def test_unknown_task(run_finetune, guarded):
 # ----------------------------------------------------------------------------- data mistakes
 
 def test_missing_data_folder(tmp_path, run_finetune, guarded):
-    proc = run_finetune(args_for(guarded, "--data_root", tmp_path / "nowhere"), cwd=guarded["cwd"])
+    # output_root given relative and not existing yet: a new folder under the cwd, not the repository
+    repo_out = REPO / "outputs_test_fte"
+    assert not repo_out.exists()
+    proc = run_finetune(["-c", guarded["config"], "--data_root", tmp_path / "nowhere",
+                         "--output_root", "outputs_test_fte"], cwd=guarded["cwd"])
     assert_user_error(proc, "data folder not found", str(tmp_path / "nowhere" / "tiny"))
+    assert not repo_out.exists()
     # what an early user error leaves behind: the run dir with only our crash.log (the message)
-    run_dir = guarded["out_root"] / "finetuning" / "t" / "run"
+    run_dir = guarded["cwd"] / "outputs_test_fte" / "finetuning" / "t" / "run"
+    assert run_dir.is_dir()
     assert snapshot(run_dir).keys() <= {"crash.log"}
     if (run_dir / "crash.log").exists():
         assert "data folder not found" in (run_dir / "crash.log").read_text()

@@ -292,7 +292,8 @@ def run_folds(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> None:
 def main(argv: list[str]) -> int:
     cfg, _ = load_config(FTEConfig, argv, "pkgs/FTE/finetune.py", FTE_DEPRECATED)
     task = load_task(cfg.task)
-    out_root = resolve_user_path(cfg.output_root) if cfg.output_root else DEFAULT_OUTPUT_ROOT
+    # outputs are new folders: a relative output_root is under the cwd, never the repository by surprise
+    out_root = Path(cfg.output_root).expanduser().resolve() if cfg.output_root else DEFAULT_OUTPUT_ROOT
     run_dir = out_root / "finetuning" / cfg.name
     if cfg.folds:
         if (run_dir / "config.yaml").exists():
