@@ -11,6 +11,7 @@ from torch import nn
 
 from utility.data.badfiles import BadFiles, drop_invalid
 from utility.data.preprocess import conform_channels
+from utility.distributed import all_gather_object, is_dist
 from utility.engine import StepContext
 from utility.metrics import ClassificationMetrics
 from utility.rundir import write_table
@@ -83,6 +84,10 @@ class ClassificationMethod:
         return s.detach(), denom
 
     def eval_end(self, avg_loss: float) -> dict[str, float]:
+        if is_dist():  # every rank evaluated a disjoint shard: gather so each sample counts once
+            shards = all_gather_object((self.metrics.state(), self._eval_index))
+            self.metrics.load_states([st for st, _ in shards])
+            self._eval_index = [i for _, idx in shards for i in idx]
         row = self.metrics.compute(avg_loss)
         if not self.per_class_columns:
             row = {k: v for k, v in row.items() if not k.startswith("auc_class_")}

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from utility.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from utility.distributed import is_main, rank, world_size
+from utility.distributed import all_reduce_sum, barrier, is_main, rank, world_size
 from utility.rundir import CsvLog, TensorBoard
 
 TRAIN_COLUMNS = ["epoch", "step", "loss", "lr", "global_step"]
@@ -53,26 +53,41 @@ class StepContext:
 
 class EpochSampler(Sampler[int]):
     """Shuffles with a generator seeded by (seed, epoch), so a resumed epoch sees the same order,
-    and can start part-way into an epoch (resume from a mid-epoch checkpoint)."""
+    and can start part-way into an epoch (resume from a mid-epoch checkpoint).
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+    Under torch.distributed each rank takes every world-th index. Training pads the order to a
+    multiple of the world size (equal step counts on every rank); evaluation does not pad, so every
+    sample is counted exactly once when predictions are gathered.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, pad: bool | None = None) -> None:
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.pad = shuffle if pad is None else pad
+        self.rank, self.world = rank(), world_size()
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """``start``: samples of this rank's share already consumed in this epoch."""
         self.epoch, self.start = epoch, start
 
     def order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            idx = torch.randperm(self.n, generator=g).tolist()
+        else:
+            idx = list(range(self.n))
+        if self.world > 1:
+            if self.pad and self.n % self.world:
+                idx += idx[: self.world - self.n % self.world]
+            idx = idx[self.rank::self.world]
+        return idx
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order()[self.start:])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        per = (self.n + self.world - 1) // self.world if self.pad else len(range(self.rank, self.n, self.world))
+        return per - self.start
 
 
 @dataclass
@@ -200,6 +215,7 @@ class Trainer:
     def save(self) -> None:
         if is_main():
             atomic_save(self.state(), self.last_path)
+        barrier()
 
     def resume(self) -> bool:
         """Continue from checkpoint_last.pt if there is one; drop log rows written after it."""
@@ -331,7 +347,8 @@ class Trainer:
         """Write buffered step losses (one device sync per flush, not per step)."""
         if not pending:
             return
-        values = torch.stack([p[2] for p in pending]).float().tolist()
+        stacked = torch.stack([p[2] for p in pending]).float()
+        values = (all_reduce_sum(stacked) / world_size()).tolist()
         stamp = datetime.now().isoformat(timespec="seconds")
         for (step, gstep, _, lr), v in zip(pending, values):
             self.train_log.write({"epoch": self.epoch + 1, "step": step, "loss": v, "lr": lr,
@@ -348,6 +365,8 @@ class Trainer:
         self.method.eval_begin(desc)
         loss_sum = torch.zeros((), device=self.amp.device, dtype=torch.float64)
         denom = torch.zeros((), device=self.amp.device, dtype=torch.float64)
+        if not isinstance(getattr(loader, "sampler", None), EpochSampler) and world_size() > 1:
+            raise RuntimeError("distributed evaluation needs an EpochSampler (each sample once)")
         prog = Progress(1 if self.opts.short_training else len(loader), desc, self.opts.verbose, plain=False)
         for batch in loader:
             with self.ctx.autocast():
@@ -358,6 +377,8 @@ class Trainer:
             if self.opts.short_training:
                 break
         prog.close()
+        all_reduce_sum(loss_sum)
+        all_reduce_sum(denom)
         d = float(denom)
         metrics = self.method.eval_end(float(loss_sum) / d if d > 0 else float("nan"))
         if is_main():

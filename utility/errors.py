@@ -9,3 +9,11 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+def user_errors(fn, *args, **kwargs):
+    """Call a builder whose ValueErrors describe bad settings (optimizer, scheduler) as UserErrors."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as exc:
+        raise UserError(f"{getattr(fn, '__name__', 'setting')}: {exc}") from None

@@ -23,10 +23,11 @@ from utility.data.badfiles import BadFiles
 from utility.data.cache import SharedStore
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import IndexedTask, index_task
-from utility.distributed import is_dist, is_main
+from utility import parallel
+from utility.distributed import is_dist, is_main, main_decides, shutdown, world_size
 from utility.engine import Amp, EpochSampler, Trainer, TrainerOptions
 from utility.entry import CrashLog
-from utility.errors import UserError
+from utility.errors import UserError, user_errors
 from utility.models import Classifier, build_encoder, count_parameters, load_into_classifier
 from utility.optim import build_optimizer
 from utility.paths import DEFAULT_DATA_ROOT, DEFAULT_OUTPUT_ROOT, REPO_ROOT
@@ -48,12 +49,6 @@ def resolve_user_path(p: str) -> Path:
     return (REPO_ROOT / path).resolve()
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' was asked for but CUDA is not available here; use device: cpu or auto")
-    return torch.device(name)
 
 
 def check_existing_run(run_dir: Path, cfg: FTEConfig) -> Optional[str]:
@@ -124,8 +119,9 @@ def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device) -> Data:
         if workers > 0:
             extra = {"num_workers": workers, "prefetch_factor": cfg.prefetch_factor or 2}
         # a last training batch of one sample would break BatchNorm: drop only that case
-        drop_last = train and len(ds) % cfg.batch_size == 1 and len(ds) > 1
-        loaders[name] = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
+        batch = parallel.per_rank_batch(cfg.batch_size)
+        drop_last = train and len(sampler) % batch == 1 and len(sampler) > 1
+        loaders[name] = DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=drop_last,
                                    pin_memory=device.type == "cuda", **extra)
         datasets[name] = ds
     return Data(indexed, loaders, datasets)
@@ -159,14 +155,14 @@ def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
 
 def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     """Train, validate, test one run (one fold); returns the test metrics of the last model."""
-    state = check_existing_run(run_dir, cfg)
+    par_mode, device = parallel.setup(cfg.parallel, cfg.device)
+    state = main_decides(check_existing_run, run_dir, cfg)
     if state == "done":
         print(f"run {run_dir} is already complete; results in {run_dir / 'test.log'}. "
               "Use another name to run it again.")
         return read_test_row(run_dir / "test.log")
     run_dir.mkdir(parents=True, exist_ok=True)
     CrashLog.path = run_dir / "crash.log"
-    device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     if cfg.debug:
         torch.autograd.set_detect_anomaly(True)
@@ -178,6 +174,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     for note in notes:
         print(f"warning: loading {cfg.model_path}: {note}", file=sys.stderr)
     model.to(device)
+    train_module = parallel.wrap(model, par_mode, device)
     if is_main():
         dump_config(cfg, run_dir / "config.yaml")
         (run_dir / "classes.txt").write_text("\n".join(data.indexed.classes) + "\n")
@@ -190,9 +187,9 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
                                   augment, cfg.w_l, {k: s.paths for k, s in data.indexed.splits.items()},
                                   per_class_columns=task.per_class_metrics, save_predictions=cfg.save_predictions)
     method.bad = BadFiles({k: s.paths for k, s in data.indexed.splits.items()}, cfg.max_bad_fraction, run_dir)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps = 1 if cfg.short_training else len(data.loaders["train"])
-    scheduler = build_scheduler(optimizer, cfg.scheduler, interval=cfg.scheduling_interval, steps_per_epoch=steps,
+    scheduler = user_errors(build_scheduler, optimizer, cfg.scheduler, interval=cfg.scheduling_interval, steps_per_epoch=steps,
                                 epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
                                 annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs)
     metric, mode = best_settings(cfg, task)
@@ -201,14 +198,15 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
                           log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
                           best_metric=metric, best_mode=mode, config=cfg.model_dump(mode="json"),
                           epoch_end=lambda tr: report_bad_files(method, tr.epoch))
-    trainer = Trainer(model, method, optimizer, scheduler, Amp(device, cfg.amp), run_dir, opts)
+    trainer = Trainer(model, method, optimizer, scheduler, Amp(device, cfg.amp), run_dir, opts, train_module)
     if state == "resume" and trainer.resume():
         print(f"resuming {run_dir} at epoch {trainer.epoch + 1} step {trainer.batch_in_epoch}")
     if cfg.verbose and is_main():
         sizes = ", ".join(f"{k} {len(s)}" for k, s in data.indexed.splits.items())
         p = count_parameters(model)
         print(f"task {task.name} ({task.type}, {n_cls} classes): {sizes}; model {cfg.model_name} "
-              f"({p['trainable']:,}/{p['total']:,} trainable); device {device}; run dir {run_dir}")
+              f"({p['trainable']:,}/{p['total']:,} trainable); device {device}, parallel {par_mode} "
+              f"x{world_size()}; run dir {run_dir}")
     try:
         trainer.fit(data.loaders["train"], data.loaders["val"])
         if is_main():
@@ -305,4 +303,5 @@ def main(argv: list[str]) -> int:
     else:
         CrashLog.path = None  # run_one sets it once run_dir is known to be ours (never a refused dir)
         run_one(cfg, task, run_dir)
+    shutdown()
     return 0

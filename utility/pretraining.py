@@ -21,11 +21,12 @@ from utility.data.badfiles import BadFiles
 from utility.data.cache import SharedStore
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import Split, find_images
-from utility.distributed import is_main
+from utility.distributed import is_dist, is_main, main_decides, shutdown
 from utility.engine import Amp, EpochSampler, Trainer, TrainerOptions
 from utility.entry import CrashLog
-from utility.errors import UserError
-from utility.finetuning import fill_cache, pick_device, resolve_user_path
+from utility.errors import UserError, user_errors
+from utility import parallel
+from utility.finetuning import fill_cache, resolve_user_path
 from utility.models import build_encoder, count_parameters
 from utility.optim import build_optimizer
 from utility.paths import DEFAULT_OUTPUT_ROOT
@@ -99,13 +100,14 @@ def main(argv: list[str]) -> int:
     cfg, _ = load_config(SimCLRConfig, argv, "pkgs/SimCLR/main.py", SIMCLR_DEPRECATED)
     out_root = resolve_user_path(cfg.output_root) if cfg.output_root else DEFAULT_OUTPUT_ROOT
     run_dir = out_root / "pretraining" / cfg.name
-    state = check_run_dir(run_dir, cfg)
+    requested = "dp" if (cfg.dataparallel and cfg.parallel == "auto") else cfg.parallel
+    mode, device = parallel.setup(requested, cfg.device)
+    state = main_decides(check_run_dir, run_dir, cfg)
     if state == "done":
         print(f"run {run_dir} is already complete: {run_dir / 'encoder_pretrained.tar'}")
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
     CrashLog.path = run_dir / "crash.log"
-    device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     split = unlabeled_split(cfg)
     shape = tuple(cfg.shape_desired or (cfg.image_size, cfg.image_size))
@@ -114,6 +116,7 @@ def main(argv: list[str]) -> int:
     if prep.normalizer == "imagenet":
         raise UserError("normalizer 'imagenet' standardises intensities, but SimCLR's colour jitter needs "
                         "[0, 1] images; use naive, 01_clipped_CT or windowed")
+    batch = parallel.per_rank_batch(cfg.batch_size)
     if cfg.batch_size > len(split):
         raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(split)} images found")
     cache = None
@@ -126,25 +129,27 @@ def main(argv: list[str]) -> int:
         fill_cache(ds, workers, cfg.batch_size)
     extra = {"num_workers": workers, "prefetch_factor": cfg.prefetch_factor or 2} if workers else {}
     # every batch is used; only a last batch of a single image is dropped (NT-Xent needs 2 images)
-    drop_last = len(ds) % cfg.batch_size == 1
-    loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=EpochSampler(len(ds), cfg.seed),
+    sampler = EpochSampler(len(ds), cfg.seed)
+    drop_last = len(sampler) % batch == 1
+    loader = DataLoader(ds, batch_size=batch, sampler=sampler,
                         drop_last=drop_last, pin_memory=device.type == "cuda", **extra)
 
     encoder, width = build_encoder(cfg.resnet, cfg.in_channels)
     head = projection_head(width, cfg.projection_hidden or width, cfg.projection_dim, cfg.projection_head)
     model = SimCLRModel(encoder, head).to(device)
-    train_module: torch.nn.Module = model
-    if cfg.dataparallel and device.type == "cuda" and torch.cuda.device_count() > 1:
-        n = cfg.gpus or torch.cuda.device_count()
-        train_module = torch.nn.DataParallel(model, device_ids=list(range(n)))
+    if cfg.syncbn and is_dist():
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    train_module = parallel.wrap(model, mode, device)
+    if mode == "dp" and cfg.gpus:
+        train_module = torch.nn.DataParallel(model, device_ids=list(range(cfg.gpus)))
     views = SimCLRViews(cfg.image_size, cfg.jitter_strength, cfg.jitter_p, cfg.grayscale, cfg.blur_p,
                         cfg.crop_scale).to(device)
     method = SimCLRMethod(views, cfg.temperature, cfg.in_channels, gather=cfg.loss_device != "per_replica")
     method.bad = BadFiles({"train": split.paths}, cfg.max_bad_fraction, run_dir)
-    optimizer = build_optimizer(model, cfg.optimizer, learning_rate(cfg), cfg.weight_decay, cfg.momentum)
+    optimizer = user_errors(build_optimizer, model, cfg.optimizer, learning_rate(cfg), cfg.weight_decay, cfg.momentum)
     sched_name = STEPWISE[cfg.stepwise_scheduler] if cfg.stepwise_scheduler is not None else cfg.scheduler
     interval = "step" if cfg.stepwise_scheduler is not None else cfg.scheduling_interval
-    scheduler = build_scheduler(optimizer, sched_name, interval=interval, steps_per_epoch=len(loader),
+    scheduler = user_errors(build_scheduler, optimizer, sched_name, interval=interval, steps_per_epoch=len(loader),
                                 epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
                                 annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs)
 
@@ -177,5 +182,7 @@ def main(argv: list[str]) -> int:
         trainer.save()
     finally:
         trainer.close()
-    print(f"encoder written to {run_dir / 'encoder_pretrained.tar'}")
+    if is_main():
+        print(f"encoder written to {run_dir / 'encoder_pretrained.tar'}")
+    shutdown()
     return 0

@@ -23,6 +23,8 @@ class RunBase(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:<index>")
     amp: Literal["auto", "fp16", "bf16", "off"] = Field(
         "auto", description="auto: fp16 with GradScaler on CUDA, float32 on CPU")
+    parallel: Literal["auto", "none", "dp", "ddp"] = Field(
+        "auto", description="ddp under torchrun, dp with several visible GPUs, else none")
     verbose: bool = True
     debug: bool = False
     log_losses: bool = True
@@ -179,6 +181,7 @@ class SimCLRConfig(RunBase, DataKeys):
     model_save_frequency: Optional[PositiveInt] = Field(None, description="resume checkpoints are saved every epoch")
     low_verbosity: bool = False
     dataparallel: bool = False
+    syncbn: bool = False
     nodes: PositiveInt = 1
     gpus: Optional[NonNegInt] = None
     nr: NonNegInt = 0
