@@ -37,7 +37,9 @@ def resize(x: torch.Tensor, shape: tuple[int, int], mode: str = "bilinear") -> t
 def _minmax(x: torch.Tensor) -> torch.Tensor:
     lo, hi = x.amin(), x.amax()
     span = hi - lo
-    if not torch.isfinite(span) or span <= 0:  # constant image -> zeros, never NaN
+    # constant image -> zeros, never NaN; a resized constant image differs by float rounding only
+    # (~1e-7 relative), which must not be stretched to [0, 1]
+    if not torch.isfinite(span) or span <= 1e-5 * torch.maximum(lo.abs(), hi.abs()) or span <= 0:
         return torch.zeros_like(x)
     return (x - lo) / span
 
