@@ -162,7 +162,8 @@ def test_cuda_requested_without_cuda(run_finetune, guarded):
 
 # ----------------------------------------------------------------------------- other runs are safe
 
-def test_existing_run_with_other_config_is_refused_untouched(run_finetune, guarded):
+def other_run(guarded) -> Path:
+    """A finished run of another config under the same name (user's results, own crash.log)."""
     run_dir = guarded["out_root"] / "finetuning" / "t" / "run"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text("name: t/run\ntask: digits\nlr: 0.5\nmodel_name: resnet50\n")
@@ -170,15 +171,24 @@ def test_existing_run_with_other_config_is_refused_untouched(run_finetune, guard
     (run_dir / "val.log").write_text("epoch,avg_epoch_train_loss,accuracy\n1,0.5,0.9\n")
     (run_dir / "crash.log").write_text("the user's own crash.log\n")
     (run_dir / "finetuned_model.tar").write_bytes(b"\x00\x01weights")
+    return run_dir
+
+
+def test_existing_run_with_other_config_is_refused_untouched(run_finetune, guarded):
+    run_dir = other_run(guarded)
     before = snapshot(run_dir)
     proc = run_finetune(args_for(guarded), cwd=guarded["cwd"])
     assert_user_error(proc, str(run_dir), "different config", "lr", "another name")
     assert snapshot(run_dir) == before  # byte for byte, and no new files (not even crash.log)
-    # a k-fold run under the same name must not put fold folders into the other run either
+
+
+def test_kfold_run_does_not_nest_into_other_run(run_finetune, guarded):
+    run_dir = other_run(guarded)
+    before = snapshot(run_dir)
     proc = run_finetune(args_for(guarded, "--folds", "2"), cwd=guarded["cwd"])
     assert_user_error(proc, str(run_dir), "another name")
     assert snapshot(run_dir) == before
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(before)
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(before)  # no fold_<i>/ folders
 
 
 @pytest.mark.parametrize("files", [
