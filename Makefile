@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: venv demo test bench clean-demo
+.PHONY: venv demo demo-finetune test bench
 
 $(VENV)/.installed: requirements.txt
 	$(PY) -m venv $(VENV)
@@ -13,7 +13,17 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
+# The main job through the queue: SimCLR-pretrain on the demo digits, linear-evaluate the pretrained
+# and a random encoder with few labels, print both side by side (~5-10 min on 2 CPU cores).
 demo: venv
+	$(VPY) datasets/prepare_demo.py
+	mkdir -p logs_and_checkpoints/demo
+	cp config/demo/Jobs.demo.csv logs_and_checkpoints/demo/Jobs.csv
+	$(VPY) QueueManager.py --jobs logs_and_checkpoints/demo/Jobs.csv --workdir .
+	$(VPY) pkgs/FTE/summarize_runs.py logs_and_checkpoints/finetuning/demo/linear_eval_pretrained logs_and_checkpoints/finetuning/demo/linear_eval_scratch
+
+# Just finetuning: a ResNet-18 from scratch on the demo digits (~1 min).
+demo-finetune: venv
 	$(VPY) datasets/prepare_demo.py
 	$(VPY) pkgs/FTE/finetune.py -c pkgs/FTE/config/demo_digits.yaml
 
