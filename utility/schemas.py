@@ -9,6 +9,16 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 
 
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "lars": "LARS"}
+
+
+def optimizer_name(v: str) -> str:
+    """Case-insensitive optimizer name -> its canonical spelling."""
+    if str(v).lower() not in OPTIMIZERS:
+        raise ValueError("expected one of Adam, AdamW, SGD, LARS")
+    return OPTIMIZERS[str(v).lower()]
+
+
 class RunBase(BaseModel):
     """Keys every training entry point shares (loop sizes, device, precision, outputs)."""
 
@@ -115,13 +125,7 @@ class FTEConfig(RunBase, DataKeys):
     fold: Optional[NonNegInt] = Field(None, description="run only this fold (0-based) of `folds`")
     save_predictions: bool = Field(True, description="write per-image test predictions")
 
-    @field_validator("optimizer")
-    @classmethod
-    def _optimizer(cls, v: str) -> str:
-        names = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "lars": "LARS"}
-        if v.lower() not in names:
-            raise ValueError("expected one of Adam, AdamW, SGD, LARS")
-        return names[v.lower()]
+    _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
 
     @field_validator("scheduler", mode="before")
     @classmethod
@@ -191,13 +195,7 @@ class SimCLRConfig(RunBase, DataKeys):
     def _dirs(cls, v):
         return [v] if isinstance(v, str) else v
 
-    @field_validator("optimizer")
-    @classmethod
-    def _optimizer(cls, v: str) -> str:
-        names = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "lars": "LARS"}
-        if v.lower() not in names:
-            raise ValueError("expected one of LARS, Adam, AdamW, SGD")
-        return names[v.lower()]
+    _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
 
     @model_validator(mode="after")
     def _consistent(self) -> "SimCLRConfig":
