@@ -244,21 +244,24 @@ def test_missing_dataset_dir_then_fixed_run_with_random_subset_and_reload(work):
     """A missing dataset_base_dir is a user error (exit 2, the folder named, no traceback); the
     same run name then works once the folder is fixed (the error leaves nothing in the way).
     That run uses random_subset 0.5 -> 11 of 22 images -> ceil(11/8) = 2 rows per epoch (3 with
-    all images), and the predecessor's ``reload: true``, accepted with a warning."""
+    all images), and the predecessor's ``reload: true``, accepted with a warning. Both runs give
+    a relative output_root, which is under the cwd (not the repository)."""
     missing = work["tmp"] / "no_such_folder"
     cfg = write_yaml(work["tmp"] / "subset.yaml",
                      base_config(missing, "t/subset", epochs=1, random_subset=0.5, reload=True,
                                  enc_save_frequency=None))
-    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    rel = f"rel_out_{os.getpid()}"
+    proc = run_simclr(["-c", cfg, "--output_root", rel], work["cwd"])
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "no_such_folder" in proc.stderr and "dataset_base_dir" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
-    fixed = run_simclr(["-c", cfg, "--output_root", work["out"], "--dataset_base_dir", work["data"]], work["cwd"])
+    fixed = run_simclr(["-c", cfg, "--output_root", rel, "--dataset_base_dir", work["data"]], work["cwd"])
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     out = fixed.stdout + fixed.stderr
     assert "reload" in out and "resume" in out.lower(), out
-    run_dir = work["out"] / "pretraining" / "t" / "subset"
+    assert not (REPO / rel).exists()
+    run_dir = work["cwd"] / rel / "pretraining" / "t" / "subset"
     assert (run_dir / "encoder_pretrained.tar").is_file()
     _, rows = read_log(run_dir / "train.log")
     assert rows_per_epoch(rows) == {1: math.ceil(round(0.5 * N_IMAGES) / BATCH)} == {1: 2}

@@ -98,7 +98,8 @@ def check_run_dir(run_dir: Path, cfg: SimCLRConfig) -> str:
 
 def main(argv: list[str]) -> int:
     cfg, _ = load_config(SimCLRConfig, argv, "pkgs/SimCLR/main.py", SIMCLR_DEPRECATED)
-    out_root = resolve_user_path(cfg.output_root) if cfg.output_root else DEFAULT_OUTPUT_ROOT
+    # outputs are new folders: a relative output_root is under the cwd, never the repository by surprise
+    out_root = Path(cfg.output_root).expanduser().resolve() if cfg.output_root else DEFAULT_OUTPUT_ROOT
     run_dir = out_root / "pretraining" / cfg.name
     requested = "dp" if (cfg.dataparallel and cfg.parallel == "auto") else cfg.parallel
     mode, device = parallel.setup(requested, cfg.device)
