@@ -9,7 +9,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import yaml
@@ -22,7 +22,7 @@ from utility.config import dump_config, load_config
 from utility.data.badfiles import BadFiles
 from utility.data.cache import SharedStore
 from utility.data.dataset import ImageDataset, Preprocess
-from utility.data.index import IndexedTask, index_task
+from utility.data.index import IndexedTask, Split, index_task
 from utility import parallel
 from utility.distributed import is_dist, is_main, main_decides, shutdown, world_size
 from utility.engine import Amp, EpochSampler, Trainer, TrainerOptions
@@ -90,7 +90,19 @@ class Data:
     datasets: dict[str, ImageDataset]
 
 
-def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device) -> Data:
+def image_dataset(cfg: FTEConfig, task: TaskSpec, split: Split, name: str, prep: Preprocess, num_classes: int,
+                  cache_dir: Optional[Path]) -> ImageDataset:
+    """The classification dataset of one split (segmentation: utility.data.segdata.make_seg_dataset)."""
+    cache = None
+    if cfg.opmode != "disk":
+        cache = SharedStore(split.paths, prep.channels, prep.shape, repr(prep), cache_dir,
+                            f"{task.name} split '{name}'")
+    return ImageDataset(split, prep, task.type == "multilabel", num_classes, cache,
+                        debug=cfg.debug, test_nan_inf=cfg.test_nan_inf)
+
+
+def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device,
+               make_dataset: Callable[..., ImageDataset] = image_dataset) -> Data:
     data_root = resolve_user_path(cfg.data_root) if cfg.data_root else DEFAULT_DATA_ROOT
     indexed = index_task(task, data_root, cfg.seed, cfg.data_format, cfg.folds, cfg.fold, cfg.train_fraction,
                          slice_axis=cfg.slice_axis)
@@ -102,15 +114,9 @@ def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device) -> Data:
         raise UserError("normalizer 'windowed' needs window: [low, high] in the config or the task")
     workers = 0 if cfg.debug else cfg.num_workers
     datasets, loaders = {}, {}
+    cache_dir = resolve_user_path(cfg.cache_dir) if cfg.cache_dir else None
     for name in ("train", "val", "test"):
-        split = indexed.splits[name]
-        cache = None
-        if cfg.opmode != "disk":
-            cache = SharedStore(split.paths, prep.channels, shape, repr(prep),  # type: ignore[arg-type]
-                                resolve_user_path(cfg.cache_dir) if cfg.cache_dir else None,
-                                f"{task.name} split '{name}'")
-        ds = ImageDataset(split, prep, task.type == "multilabel", indexed.num_classes, cache,
-                          debug=cfg.debug, test_nan_inf=cfg.test_nan_inf)
+        ds = make_dataset(cfg, task, indexed.splits[name], name, prep, indexed.num_classes, cache_dir)
         if cfg.opmode == "pre_cache":
             fill_cache(ds, workers, cfg.batch_size)
         train = name == "train"
@@ -147,6 +153,31 @@ def build_model(cfg: FTEConfig, num_classes: int) -> tuple[Classifier, list[str]
     return model, notes
 
 
+def classification_method(cfg: FTEConfig, task: TaskSpec, data: Data, augment) -> ClassificationMethod:
+    return ClassificationMethod(data.indexed.num_classes, task.type == "multilabel", data.indexed.classes,
+                                cfg.in_channels or 3, augment, cfg.w_l,
+                                {k: s.paths for k, s in data.indexed.splits.items()},
+                                per_class_columns=task.per_class_metrics, save_predictions=cfg.save_predictions)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What differs between task types: the dataset of a split, the network, the training step."""
+
+    dataset: Callable[..., Any]
+    model: Callable[[FTEConfig, int], tuple[torch.nn.Module, list[str]]]
+    method: Callable[..., Any]
+
+
+def pipeline_for(task: TaskSpec) -> Pipeline:
+    if task.type == "segmentation":  # imported on demand: classification runs never load smp
+        from utility.data.segdata import make_seg_dataset
+        from utility.segmentation import build_seg_method, build_seg_model
+
+        return Pipeline(make_seg_dataset, build_seg_model, build_seg_method)
+    return Pipeline(image_dataset, build_model, classification_method)
+
+
 def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
     metric = cfg.best_metric or task.primary_metric
     mode = cfg.best_mode or ("min" if "loss" in metric else task.primary_mode)
@@ -166,11 +197,12 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     seed_everything(cfg.seed)
     if cfg.debug:
         torch.autograd.set_detect_anomaly(True)
-    data = build_data(cfg, task, device)
+    pipe = pipeline_for(task)
+    data = build_data(cfg, task, device, pipe.dataset)
     n_cls = data.indexed.num_classes
     if cfg.w_l is not None and len(cfg.w_l) != n_cls:
         raise UserError(f"config key 'w_l' has {len(cfg.w_l)} weights but task {task.name} has {n_cls} classes")
-    model, notes = build_model(cfg, n_cls)
+    model, notes = pipe.model(cfg, n_cls)
     for note in notes:
         print(f"warning: loading {cfg.model_path}: {note}", file=sys.stderr)
     model.to(device)
@@ -183,9 +215,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     if augment is not None:
         augment.to(device)
     data.datasets["train"].transform = cpu_augment  # per-sample, in the loader workers
-    method = ClassificationMethod(n_cls, task.type == "multilabel", data.indexed.classes, cfg.in_channels or 3,
-                                  augment, cfg.w_l, {k: s.paths for k, s in data.indexed.splits.items()},
-                                  per_class_columns=task.per_class_metrics, save_predictions=cfg.save_predictions)
+    method = pipe.method(cfg, task, data, augment)
     method.bad = BadFiles({k: s.paths for k, s in data.indexed.splits.items()}, cfg.max_bad_fraction, run_dir)
     optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps = 1 if cfg.short_training else len(data.loaders["train"])

@@ -58,6 +58,14 @@ class LayoutSpec(BaseModel):
     synset_file: Optional[str] = None
     solution_file: Optional[str] = None
     class_stride: int = Field(1, ge=1)
+    # segmentation (see utility/data/segdata.py)
+    image_channels: Optional[list[str]] = Field(
+        None, description="suffixes of sibling files stacked as channels; only files ending in the first are indexed")
+    masks: Optional[list[tuple[str, str]]] = Field(
+        None, description="[regex, replacement] rules turning an image path into its mask path(s)")
+    mask_kind: Literal["label_map", "binary"] = Field(
+        "label_map", description="label_map: one mask of class values; binary: mask i marks class i+1 (higher wins)")
+    label_values: Optional[dict[int, int]] = Field(None, description="raw mask value -> class, e.g. {4: 3}")
 
 
 class TaskSpec(BaseModel):
@@ -65,14 +73,22 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str
-    type: Literal["multiclass", "multilabel"] = "multiclass"
+    type: Literal["multiclass", "multilabel", "segmentation"] = "multiclass"
     description: str = ""
     root: str = Field(description="folder under the data root")
     data_format: list[str] = [".png"]
     classes: Optional[list[str]] = None
     layout: LayoutSpec = LayoutSpec()
     splits: dict[str, SplitSpec]
-    loss: Literal["ce", "bce"] = "ce"
+    loss: Literal["ce", "bce", "dice", "ce_dice"] = "ce"
+    # segmentation: loss = ce_weight * CE + dice_weight * (1 - soft Dice)
+    ce_weight: float = Field(1.0, ge=0)
+    dice_weight: float = Field(1.0, ge=0)
+    dice_smooth: float = Field(1.0, ge=0)
+    dice_include_background: bool = False
+    regions: Optional[dict[str, list[int]]] = Field(
+        None, description="extra Dice/IoU over unions of classes, e.g. BraTS ET: [3], TC: [1, 3], WT: [1, 2, 3]")
+    overlays: int = Field(4, ge=0, description="test images saved as image|truth|prediction PNGs")
     normalizer: Literal["naive", "01_clipped_CT", "imagenet", "windowed"] = "naive"
     window: Optional[tuple[float, float]] = None
     shape_desired: tuple[int, int] = (224, 224)
@@ -93,6 +109,18 @@ class TaskSpec(BaseModel):
                 raise ValueError(f"split '{name}' is carved from unknown split '{s.from_}'")
         if self.type == "multilabel" and self.loss != "bce":
             raise ValueError("multilabel tasks use loss: bce")
+        if self.type == "segmentation":
+            if self.loss not in ("ce", "dice", "ce_dice"):
+                raise ValueError("segmentation tasks use loss: ce, dice or ce_dice")
+            if not self.classes or len(self.classes) < 2:
+                raise ValueError("segmentation tasks need classes: [background, ...] (at least 2)")
+            if self.primary_metric == "accuracy":
+                self.primary_metric = "dice_mean_fg"
+            for region, members in (self.regions or {}).items():
+                if any(not 0 <= c < len(self.classes) for c in members):
+                    raise ValueError(f"region '{region}' names a class outside 0..{len(self.classes) - 1}")
+        elif self.loss in ("dice", "ce_dice"):
+            raise ValueError(f"loss '{self.loss}' is for segmentation tasks")
         return self
 
 

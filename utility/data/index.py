@@ -92,6 +92,8 @@ def index_task(task: TaskSpec, data_root: Path, seed: int, formats: Sequence[str
                         f"(data root {data_root}; set data_root to change it)")
     formats = list(formats or task.data_format)
     classes = _class_list(task, data_dir, formats)
+    if task.type == "segmentation":
+        import utility.data.segdata  # noqa: F401  (registers the mask readers)
     reader = get_target_reader(task.layout.reader)
     raw: dict[str, tuple[list[Path], list[Any]]] = {}
     for name, spec in task.splits.items():
@@ -99,6 +101,8 @@ def index_task(task: TaskSpec, data_root: Path, seed: int, formats: Sequence[str
             continue
         ctx_dir, files = _split_files(task, data_dir, name, spec, formats, slice_axis)
         files = expand_volumes(files, slice_axis) if spec.dir is None else files
+        if task.layout.image_channels:  # multi-file images: index the first channel's files only
+            files = [f for f in files if f.name.endswith(task.layout.image_channels[0])]
         ctx = ReaderContext(task=task, data_dir=data_dir, split_dir=ctx_dir)
         targets = []
         for f in files:
@@ -202,7 +206,10 @@ def _encode(task: TaskSpec, split: str, files: list[Path], targets: list[Any], c
     subset = task.layout.class_stride > 1
     out = Split(split)
     for f, t in zip(files, targets):
-        if task.type == "multilabel":
+        if task.type == "segmentation":  # mask path(s), read per sample by the dataset
+            out.paths.append(f)
+            out.targets.append(t)
+        elif task.type == "multilabel":
             labels = t if isinstance(t, (list, tuple)) else [t]
             vec = np.zeros(len(classes), dtype=np.float32)
             for lab in labels:
