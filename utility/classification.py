@@ -11,7 +11,7 @@ from torch import nn
 
 from utility.data.badfiles import BadFiles, drop_invalid
 from utility.data.preprocess import conform_channels
-from utility.distributed import all_gather_object, is_dist
+from utility.distributed import all_gather_object, all_reduce_sum, is_dist, world_size
 from utility.engine import StepContext
 from utility.metrics import ClassificationMetrics
 from utility.rundir import write_table
@@ -62,7 +62,13 @@ class ClassificationMethod:
         if got is None:
             return None, 0
         x, y, _ = got
-        return self.loss(model(x), y), int(x.shape[0])
+        logits = model(x)
+        if self.weights is not None and not self.multilabel and is_dist():
+            # weighted CE is normalised by the weight sum: take the global batch's sum, so that DDP's
+            # gradient average equals one process's gradient on the whole batch (a per-rank sum differs)
+            denom = all_reduce_sum(self.weights.to(logits.device)[y].sum().detach())
+            return self.loss(logits, y, reduction="sum") * world_size() / denom, int(x.shape[0])
+        return self.loss(logits, y), int(x.shape[0])
 
     def eval_begin(self, split: str = "val") -> None:
         self.metrics.reset()

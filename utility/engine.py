@@ -335,13 +335,18 @@ class Trainer:
                 self._flush(pending, prog)
             if self.opts.checkpoint_every_steps and self.global_step % self.opts.checkpoint_every_steps == 0:
                 self._flush(pending, prog)
-                self.epoch_loss = [base_sum + float(loss_sum), base_n + n_batches]
+                self.epoch_loss = [base_sum + self._rank_mean(loss_sum), base_n + n_batches]
                 self.save()
             if self.opts.short_training:
                 break
         self._flush(pending, prog)
         prog.close()
-        return (base_sum + float(loss_sum)) / max(base_n + n_batches, 1)
+        return (base_sum + self._rank_mean(loss_sum)) / max(base_n + n_batches, 1)
+
+    @staticmethod
+    def _rank_mean(loss_sum: torch.Tensor) -> float:
+        """This epoch's summed step losses averaged over the ranks (as train.log's rows are)."""
+        return float(all_reduce_sum(loss_sum.clone())) / world_size()
 
     def _flush(self, pending: list, prog: Progress) -> None:
         """Write buffered step losses (one device sync per flush, not per step)."""
@@ -367,10 +372,17 @@ class Trainer:
         denom = torch.zeros((), device=self.amp.device, dtype=torch.float64)
         if not isinstance(getattr(loader, "sampler", None), EpochSampler) and world_size() > 1:
             raise RuntimeError("distributed evaluation needs an EpochSampler (each sample once)")
+        module = self.train_module
+        if isinstance(module, nn.parallel.DistributedDataParallel):
+            # DDP's forward may broadcast buffers (a collective); eval shards differ in batch count
+            # (a rank may have none), so sync the buffers once here and run the plain module.
+            for buf in module.module.buffers():
+                torch.distributed.broadcast(buf, 0)
+            module = module.module
         prog = Progress(1 if self.opts.short_training else len(loader), desc, self.opts.verbose, plain=False)
         for batch in loader:
             with self.ctx.autocast():
-                s, n = self.method.eval_batch(self.train_module, batch, self.ctx)
+                s, n = self.method.eval_batch(module, batch, self.ctx)
             loss_sum += s
             denom += n
             prog.update(1)
