@@ -21,6 +21,7 @@ from utility.classification import ClassificationMethod
 from utility.config import dump_config, load_config
 from utility.data.badfiles import BadFiles
 from utility.data.cache import SharedStore
+from utility.data.loader import CacheAwareLoader
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import IndexedTask, Split, index_task
 from utility import parallel
@@ -86,7 +87,7 @@ def check_existing_run(run_dir: Path, cfg: FTEConfig) -> Optional[str]:
 @dataclass
 class Data:
     indexed: IndexedTask
-    loaders: dict[str, DataLoader]
+    loaders: dict[str, CacheAwareLoader]
     datasets: dict[str, ImageDataset]
 
 
@@ -127,8 +128,8 @@ def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device,
         # a last training batch of one sample would break BatchNorm: drop only that case
         batch = parallel.per_rank_batch(cfg.batch_size)
         drop_last = train and len(sampler) % batch == 1 and len(sampler) > 1
-        loaders[name] = DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=drop_last,
-                                   pin_memory=device.type == "cuda", **extra)
+        loaders[name] = CacheAwareLoader(DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=drop_last,
+                                                    pin_memory=device.type == "cuda", **extra))
         datasets[name] = ds
     return Data(indexed, loaders, datasets)
 

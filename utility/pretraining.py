@@ -19,6 +19,7 @@ from utility.checkpoint import seed_everything
 from utility.config import dump_config, load_config
 from utility.data.badfiles import BadFiles
 from utility.data.cache import SharedStore
+from utility.data.loader import CacheAwareLoader
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import Split, find_images
 from utility.distributed import is_dist, is_main, main_decides, shutdown
@@ -132,8 +133,8 @@ def main(argv: list[str]) -> int:
     # every batch is used; only a last batch of a single image is dropped (NT-Xent needs 2 images)
     sampler = EpochSampler(len(ds), cfg.seed)
     drop_last = len(sampler) % batch == 1
-    loader = DataLoader(ds, batch_size=batch, sampler=sampler,
-                        drop_last=drop_last, pin_memory=device.type == "cuda", **extra)
+    loader = CacheAwareLoader(DataLoader(ds, batch_size=batch, sampler=sampler,
+                        drop_last=drop_last, pin_memory=device.type == "cuda", **extra))
 
     encoder, width = build_encoder(cfg.resnet, cfg.in_channels)
     head = projection_head(width, cfg.projection_hidden or width, cfg.projection_dim, cfg.projection_head)

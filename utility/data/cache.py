@@ -103,11 +103,12 @@ class SharedStore:
         tmp.replace(self.dir / "meta.json")
 
     def __len__(self) -> int:
-        return int(np.count_nonzero(self.filled))
+        return int(np.count_nonzero(self.filled == 1))
 
     def get(self, i: int) -> torch.Tensor | None:
-        """The cached item as a tensor over the mapped pages (no copy), or None."""
-        if not self.filled[i]:
+        """The cached item as a tensor over the mapped pages (no copy), or None (not yet cached,
+        or known to be unreadable: the caller reads it again and reports it)."""
+        if self.filled[i] != 1:
             return None
         return torch.from_numpy(self.data[i])
 
@@ -115,8 +116,13 @@ class SharedStore:
         self.data[i] = x.detach().cpu().numpy()
         self.filled[i] = 1
 
+    def mark_bad(self, i: int) -> None:
+        """Remember that item i could not be read (flag 2), so a full store can still be complete."""
+        self.filled[i] = 2
+
     @property
     def complete(self) -> bool:
+        """Every item decided: cached (1) or known bad (2)."""
         return bool(self.filled.all())
 
 

@@ -52,6 +52,7 @@ class ImageDataset(Dataset):
         self.debug = debug
         self.test_nan_inf = test_nan_inf
         self.transform: Optional[Callable] = None  # random per-sample augmentation (tf_device: cpu)
+        self._targets: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.split)
@@ -75,13 +76,30 @@ class ImageDataset(Dataset):
             return torch.zeros(self.prep.channels, *self.prep.shape), "nan_inf: image holds NaN or Inf"
         return self.prep(arr), ""
 
+    def cache_ready(self) -> bool:
+        """True when every item is decided in the cache and no per-sample transform runs, so
+        batches can be read straight from the store (see utility/data/loader.py)."""
+        return type(self) is ImageDataset and self.cache is not None and self.transform is None \
+            and self.cache.complete
+
+    def batch_from_cache(self, indices: list[int]) -> dict[str, Any]:
+        """A collated batch read from the filled store with one indexed copy."""
+        assert self.cache is not None
+        idx = np.asarray(indices)
+        ok = torch.from_numpy(self.cache.filled[idx] == 1)
+        images = torch.from_numpy(self.cache.data[idx])
+        if self._targets is None:
+            self._targets = torch.stack([self._target(i) for i in range(len(self))]) if len(self) else None
+        return {"image": images, "target": self._targets[torch.from_numpy(idx)], "index": torch.from_numpy(idx),
+                "valid": ok, "bad": ["" if v else "unreadable or NaN/Inf (found in an earlier epoch)" for v in ok.tolist()]}
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         bad = ""
         x = self.cache.get(i) if self.cache is not None else None
         if x is None:
             x, bad = self.load(i)
-            if self.cache is not None and not bad:
-                self.cache.put(i, x)
+            if self.cache is not None:
+                self.cache.put(i, x) if not bad else self.cache.mark_bad(i)
         if self.transform is not None and not bad:
             x = self.transform(x)
         return {"image": x, "target": self._target(i), "index": i, "valid": not bad, "bad": bad}
