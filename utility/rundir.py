@@ -12,7 +12,7 @@ from utility.distributed import is_main
 
 def fmt(v: Any) -> str:
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else repr(v)
+        return "nan" if math.isnan(v) else repr(float(v))  # np.float64's repr is 'np.float64(...)'
     return str(v)
 
 
