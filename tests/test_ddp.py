@@ -586,24 +586,25 @@ def test_torchrun_segmentation_counts_every_test_pixel_once(tmp_path):
 # ============================================================================ 5. syncbn
 
 def _syncbn_worker(rank: int, init_file: str, out_dir: str) -> None:
+    from utility import parallel
     from utility.finetuning import build_model
     from utility.schemas import FTEConfig
     init_group(rank, init_file)
     try:
         out = {}
-        for syncbn in (True, False):
-            cfg = FTEConfig.model_validate(small_run_config(task="tiny", syncbn=syncbn))
-            model, _ = build_model(cfg, 2)
-            kinds = [type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-            out[syncbn] = kinds
-        model.train()
-        try:  # SyncBatchNorm's training forward on CPU tensors (torch supports it on GPUs only)
-            cfg = FTEConfig.model_validate(small_run_config(task="tiny", syncbn=True))
-            model, _ = build_model(cfg, 2)
-            model.train()(torch.rand(2, 3, 16, 16))
-            out["cpu_forward"] = "ok"
-        except Exception as exc:  # noqa: BLE001 — recorded for the parent
-            out["cpu_forward"] = f"{type(exc).__name__}: {exc}"
+        cfg = FTEConfig.model_validate(small_run_config(task="tiny", syncbn=True))
+        model, _ = build_model(cfg, 2)  # CPU processes: torch's SyncBatchNorm is CUDA-only -> kept
+        out["cpu"] = {type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        model.train()(torch.rand(2, 3, 16, 16))  # and training still runs
+        real = torch.cuda.is_available
+        torch.cuda.is_available = lambda: True  # the CUDA branch: conversion only (no GPU here)
+        try:
+            conv = parallel.sync_batchnorm(build_model(cfg.model_copy(update={"syncbn": False}), 2)[0], True, "cuda")
+            off = parallel.sync_batchnorm(build_model(cfg.model_copy(update={"syncbn": False}), 2)[0], False, "cuda")
+        finally:
+            torch.cuda.is_available = real
+        out[True] = [type(m).__name__ for m in conv.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        out[False] = [type(m).__name__ for m in off.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         torch.save(out, Path(out_dir) / f"syncbn_rank{rank}.pt")
         dist.barrier()
     finally:
@@ -619,9 +620,8 @@ def test_syncbn_converts_batchnorm_under_process_group(tmp_path):
         assert out[True] and set(out[True]) == {"SyncBatchNorm"}
         assert out[False] and set(out[False]) == {"BatchNorm2d"}
         assert len(out[True]) == len(out[False])
-        # torch's SyncBatchNorm refuses CPU input in training mode: the synchronised forward can
-        # only be exercised on CUDA (not verifiable in this environment)
-        assert out["cpu_forward"] == "ok" or "GPU" in out["cpu_forward"] or "cuda" in out["cpu_forward"].lower()
+        # CPU processes keep BatchNorm (torch's SyncBatchNorm trains on CUDA only) and do not crash
+        assert out["cpu"] == {"BatchNorm2d"}
     # one process (no process group): syncbn has nothing to synchronise and keeps BatchNorm
     model, _ = build_model(FTEConfig.model_validate(small_run_config(task="tiny", syncbn=True)), 2)
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())

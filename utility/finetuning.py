@@ -25,7 +25,7 @@ from utility.data.loader import CacheAwareLoader
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import IndexedTask, Split, index_task
 from utility import parallel
-from utility.distributed import is_dist, is_main, main_decides, shutdown, world_size
+from utility.distributed import is_main, main_decides, shutdown, world_size
 from utility.engine import Amp, EpochSampler, Trainer, TrainerOptions
 from utility.entry import CrashLog
 from utility.errors import UserError, user_errors
@@ -149,8 +149,7 @@ def build_model(cfg: FTEConfig, num_classes: int) -> tuple[Classifier, list[str]
         notes = load_into_classifier(model, resolve_user_path(cfg.model_path), cfg.allow_partial_load)
     if cfg.frozen_encoder:
         model.freeze_encoder(cfg.unfreeze_last_n)
-    if cfg.syncbn and is_dist():
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[assignment]
+    model = parallel.sync_batchnorm(model, cfg.syncbn, cfg.device)  # type: ignore[assignment]
     return model, notes
 
 

@@ -58,7 +58,19 @@ def per_rank_batch(batch_size: int) -> int:
     return batch_size // w
 
 
-def wrap(model: nn.Module, mode: str, device: torch.device, syncbn: bool = False) -> nn.Module:
+def sync_batchnorm(model: nn.Module, enabled: bool, device_name: str) -> nn.Module:
+    """syncbn: BatchNorm statistics over all DDP processes (torch's SyncBatchNorm, CUDA only).
+    A no-op in a single process; on CPU processes a warning, not a crash."""
+    if not (enabled and is_dist()):
+        return model
+    if not torch.cuda.is_available() or device_name == "cpu":
+        print("warning: syncbn needs CUDA; on CPU each process keeps its own BatchNorm statistics",
+              file=sys.stderr)
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def wrap(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
     """The module the engine runs forward through (the plain ``model`` is what gets saved)."""
     if mode == "ddp" and is_dist():
         ids = [device.index] if device.type == "cuda" else None

@@ -22,7 +22,7 @@ from utility.data.cache import SharedStore
 from utility.data.loader import CacheAwareLoader
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import Split, find_images
-from utility.distributed import is_dist, is_main, main_decides, shutdown
+from utility.distributed import is_main, main_decides, shutdown
 from utility.engine import Amp, EpochSampler, Trainer, TrainerOptions
 from utility.entry import CrashLog
 from utility.errors import UserError, user_errors
@@ -139,8 +139,7 @@ def main(argv: list[str]) -> int:
     encoder, width = build_encoder(cfg.resnet, cfg.in_channels)
     head = projection_head(width, cfg.projection_hidden or width, cfg.projection_dim, cfg.projection_head)
     model = SimCLRModel(encoder, head).to(device)
-    if cfg.syncbn and is_dist():
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = parallel.sync_batchnorm(model, cfg.syncbn, cfg.device)  # type: ignore[assignment]
     train_module = parallel.wrap(model, mode, device)
     if mode == "dp" and cfg.gpus:
         train_module = torch.nn.DataParallel(model, device_ids=list(range(cfg.gpus)))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utility import parallel
 from utility.data.badfiles import BadFiles, drop_invalid
 from utility.data.preprocess import conform_channels
 from utility.engine import StepContext
@@ -159,15 +160,13 @@ class SegmentationMethod:
 # ----------------------------------------------------------------------------- builders for run_one
 
 def build_seg_model(cfg: Any, num_classes: int) -> tuple[nn.Module, list[str]]:
-    from utility.distributed import is_dist
     from utility.finetuning import resolve_user_path
     from utility.unet import build_unet
 
     path = resolve_user_path(cfg.model_path) if cfg.model_path is not None else None
     model, notes = build_unet(cfg.model_name, num_classes, cfg.in_channels or 3, path, cfg.allow_partial_load,
                               cfg.frozen_encoder, cfg.unfreeze_last_n)
-    if cfg.syncbn and is_dist():
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[assignment]
+    model = parallel.sync_batchnorm(model, cfg.syncbn, cfg.device)  # type: ignore[assignment]
     return model, notes
 
 
