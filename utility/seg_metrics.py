@@ -73,6 +73,8 @@ class SegmentationMetrics:
                 import torch.distributed as dist
 
                 cm = cm.clone()
+                if dist.get_backend() == "nccl" and cm.device.type != "cuda":  # a rank with an empty shard
+                    cm = cm.cuda()
                 dist.all_reduce(cm)
             self._total = cm.cpu().numpy()
         return self._total
