@@ -39,8 +39,8 @@ def scores(tp: float, fp: float, fn: float) -> dict[str, float]:
     def ratio(a: float, b: float) -> float:
         return a / b if b > 0 else 0.0
 
-    return {"dice": ratio(2 * tp, 2 * tp + fp + fn), "iou": ratio(tp, tp + fp + fn),
-            "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn)}
+    return {"dice": float(ratio(2 * tp, 2 * tp + fp + fn)), "iou": float(ratio(tp, tp + fp + fn)),
+            "precision": float(ratio(tp, tp + fp)), "recall": float(ratio(tp, tp + fn))}
 
 
 class SegmentationMetrics:
