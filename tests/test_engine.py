@@ -190,22 +190,26 @@ def test_resume_mid_epoch_continues_at_the_right_sample(tmp_path):
     t_full.close()
     full_state = t_full.model.state_dict()
 
-    # killed during the 3rd step of epoch 2 (checkpoints after every step), then resumed
+    # killed during the 3rd step of epoch 2; a checkpoint every 2 global steps (the last one after
+    # step 1 of epoch 2) while every step is logged: the row of step 2 is past the checkpoint
     first = TinyMethod(fail_at_call=steps + 3)
-    t1 = make_trainer(make_model(), first, tmp_path / "killed", epochs=2, checkpoint_every_steps=1)
+    t1 = make_trainer(make_model(), first, tmp_path / "killed", epochs=2, checkpoint_every_steps=2, log_every=1)
     with pytest.raises(SimulatedKill):
         t1.fit(*loaders(train, val))
     t1.close()
+    logged = [(int(r["epoch"]), int(r["step"])) for r in read_log(tmp_path / "killed" / "train.log")]
+    assert logged[-1] == (2, 2)
     second = TinyMethod()
-    t2 = make_trainer(make_model(seed=99), second, tmp_path / "killed", epochs=2, checkpoint_every_steps=1)
+    t2 = make_trainer(make_model(seed=99), second, tmp_path / "killed", epochs=2, checkpoint_every_steps=2,
+                      log_every=1)
     assert t2.resume()
-    assert (t2.epoch, t2.batch_in_epoch, t2.global_step) == (1, 2, steps + 2)
+    assert (t2.epoch, t2.batch_in_epoch, t2.global_step) == (1, 1, steps + 1)
     t2.fit(*loaders(train, val))
     t2.close()
 
-    # the resumed run got exactly the batches the uninterrupted one got from there on
-    assert first.seen + second.seen == full.seen
-    assert second.seen[0] == full.seen[steps + 2]
+    # the resumed run got exactly the batches the uninterrupted one got from the checkpoint on
+    assert first.seen[:steps + 1] + second.seen == full.seen
+    assert second.seen[0] == full.seen[steps + 1]
     rows = read_log(tmp_path / "killed" / "train.log")
     pairs = [(int(r["epoch"]), int(r["step"])) for r in rows]
     assert pairs == [(e, s) for e in (1, 2) for s in range(1, steps + 1)]
@@ -219,6 +223,33 @@ def test_resume_mid_epoch_continues_at_the_right_sample(tmp_path):
     killed_v = read_log(tmp_path / "killed" / "val.log")
     assert float(killed_v[1]["avg_epoch_train_loss"]) == pytest.approx(float(full_v[1]["avg_epoch_train_loss"]),
                                                                         rel=1e-6)
+
+
+def test_resume_drops_val_rows_written_after_the_checkpoint(tmp_path):
+    """Killed after epoch 2's val row was written but before its checkpoint: the resumed run redoes
+    epoch 2 and neither log holds a row twice."""
+    train, val = data()
+    steps = N_TRAIN // BATCH
+    t1 = make_trainer(make_model(), TinyMethod(), tmp_path / "run", epochs=3)
+    real_save = t1.save
+
+    def save():
+        if t1.epoch == 2:
+            raise SimulatedKill()
+        real_save()
+    t1.save = save
+    with pytest.raises(SimulatedKill):
+        t1.fit(*loaders(train, val))
+    t1.close()
+    assert [int(r["epoch"]) for r in read_log(tmp_path / "run" / "val.log")] == [1, 2]
+    t2 = make_trainer(make_model(), TinyMethod(), tmp_path / "run", epochs=3)
+    assert t2.resume() and (t2.epoch, t2.batch_in_epoch) == (1, 0)
+    assert [int(r["epoch"]) for r in read_log(tmp_path / "run" / "val.log")] == [1]
+    t2.fit(*loaders(train, val))
+    t2.close()
+    assert [int(r["epoch"]) for r in read_log(tmp_path / "run" / "val.log")] == [1, 2, 3]
+    pairs = [(int(r["epoch"]), int(r["step"])) for r in read_log(tmp_path / "run" / "train.log")]
+    assert pairs == [(e, s) for e in (1, 2, 3) for s in range(1, steps + 1)]
 
 
 # ----------------------------------------------------------------------------- scheduling
