@@ -144,7 +144,7 @@ def main(argv: list[str]) -> int:
     if mode == "dp" and cfg.gpus:
         train_module = torch.nn.DataParallel(model, device_ids=list(range(cfg.gpus)))
     views = SimCLRViews(cfg.image_size, cfg.jitter_strength, cfg.jitter_p, cfg.grayscale, cfg.blur_p,
-                        cfg.crop_scale).to(device)
+                        cfg.crop_scale, cfg.hflip_p).to(device)
     method = SimCLRMethod(views, cfg.temperature, cfg.in_channels, gather=cfg.loss_device != "per_replica")
     method.bad = BadFiles({"train": split.paths}, cfg.max_bad_fraction, run_dir)
     optimizer = user_errors(build_optimizer, model, cfg.optimizer, learning_rate(cfg), cfg.weight_decay, cfg.momentum)

@@ -169,6 +169,7 @@ class SimCLRConfig(RunBase, DataKeys):
     jitter_p: Annotated[float, Field(ge=0, le=1)] = 0.8
     blur_p: Annotated[float, Field(ge=0, le=1)] = 0.0
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip_p: Annotated[float, Field(ge=0, le=1)] = Field(0.5, description="0 where mirror images differ (digits, text)")
     optimizer: str = "LARS"
     lr: Optional[Annotated[float, Field(gt=0)]] = Field(None, description="default 0.075*sqrt(batch) for LARS")
     base_lr: Optional[Annotated[float, Field(gt=0)]] = Field(None, description="lr = base_lr x scaling(batch)")

@@ -40,15 +40,17 @@ class SimCLRModel(nn.Module):
 
 
 class SimCLRViews(nn.Module):
-    """RandomResizedCrop(image_size), flip 0.5, colour jitter (strength s, probability p), grayscale
+    """RandomResizedCrop(image_size), flip (hflip_p, 0.5), colour jitter (strength s, probability p), grayscale
     0.2 (off for grayscale data), optional Gaussian blur: each image its own parameters."""
 
     def __init__(self, image_size: int, jitter_strength: float = 1.0, jitter_p: float = 0.8,
-                 grayscale_data: bool = False, blur_p: float = 0.0, crop_scale=(0.08, 1.0)) -> None:
+                 grayscale_data: bool = False, blur_p: float = 0.0, crop_scale=(0.08, 1.0),
+                 hflip_p: float = 0.5) -> None:
         super().__init__()
         s = jitter_strength
-        ops: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=tuple(crop_scale)),
-                                K.RandomHorizontalFlip(p=0.5)]
+        ops: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=tuple(crop_scale))]
+        if hflip_p > 0:
+            ops.append(K.RandomHorizontalFlip(p=hflip_p))
         if grayscale_data:
             ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.0, 0.0, p=jitter_p))
         else:
