@@ -37,4 +37,7 @@ test: venv
 
 bench: venv
 	$(VPY) benchmarks/bench_engine_step.py
+	$(VPY) benchmarks/bench_simclr_step.py
+	$(VPY) benchmarks/bench_data_loading.py
+	$(VPY) benchmarks/bench_augment.py
 	$(VPY) benchmarks/bench_queue.py
