@@ -87,3 +87,28 @@ class LineSplitter:
         if self.buf:
             self.echo.lines(self.prefix, self.buf)
             self.buf = b""
+
+
+class HandleTable:
+    """What both backends keep per job token: ``handles[token]`` with ``last_output`` (monotonic
+    time of the job's last output line); kill = the backend's ``signal`` with SIGKILL."""
+
+    handles: dict
+
+    def signal(self, token: int, sig: int) -> None:  # pragma: no cover - each backend overrides
+        raise NotImplementedError
+
+    def kill(self, token: int) -> None:
+        import signal as _signal
+
+        self.signal(token, _signal.SIGKILL)
+
+    def last_output(self, token: int) -> float:
+        import time as _time
+
+        h = self.handles.get(token)
+        return h.last_output if h else _time.monotonic()
+
+    def forget(self, token: int) -> None:
+        self.handles.pop(token, None)
+

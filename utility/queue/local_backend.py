@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Dict, Optional
 
-from .base import Echo, Launch, LaunchError, LineSplitter, command_argv
+from .base import Echo, HandleTable, Launch, LaunchError, LineSplitter, command_argv
 from .state import BOOT_ID, HOST, proc_start_ticks
 
 PYTHON_NAMES = ("python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}")
@@ -44,7 +44,7 @@ class LocalHandle:
                 "boot_id": BOOT_ID, "proc_start": proc_start_ticks(self.pid)}
 
 
-class LocalBackend:
+class LocalBackend(HandleTable):
     name = "local"
     poll_interval: Optional[float] = None       # events arrive by themselves
     enforces_timeout = False                    # the loop's watchdog does it
@@ -135,15 +135,6 @@ class LocalBackend:
         if h is not None and h.proc.returncode is None:
             self._killpg(h.pid, sig)
 
-    def kill(self, token: int) -> None:
-        self.signal(token, signal.SIGKILL)
-
-    def last_output(self, token: int) -> float:
-        h = self.handles.get(token)
-        return h.last_output if h else time.monotonic()
-
-    def forget(self, token: int) -> None:
-        self.handles.pop(token, None)
 
     def poll(self) -> None:
         pass

@@ -18,7 +18,7 @@ import subprocess
 import time
 from typing import Dict, List, Optional
 
-from .base import Echo, Launch, LaunchError, LineSplitter, command_argv, slug
+from .base import Echo, HandleTable, Launch, LaunchError, LineSplitter, command_argv, slug
 from .errors import QueueError
 from .state import HOST
 
@@ -51,7 +51,7 @@ class SlurmHandle:
         return {"backend": "slurm", "slurm_id": self.job_id, "host": HOST}
 
 
-class SlurmBackend:
+class SlurmBackend(HandleTable):
     name = "slurm"
     enforces_timeout = True          # timeout -> sbatch --time; SLURM ends the job
 
@@ -265,12 +265,3 @@ class SlurmBackend:
             self.echo.message(f"[queue] scancel {h.job_id} failed: {e}")
         self._next_poll = 0.0
 
-    def kill(self, token: int) -> None:
-        self.signal(token, signal.SIGKILL)
-
-    def last_output(self, token: int) -> float:
-        h = self.handles.get(token)
-        return h.last_output if h else time.monotonic()
-
-    def forget(self, token: int) -> None:
-        self.handles.pop(token, None)
