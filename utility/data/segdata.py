@@ -38,7 +38,7 @@ from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import Split
 from utility.data.io import UnreadableImage, read_image
 from utility.data.preprocess import resize
-from utility.data.targets import ReaderContext, key_for, read_label_table, register_target_reader, task_file
+from utility.data.targets import ReaderContext, csv_row, register_target_reader
 from utility.errors import UserError
 from utility.tasks import LayoutSpec, TaskSpec
 
@@ -62,13 +62,8 @@ def mask_paths_by_rule(path: Path, ctx: ReaderContext) -> tuple[str, ...]:
 @register_target_reader("seg_csv")
 def mask_paths_from_csv(path: Path, ctx: ReaderContext) -> tuple[str, ...]:
     """Mask path(s) from a CSV of image,mask pairs (paths relative to the task root)."""
-    task = ctx.task
-    table = read_label_table(task_file(task, ctx.data_dir, task.layout.labels_file, "labels_file"),
-                             task.layout.model_dump_json())
-    key = key_for(path, task.layout, ctx.data_dir)
-    if key not in table:
-        raise LookupError(f"{path.name} has no row in {task.layout.labels_file}")
-    return tuple(str(ctx.data_dir / m.strip()) for m in table[key].split(task.layout.label_separator) if m.strip())
+    sep = ctx.task.layout.label_separator
+    return tuple(str(ctx.data_dir / m.strip()) for m in csv_row(path, ctx).split(sep) if m.strip())
 
 
 def read_seg_image(path: Path, layout: LayoutSpec) -> np.ndarray:

@@ -124,15 +124,21 @@ def task_file(task: TaskSpec, data_dir: Path, name: str | None, key: str) -> Pat
     return data_dir / name
 
 
-@register_target_reader("csv")
-def csv_target(path: Path, ctx: ReaderContext) -> Any:
+def csv_row(path: Path, ctx: ReaderContext) -> str:
+    """The raw label-column text of ``path``'s row in the task's labels file."""
     task = ctx.task
     table = read_label_table(task_file(task, ctx.data_dir, task.layout.labels_file, "labels_file"),
                              task.layout.model_dump_json())
     key = key_for(path, task.layout, ctx.data_dir)
     if key not in table:
         raise LookupError(f"{path.name} has no row in {task.layout.labels_file}")
-    raw = table[key]
+    return table[key]
+
+
+@register_target_reader("csv")
+def csv_target(path: Path, ctx: ReaderContext) -> Any:
+    task = ctx.task
+    raw = csv_row(path, ctx)
     if task.type == "multilabel":
         return [s for s in raw.split(task.layout.label_separator) if s]
     return raw
