@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utility.augment import CpuAugment, DeviceAugment, load_preset  # noqa: E402
+from utility.data.augment import CpuAugment, DeviceAugment, load_preset  # noqa: E402
 
 
 def timed(fn, repeats: int, sync=lambda: None) -> float:

@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utility.engine import Amp, EpochSampler, Trainer, TrainerOptions  # noqa: E402
+from utility.training.engine import Amp, EpochSampler, Trainer, TrainerOptions  # noqa: E402
 from utility.models import build_encoder  # noqa: E402
-from utility.ntxent import nt_xent  # noqa: E402
-from utility.optim import build_optimizer  # noqa: E402
-from utility.simclr import SimCLRMethod, SimCLRModel, SimCLRViews, projection_head  # noqa: E402
+from utility.methods.ntxent import nt_xent  # noqa: E402
+from utility.training.optim import build_optimizer  # noqa: E402
+from utility.methods.simclr import SimCLRMethod, SimCLRModel, SimCLRViews, projection_head  # noqa: E402
 
 TEMPERATURE = 0.5
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import write_png
-from utility.augment import (AUG_DIR, AugPreset, CpuAugment, DeviceAugment, add_noise, build_augment,
+from utility.data.augment import (AUG_DIR, AugPreset, CpuAugment, DeviceAugment, add_noise, build_augment,
                              load_preset)
 from utility.data.cache import SharedStore
 from utility.data.dataset import ImageDataset, Preprocess

@@ -241,9 +241,10 @@ def test_cache_that_cannot_fit_is_refused(tmp_path, monkeypatch):
 def test_cannot_fit_fails_before_any_image_is_read(tmp_path, monkeypatch):
     """build_data refuses up front (no hour of training before the error)."""
     import utility.data.dataset as dsmod
-    from utility.finetuning import build_data
-    from utility.schemas import FTEConfig
-    from utility.tasks import load_task
+    from utility.methods.registry import pipeline_for
+    from utility.runs.supervised_data import build_data
+    from utility.config.schemas import FTEConfig
+    from utility.config.tasks import load_task
 
     from conftest import task_dict
 
@@ -254,7 +255,7 @@ def test_cannot_fit_fails_before_any_image_is_read(tmp_path, monkeypatch):
     monkeypatch.setattr(dsmod, "read_image", lambda p: (_ for _ in ()).throw(AssertionError("read")))
     _tiny_disk(monkeypatch, 100)
     with pytest.raises(UserError, match="cache"):
-        build_data(cfg, load_task(str(task_path)), torch.device("cpu"))
+        build_data(cfg, load_task(str(task_path)), torch.device("cpu"), pipeline_for("multiclass"))
     assert _stores(tmp_path / "cache") == []
 
 
@@ -280,7 +281,7 @@ def e2e(tmp_path):
 
 def _splits(e2e) -> dict[str, list[Path]]:
     from utility.data.index import index_task
-    from utility.tasks import load_task
+    from utility.config.tasks import load_task
 
     idx = index_task(load_task(str(e2e["task"])), e2e["data_root"], seed=0)
     return {k: [Path(p) for p in s.paths] for k, s in idx.splits.items()}

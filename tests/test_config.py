@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from conftest import write_yaml
-from utility.config import dump_config, load_config, parse_argv, parse_value, validate
+from utility.config.loader import dump_config, load_config, parse_argv, parse_value, validate
 from utility.errors import UserError
-from utility.schemas import FTE_DEPRECATED, FTEConfig
+from utility.config.schemas import FTE_DEPRECATED, FTEConfig
 
 PROG = "pkgs/FTE/finetune.py"
 

@@ -310,9 +310,10 @@ def test_preprocess_pipeline_on_file(tmp_path):
 def test_config_normalizer_overrides_task(tmp_path, monkeypatch):
     """The predecessor ignored the normalizer key: here the config's value reaches the dataset."""
     from utility.data.dataset import ImageDataset
-    from utility.finetuning import build_data
-    from utility.schemas import FTEConfig
-    from utility.tasks import load_task
+    from utility.methods.registry import pipeline_for
+    from utility.runs.supervised_data import build_data
+    from utility.config.schemas import FTEConfig
+    from utility.config.tasks import load_task
 
     make_folder_dataset(tmp_path / "data" / "tiny", ["a", "b"], 4, size=16)
     task = load_task(str(write_yaml(tmp_path / "tiny.yaml", task_dict(normalizer="naive"))))
@@ -320,7 +321,7 @@ def test_config_normalizer_overrides_task(tmp_path, monkeypatch):
                             shape_desired=[8, 8])
     for norm, window in (("naive", None), ("windowed", [100.0, 200.0]), ("imagenet", None)):
         cfg = FTEConfig(**base, normalizer=norm, window=window)
-        data = build_data(cfg, task, torch.device("cpu"))
+        data = build_data(cfg, task, torch.device("cpu"), pipeline_for(task.type))
         ds: ImageDataset = data.datasets["train"]
         assert ds.prep.normalizer == norm
         assert ds.prep.shape == (8, 8)

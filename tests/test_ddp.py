@@ -65,7 +65,7 @@ def init_group(rank: int, init_file: str) -> None:
 
 
 def ctx_cpu():
-    from utility.engine import StepContext
+    from utility.training.engine import StepContext
     return StepContext(torch.device("cpu"), contextlib.nullcontext, True)
 
 
@@ -74,7 +74,7 @@ def batch_dict(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> dict:
 
 
 def tiny_cnn(norm: str = "none"):
-    """utility.models.Classifier around a small conv encoder (optionally with BatchNorm)."""
+    """utility.models.encoders.Classifier around a small conv encoder (optionally with BatchNorm)."""
     from utility.models import Classifier
     torch.manual_seed(7)
     layers: list[nn.Module] = [nn.Conv2d(3, 8, 3, padding=1)]
@@ -135,7 +135,7 @@ def grads_of(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train_grads(variant: str, weights, x, y, idx, wrap=None) -> tuple[float, dict[str, torch.Tensor]]:
-    from utility.classification import ClassificationMethod
+    from utility.methods.classification import ClassificationMethod
     model = make_variant(variant)
     method = ClassificationMethod(len(CLASSES), False, CLASSES, 3, augment=None, class_weights=weights)
     module = wrap(model) if wrap is not None else model
@@ -235,8 +235,8 @@ EVAL_WEIGHTS = [1.0, 2.0, 0.5]
 
 
 def evaluate_once(run_dir: Path, n: int, batch: int, ddp: bool) -> dict[str, float]:
-    from utility.classification import ClassificationMethod
-    from utility.engine import Amp, EpochSampler, Trainer, TrainerOptions
+    from utility.methods.classification import ClassificationMethod
+    from utility.training.engine import Amp, EpochSampler, Trainer, TrainerOptions
     run_dir.mkdir(parents=True, exist_ok=True)
     model = tiny_cnn("bn")
     module = nn.parallel.DistributedDataParallel(model) if ddp else None
@@ -325,7 +325,7 @@ def test_distributed_evaluation_with_fewer_samples_than_ranks(tmp_path):
 # ============================================================================ 3. EpochSampler
 
 def sampler_for(monkeypatch, rank: int, n: int, shuffle: bool, seed: int = 3):
-    import utility.engine as engine
+    import utility.training.engine as engine
     monkeypatch.setattr(engine, "rank", lambda: rank)
     monkeypatch.setattr(engine, "world_size", lambda: WORLD)
     return engine.EpochSampler(n, seed, shuffle=shuffle)
@@ -585,10 +585,18 @@ def test_torchrun_segmentation_counts_every_test_pixel_once(tmp_path):
 
 # ============================================================================ 5. syncbn
 
+def build_model(cfg, num_classes: int):
+    """The network a finetuning run trains, with syncbn applied as the run session does."""
+    from utility.models import build_network
+    from utility.training import parallel
+
+    model, notes = build_network(cfg.model_name, num_classes, cfg.in_channels or 3)
+    return parallel.sync_batchnorm(model, cfg.syncbn, cfg.device), notes
+
+
 def _syncbn_worker(rank: int, init_file: str, out_dir: str) -> None:
-    from utility import parallel
-    from utility.finetuning import build_model
-    from utility.schemas import FTEConfig
+    from utility.training import parallel
+    from utility.config.schemas import FTEConfig
     init_group(rank, init_file)
     try:
         out = {}
@@ -612,8 +620,7 @@ def _syncbn_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def test_syncbn_converts_batchnorm_under_process_group(tmp_path):
-    from utility.finetuning import build_model
-    from utility.schemas import FTEConfig
+    from utility.config.schemas import FTEConfig
     spawn(_syncbn_worker, tmp_path, str(tmp_path), timeout=90)
     for r in range(WORLD):
         out = torch.load(tmp_path / f"syncbn_rank{r}.pt", weights_only=False)

@@ -1,4 +1,4 @@
-"""The shared training loop (utility/engine.py), in-process with a tiny model and synthetic tensors.
+"""The shared training loop (utility/training/engine.py), in-process with a tiny model and synthetic tensors.
 
 The engine must add nothing to the maths: its losses and weights equal a bare PyTorch loop's with the
 same seed, model, data order and optimizer. Also: the epoch sampler, resume at the right sample,
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from utility.engine import Amp, EpochSampler, Trainer, TrainerOptions  # noqa: E402
+from utility.training.engine import Amp, EpochSampler, Trainer, TrainerOptions  # noqa: E402
 
 N_TRAIN, N_VAL, BATCH, DIM, CLASSES = 40, 12, 8, 6, 3
 
@@ -305,7 +305,7 @@ def conv_model() -> nn.Module:
 
 
 def ctx():
-    from utility.engine import StepContext
+    from utility.training.engine import StepContext
     import contextlib
     return StepContext(torch.device("cpu"), contextlib.nullcontext)
 
@@ -313,7 +313,7 @@ def ctx():
 def test_nan_sample_is_dropped_from_the_loss(tmp_path):
     """A .npy image holding NaN: with test_nan_inf the batch loss is finite and equals the loss of the
     batch without it; without test_nan_inf the NaN reaches the loss."""
-    from utility.classification import ClassificationMethod
+    from utility.methods.classification import ClassificationMethod
     from utility.data.dataset import ImageDataset, Preprocess
     from utility.data.index import Split
 
@@ -356,7 +356,7 @@ def test_nan_sample_is_dropped_from_the_loss(tmp_path):
 
 
 def test_class_weights_are_torch_weighted_cross_entropy():
-    from utility.classification import ClassificationMethod
+    from utility.methods.classification import ClassificationMethod
 
     g = torch.Generator().manual_seed(1)
     w = [1.0, 3.0, 10.0]

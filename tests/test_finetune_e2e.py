@@ -160,7 +160,7 @@ def test_multiclass_folder_run_files_and_metrics(tmp_path):
 
     # resolved config: loadable, validates, holds the CLI overrides over the YAML's values
     resolved = yaml.safe_load((rd / "config.yaml").read_text())
-    from utility.schemas import FTEConfig
+    from utility.config.schemas import FTEConfig
     FTEConfig.model_validate(resolved)
     for k, v in overrides.items():
         assert resolved[k] == (None if v == "null" else v), k

@@ -1,4 +1,4 @@
-"""Tests of utility.metrics against scikit-learn computed independently."""
+"""Tests of utility.metrics.classification against scikit-learn computed independently."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from utility.metrics import ClassificationMetrics, sanitize_name
+from utility.metrics.classification import ClassificationMetrics, sanitize_name
 
 MC_NAMES = ["normal", "Pleural Effusion", "mass/nodule", "x"]
 

@@ -1,4 +1,4 @@
-"""NT-Xent (utility/ntxent.py) against a reference written directly from the SimCLR paper.
+"""NT-Xent (utility/methods/ntxent.py) against a reference written directly from the SimCLR paper.
 
 Chen et al. 2020, eq. (1): for a positive pair (i, j) among the 2N augmented views,
 
@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from utility.ntxent import nt_xent
+from utility.methods.ntxent import nt_xent
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tests for utility.optim: parameter groups, LARS, build_optimizer."""
+"""Tests for utility.training.optim: parameter groups, LARS, build_optimizer."""
 
 import copy
 import io
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from utility.optim import LARS, build_optimizer, param_groups
+from utility.training.optim import LARS, build_optimizer, param_groups
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Tests for utility.schedulers: every schedule against its formula, warmup, restarts, resume, errors."""
+"""Tests for utility.training.schedulers: every schedule against its formula, warmup, restarts, resume, errors."""
 
 import io
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from utility.schedulers import build_scheduler, lr_at
+from utility.training.schedulers import build_scheduler, lr_at
 
 LR0, LR1 = 0.1, 0.004
 

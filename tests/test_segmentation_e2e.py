@@ -80,7 +80,7 @@ def test_generic_layout_test_log_matches_recomputation(tmp_path):
     from utility.data.dataset import Preprocess
     from utility.data.index import index_task
     from utility.data.segdata import make_seg_dataset
-    from utility.tasks import load_task
+    from utility.config.tasks import load_task
 
     write_demo(tmp_path / "data" / "demo_seg", {"train": 8, "val": 4, "test": 7}, size=32)
     run, row = _run(tmp_path, "demo_seg", "demo/tiny", 3, batch_size=3, num_workers=0)

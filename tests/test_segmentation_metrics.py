@@ -9,9 +9,9 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix, jaccard_score, precision_recall_fscore_support
 
-from utility.seg_metrics import SegmentationMetrics
-from utility.segmentation import SegLoss, SegmentationMethod
-from utility.engine import StepContext
+from utility.metrics.segmentation import SegmentationMetrics
+from utility.methods.segmentation import SegLoss, SegmentationMethod
+from utility.training.engine import StepContext
 import contextlib
 
 

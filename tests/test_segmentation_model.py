@@ -14,8 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from utility.errors import UserError  # noqa: E402
 from utility.models import get_model  # noqa: E402
-from utility.segmentation import SegLoss  # noqa: E402
-from utility.unet import UNet, build_unet, encoder_of  # noqa: E402
+from utility.methods.segmentation import SegLoss  # noqa: E402
+from utility.models import build_network  # noqa: E402
+from utility.models.unet import UNet, encoder_of  # noqa: E402
+
+
+def build_unet(*args, **kw):
+    return build_network(*args, segmentation=True, **kw)
 
 
 def simclr_encoder_file(path: Path, name: str = "resnet18", seed: int = 0) -> dict[str, torch.Tensor]:

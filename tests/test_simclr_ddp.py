@@ -21,8 +21,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from utility.ntxent import nt_xent
-from utility.simclr import SimCLRModel, projection_head
+from utility.methods.ntxent import nt_xent
+from utility.methods.simclr import SimCLRModel, projection_head
 
 N_PER_RANK = 4
 WORLD = 2

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import make_folder_dataset, task_dict, write_class_image, write_yaml
-import utility.tasks as tasks_mod
+import utility.config.tasks as tasks_mod
 from utility.data.index import index_task
 from utility.data.splits import kfold_indices, stratified_fraction
 from utility.data.targets import register_target_reader
 from utility.errors import UserError
-from utility.tasks import TaskSpec, load_task
+from utility.config.tasks import TaskSpec, load_task
 
 CX8_CLASSES = ["Cardiomegaly", "Emphysema", "Effusion", "No Finding", "Hernia", "Infiltration", "Mass",
                "Nodule", "Atelectasis", "Pneumothorax", "Pleural_Thickening", "Pneumonia", "Fibrosis",

@@ -16,3 +16,17 @@ def resolve_path(p: str | Path | None, base: Path) -> Path | None:
         return None
     path = Path(p).expanduser()
     return path if path.is_absolute() else (base / path)
+
+
+def resolve_user_path(p: str | Path) -> Path:
+    """An input the user names (data, weights, cache): the cwd first, then the repository root
+    (where predecessor configs ran)."""
+    path = Path(p).expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    return (REPO_ROOT / path).resolve()
+
+
+def output_root(configured: str | None) -> Path:
+    """Outputs are new folders: a relative output_root is under the cwd, never the repository by surprise."""
+    return Path(configured).expanduser().resolve() if configured else DEFAULT_OUTPUT_ROOT

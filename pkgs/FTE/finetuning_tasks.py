@@ -1,4 +1,4 @@
-"""The task registry: task presets are YAML files in config/tasks/ (see utility/tasks.py).
+"""The task registry: task presets are YAML files in config/tasks/ (see utility/config/tasks.py).
 
 ``python pkgs/FTE/finetuning_tasks.py`` lists them; ``... NAME`` shows one resolved (size variants too).
 """
@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utility.tasks import available_tasks, load_task  # noqa: E402,F401
+from utility.config.tasks import available_tasks, load_task  # noqa: E402,F401
 
 
 def _main(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utility.summary import summarize  # noqa: E402
+from utility.metrics.summary import summarize  # noqa: E402
 
 
 def main() -> int:

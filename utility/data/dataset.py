@@ -1,6 +1,6 @@
 """Dataset: index -> load -> conform channels -> resize -> normalise -> (cache) -> sample dict.
 
-Random augmentation is not done here: it runs batched on the training device (utility/augment.py),
+Random augmentation is not done here: it runs batched on the training device (utility/data/augment.py),
 so what this class returns is deterministic and can be cached.
 
 A sample is ``{"image": float32 [C,H,W], "target": ..., "index": int, "valid": bool, "bad": str}``.
@@ -42,6 +42,10 @@ class Preprocess:
 
 
 class ImageDataset(Dataset):
+    # whole batches may be read straight from a filled store (utility/data/loader.py); a subclass whose
+    # items hold more than the cached image (e.g. a mask) turns this off
+    batches_from_cache: bool = True
+
     def __init__(self, split: Split, prep: Preprocess, multilabel: bool, num_classes: int,
                  cache: SharedStore | None = None, debug: bool = False, test_nan_inf: bool = True) -> None:
         self.split = split
@@ -79,7 +83,7 @@ class ImageDataset(Dataset):
     def cache_ready(self) -> bool:
         """True when every item is decided in the cache and no per-sample transform runs, so
         batches can be read straight from the store (see utility/data/loader.py)."""
-        return type(self) is ImageDataset and self.cache is not None and self.transform is None \
+        return self.batches_from_cache and self.cache is not None and self.transform is None \
             and self.cache.complete
 
     def batch_from_cache(self, indices: list[int]) -> dict[str, Any]:

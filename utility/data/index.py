@@ -18,7 +18,7 @@ from utility.data.splits import kfold_indices, stratified_fraction
 from utility.data.targets import (ReaderContext, get_target_reader, key_for, read_label_table,
                                   read_synsets)
 from utility.errors import UserError
-from utility.tasks import TaskSpec
+from utility.config.tasks import TaskSpec
 
 
 @dataclass
@@ -93,7 +93,7 @@ def index_task(task: TaskSpec, data_root: Path, seed: int, formats: Sequence[str
     formats = list(formats or task.data_format)
     classes = _class_list(task, data_dir, formats)
     if task.type == "segmentation":
-        import utility.data.segdata  # noqa: F401  (registers the mask readers)
+        import utility.data.mask_readers  # noqa: F401  (registers the mask readers)
     reader = get_target_reader(task.layout.reader)
     raw: dict[str, tuple[list[Path], list[Any]]] = {}
     for name, spec in task.splits.items():

@@ -1,4 +1,4 @@
-"""A DataLoader that serves a filled cache without worker processes.
+"""The one loader builder, and a DataLoader that serves a filled cache without worker processes.
 
 Once every item of a split is in the shared store (after epoch 1 with live_cache, or after
 pre_cache), loading is a gather from memory-mapped pages. Doing that in DataLoader workers costs
@@ -8,9 +8,12 @@ Until then, and whenever random per-sample CPU augmentation is on, the ordinary 
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+
+from utility.data.sampler import EpochSampler
+from utility.training.parallel import per_rank_batch
 
 
 class CacheAwareLoader:
@@ -45,3 +48,27 @@ class CacheAwareLoader:
             if self.pin:
                 batch = {key: (v.pin_memory() if hasattr(v, "pin_memory") else v) for key, v in batch.items()}
             yield batch
+
+
+def build_loader(ds: Dataset, batch_size: int, seed: int, train: bool, workers: int,
+                 prefetch_factor: Optional[int] = None, pin_memory: bool = False) -> CacheAwareLoader:
+    """Every split of every run is loaded through here.
+
+    ``batch_size`` is the global batch (each DDP rank takes its share); the order is an
+    :class:`EpochSampler` (shuffled per epoch for training). A last training batch of a single
+    sample is dropped: BatchNorm and NT-Xent cannot use it; every other sample is used.
+    """
+    sampler = EpochSampler(len(ds), seed, shuffle=train)  # type: ignore[arg-type]
+    batch = per_rank_batch(batch_size)
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        extra = {"num_workers": workers, "prefetch_factor": prefetch_factor or 2}
+    drop_last = train and len(sampler) % batch == 1 and len(sampler) > 1
+    return CacheAwareLoader(DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=drop_last,
+                                       pin_memory=pin_memory, **extra))
+
+
+def fill_cache(ds: Dataset, workers: int, batch_size: int) -> None:
+    """pre_cache: fill the store with parallel workers before training starts."""
+    for _ in DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False):
+        pass

@@ -1,4 +1,4 @@
-"""Segmentation data: where an image's mask is (target readers), how image and mask are read, and
+"""Segmentation data: how image and mask are read (where a mask is: utility/data/mask_readers.py), and
 the dataset that returns ``{"image": float32 [C,H,W], "target": int64 [H,W], ...}``.
 
 A task YAML says it all (``type: segmentation``), e.g. BraTS (2-D npy slices, 3 stacked modalities)::
@@ -26,7 +26,6 @@ binary masks in one cell joined by ``label_separator``). Masks are label maps (P
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,32 +37,8 @@ from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import Split
 from utility.data.io import UnreadableImage, read_image
 from utility.data.preprocess import resize
-from utility.data.targets import ReaderContext, csv_row, register_target_reader
 from utility.errors import UserError
-from utility.tasks import LayoutSpec, TaskSpec
-
-
-@register_target_reader("seg_masks")
-def mask_paths_by_rule(path: Path, ctx: ReaderContext) -> tuple[str, ...]:
-    """Mask path(s) of an image from the layout's [regex, replacement] rules."""
-    rules = ctx.task.layout.masks
-    if not rules:
-        raise UserError(f"task {ctx.task.name}: reader 'seg_masks' needs layout.masks: [[regex, replacement], ...]")
-    out = []
-    for pattern, repl in rules:
-        s = path.as_posix()
-        new, n = re.subn(pattern, repl, s, count=1)
-        if n == 0:
-            raise LookupError(f"{path}: layout.masks pattern {pattern!r} does not match this image path")
-        out.append(new)
-    return tuple(out)
-
-
-@register_target_reader("seg_csv")
-def mask_paths_from_csv(path: Path, ctx: ReaderContext) -> tuple[str, ...]:
-    """Mask path(s) from a CSV of image,mask pairs (paths relative to the task root)."""
-    sep = ctx.task.layout.label_separator
-    return tuple(str(ctx.data_dir / m.strip()) for m in csv_row(path, ctx).split(sep) if m.strip())
+from utility.config.tasks import LayoutSpec, TaskSpec
 
 
 def read_seg_image(path: Path, layout: LayoutSpec) -> np.ndarray:
@@ -112,6 +87,8 @@ def read_label_mask(mask_paths: tuple[str, ...], layout: LayoutSpec, num_classes
 
 class SegDataset(ImageDataset):
     """Image + mask per sample; both cached (two stores) when a cache is given."""
+
+    batches_from_cache = False
 
     def __init__(self, split: Split, prep: Preprocess, layout: LayoutSpec, num_classes: int,
                  cache: SharedStore | None = None, mask_cache: SharedStore | None = None,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from utility.errors import UserError
-from utility.tasks import LayoutSpec, TaskSpec
+from utility.config.tasks import LayoutSpec, TaskSpec
 
 @dataclass(frozen=True)
 class ReaderContext:

@@ -7,7 +7,7 @@ names, ``fc``/``avgpool`` removed), so our encoder files — a torchvision ResNe
 well-tested standard U-Net one. The plain network's state dict has ``encoder.*``, ``decoder.*``
 and ``segmentation_head.*``.
 
-Encoders: the torchvision ResNets of :data:`utility.models.TORCHVISION_ENCODERS` (``wide_resnet50_2``
+Encoders: the torchvision ResNets of :data:`utility.models.encoders.TORCHVISION_ENCODERS` (``wide_resnet50_2``
 registered here, smp lacks it), other smp encoder names, and timm models (``timm:<name>`` or a timm
 name; smp's ``tu-<name>``, whose weights live under ``encoder.model``).
 """
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from utility.errors import UserError
-from utility.models import (TORCHVISION_ENCODERS, FreezableEncoder, load_encoder_weights, read_state_dict,
-                            split_state_dict)
+from utility.models.encoders import TORCHVISION_ENCODERS, FreezableEncoder
+from utility.models.weights import load_encoder_weights, read_state_dict, split_state_dict
 
 _UNET_NAME = re.compile(r"^unet_(?P<enc>.+?)(_backbone)?$", re.IGNORECASE)
 
@@ -128,19 +128,3 @@ def load_into_unet(model: UNet, path: Path, allow_partial: bool) -> list[str]:
     model.load_state_dict({k: v for k, v in rest.items() if k in rest_own and rest_own[k].shape == v.shape},
                           strict=False)
     return notes
-
-
-def build_unet(model_name: str, classes: int, in_channels: int = 3, weights: str | Path | None = None,
-               allow_partial: bool = False, frozen_encoder: bool = False,
-               unfreeze_last_n: int = 0) -> tuple[UNet, list[str]]:
-    model = UNet(encoder_of(model_name), classes, in_channels)
-    notes = load_into_unet(model, Path(weights), allow_partial) if weights is not None else []
-    if frozen_encoder:
-        model.freeze_encoder(unfreeze_last_n)
-    return model, notes
-
-
-def get_unet(model_name: str, enc_weights: str | Path | None, classes: int, frozen_encoder: bool = False,
-             in_channels: int = 3) -> UNet:
-    """``get_model('unet_<encoder>_backbone', ...)``: the plain U-Net (logits, background included)."""
-    return build_unet(model_name, classes, in_channels, enc_weights, False, frozen_encoder)[0]

@@ -12,7 +12,7 @@ import sys
 import torch
 from torch import nn
 
-from utility.distributed import init_from_env, is_dist, launched_by_torchrun, local_rank, world_size
+from utility.training.distributed import init_from_env, is_dist, launched_by_torchrun, local_rank, world_size
 from utility.errors import UserError
 
 
@@ -70,11 +70,12 @@ def sync_batchnorm(model: nn.Module, enabled: bool, device_name: str) -> nn.Modu
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def wrap(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
-    """The module the engine runs forward through (the plain ``model`` is what gets saved)."""
+def wrap(model: nn.Module, mode: str, device: torch.device, gpus: int | None = None) -> nn.Module:
+    """The module the engine runs forward through (the plain ``model`` is what gets saved).
+    ``gpus``: DataParallel over the first N visible GPUs only (the predecessor's SimCLR key)."""
     if mode == "ddp" and is_dist():
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if mode == "dp":
-        return nn.DataParallel(model)
+        return nn.DataParallel(model, device_ids=list(range(gpus)) if gpus else None)
     return model

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from utility.distributed import is_main
+from utility.training.distributed import is_main
 
 
 def fmt(v: Any) -> str:

@@ -11,8 +11,10 @@ from torch import nn
 
 from utility.data.badfiles import BadFiles, drop_invalid
 from utility.data.preprocess import conform_channels
-from utility.engine import StepContext
-from utility.ntxent import nt_xent
+from utility.methods.base import NoEvaluation
+from utility.training.engine import StepContext
+from utility.methods.ntxent import nt_xent
+from utility.training.checkpoint import atomic_save
 
 
 def projection_head(width: int, hidden: int, out: int, kind: str) -> nn.Module:
@@ -67,13 +69,14 @@ class SimCLRViews(nn.Module):
         return self.ops(x), self.ops(x)
 
 
-class SimCLRMethod:
+class SimCLRMethod(NoEvaluation):
     """One SimCLR step for the engine. ``gather``: negatives from every rank (DDP); off gives the
     predecessor's per-replica loss (``loss_device``)."""
 
-    def __init__(self, views: SimCLRViews, temperature: float, in_channels: int = 3, gather: bool = True) -> None:
+    def __init__(self, views: SimCLRViews, temperature: float, in_channels: int = 3, gather: bool = True,
+                 bad: Optional[BadFiles] = None) -> None:
         self.views, self.temperature, self.in_channels, self.gather = views, temperature, in_channels, gather
-        self.bad: Optional[BadFiles] = None
+        self.bad = bad
 
     def train_loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext):
         batch = drop_invalid(batch, "train", self.bad)
@@ -88,20 +91,7 @@ class SimCLRMethod:
         z1, z2 = model(v1, v2)
         return nt_xent(z1, z2, self.temperature, self.gather), int(x.shape[0])
 
-    # pretraining has no labelled evaluation split; the engine is given no val loader
-    def eval_begin(self, split: str) -> None: ...
-
-    def eval_batch(self, model, batch, ctx):
-        return torch.zeros((), device=ctx.device), 0
-
-    def eval_end(self, avg_loss: float) -> dict[str, float]:
-        return {}
-
-    def eval_artifacts(self, out_dir: Path, tag: str) -> None: ...
-
 
 def save_encoder(model: SimCLRModel, path: Path) -> None:
     """Encoder state dict only, no ``module.`` prefix: what finetuning's model_path and get_model read."""
-    from utility.checkpoint import atomic_save
-
     atomic_save({k: v.detach().cpu() for k, v in model.encoder.state_dict().items()}, path)

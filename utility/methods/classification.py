@@ -1,4 +1,5 @@
-"""The classification step (multi-class and multi-label) plugged into the shared engine."""
+"""Classification (multi-class and multi-label): the method plugged into the shared engine, and the
+pipeline that builds its dataset and method for ``type: classification|multilabel`` tasks."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,42 +10,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utility.data.badfiles import BadFiles, drop_invalid
-from utility.data.preprocess import conform_channels
-from utility.distributed import all_gather_object, all_reduce_sum, is_dist, world_size
-from utility.engine import StepContext
-from utility.metrics import ClassificationMetrics
-from utility.rundir import write_table
+from utility.data.badfiles import BadFiles
+from utility.data.cache import SharedStore
+from utility.data.dataset import ImageDataset, Preprocess
+from utility.data.index import IndexedTask, Split
+from utility.training.distributed import all_gather_object, all_reduce_sum, is_dist, world_size
+from utility.methods.base import SupervisedMethod
+from utility.methods.registry import register_pipeline
+from utility.metrics.classification import ClassificationMetrics
+from utility.training.rundir import write_table
 
 
-class ClassificationMethod:
+class ClassificationMethod(SupervisedMethod):
+    """Multi-class (cross-entropy) or multi-label (per-label BCE) with class weights ``w_l``;
+    metrics over the whole split; per-image predictions of the test split."""
+
     def __init__(self, num_classes: int, multilabel: bool, class_names: list[str], in_channels: int,
                  augment: Optional[nn.Module] = None, class_weights: Optional[list[float]] = None,
                  paths: Optional[dict[str, list[Path]]] = None, per_class_columns: bool = True,
-                 save_predictions: bool = True) -> None:
+                 save_predictions: bool = True, bad: Optional[BadFiles] = None) -> None:
+        super().__init__(class_names, in_channels, augment, paths, bad)
         self.multilabel = multilabel
-        self.in_channels = in_channels
-        self.augment = augment
         self.weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.metrics = ClassificationMetrics(num_classes, multilabel, class_names)
-        self.class_names = class_names
-        self.paths = paths or {}
         self.per_class_columns = per_class_columns  # off for 1000-class tasks: logs stay readable
         self.save_predictions = save_predictions
         self._eval_index: list[np.ndarray] = []
-        self._eval_split = "val"
-        self.bad: Optional[BadFiles] = None  # set by the caller to count and report broken files
-
-    def _inputs(self, batch: dict[str, Any], ctx: StepContext, train: bool):
-        batch = drop_invalid(batch, "train" if train else self._eval_split, self.bad)
-        if batch is None:
-            return None
-        x = batch["image"].to(ctx.device, non_blocking=True)
-        y = batch["target"].to(ctx.device, non_blocking=True)
-        x = conform_channels(x, self.in_channels)
-        if train and self.augment is not None:
-            x = self.augment(x)
-        return x, y, batch["index"]
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         logits = logits.float()  # loss in float32 under autocast
@@ -57,30 +48,18 @@ class ClassificationMethod:
             return per.mean() if reduction == "mean" else per.sum()
         return F.cross_entropy(logits, y, weight=w, reduction=reduction)
 
-    def train_loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext):
-        got = self._inputs(batch, ctx, train=True)
-        if got is None:
-            return None, 0
-        x, y, _ = got
-        logits = model(x)
+    def batch_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.weights is not None and not self.multilabel and is_dist():
             # weighted CE is normalised by the weight sum: take the global batch's sum, so that DDP's
             # gradient average equals one process's gradient on the whole batch (a per-rank sum differs)
             denom = all_reduce_sum(self.weights.to(logits.device)[y].sum().detach())
-            return self.loss(logits, y, reduction="sum") * world_size() / denom, int(x.shape[0])
-        return self.loss(logits, y), int(x.shape[0])
+            return self.loss(logits, y, reduction="sum") * world_size() / denom
+        return self.loss(logits, y)
 
-    def eval_begin(self, split: str = "val") -> None:
-        self.metrics.reset()
+    def on_eval_begin(self) -> None:
         self._eval_index = []
-        self._eval_split = split
 
-    def eval_batch(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext):
-        got = self._inputs(batch, ctx, train=False)
-        if got is None:
-            return torch.zeros((), device=ctx.device), 0
-        x, y, idx = got
-        logits = model(x)
+    def record(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, idx: Any):
         s = self.loss(logits, y, reduction="sum")
         # weighted CE averages by the weight sum (as its 'mean' does), over the whole split
         denom = (self.weights.to(y.device)[y].sum() if (self.weights is not None and not self.multilabel)
@@ -99,11 +78,8 @@ class ClassificationMethod:
             row = {k: v for k, v in row.items() if not k.startswith("auc_class_")}
         return row
 
-    def eval_artifacts(self, out_dir: Path, tag: str) -> None:
-        cm_dir = out_dir / "confusion_matrices"
-        cm_dir.mkdir(exist_ok=True)
-        self.metrics.save_confusion_matrix(cm_dir / f"{tag}.csv")
-        if tag.startswith("test") and self.save_predictions:
+    def test_artifacts(self, out_dir: Path, tag: str) -> None:
+        if self.save_predictions:
             self._save_predictions(out_dir / f"predictions_{tag}.csv")
 
     def _save_predictions(self, path: Path) -> None:
@@ -124,3 +100,25 @@ class ClassificationMethod:
             row.update({c: float(v) for c, v in zip(cols, probs[k])})
             rows.append(row)
         write_table(path, ["file", "target", "predicted", *cols], rows)
+
+
+@register_pipeline("multiclass", "multilabel")
+class ClassificationPipeline:
+    segmentation = False
+
+    def dataset(self, cfg: Any, task: Any, split: Split, name: str, prep: Preprocess, num_classes: int,
+                cache_dir: Optional[Path]) -> ImageDataset:
+        cache = None
+        if cfg.opmode != "disk":
+            cache = SharedStore(split.paths, prep.channels, prep.shape, repr(prep), cache_dir,
+                                f"{task.name} split '{name}'")
+        return ImageDataset(split, prep, task.type == "multilabel", num_classes, cache,
+                            debug=cfg.debug, test_nan_inf=cfg.test_nan_inf)
+
+    def method(self, cfg: Any, task: Any, indexed: IndexedTask, augment: Optional[nn.Module],
+               bad: BadFiles) -> ClassificationMethod:
+        return ClassificationMethod(indexed.num_classes, task.type == "multilabel", indexed.classes,
+                                    cfg.in_channels or 3, augment, cfg.w_l,
+                                    {k: s.paths for k, s in indexed.splits.items()},
+                                    per_class_columns=task.per_class_metrics, save_predictions=cfg.save_predictions,
+                                    bad=bad)

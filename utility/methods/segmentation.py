@@ -1,6 +1,6 @@
 """The segmentation step plugged into the shared engine: loss (CE, soft Dice, or their weighted sum),
-split-level metrics (utility/seg_metrics.py), confusion matrices and test overlays, plus the
-builders :mod:`utility.finetuning` dispatches to for ``type: segmentation`` tasks.
+split-level metrics (utility/metrics/segmentation.py), confusion matrices and test overlays, plus the
+builders :mod:`utility.runs.finetune` dispatches to for ``type: segmentation`` tasks.
 
 Loss (task keys ``loss``, ``ce_weight``, ``dice_weight``, ``dice_smooth``, ``dice_include_background``;
 config ``w_l`` = per-class CE weights, background included):
@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utility import parallel
-from utility.data.badfiles import BadFiles, drop_invalid
-from utility.data.preprocess import conform_channels
-from utility.engine import StepContext
-from utility.seg_metrics import SegmentationMetrics
+from utility.data.badfiles import BadFiles
+from utility.data.segdata import make_seg_dataset
+from utility.methods.base import SupervisedMethod
+from utility.methods.registry import register_pipeline
+from utility.metrics.segmentation import SegmentationMetrics
 
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], dtype=np.float32)
@@ -70,51 +70,33 @@ class SegLoss:
         return total
 
 
-class SegmentationMethod:
+class SegmentationMethod(SupervisedMethod):
+    """Per-pixel classes; metrics from the split's confusion matrix; overlays of a few test images."""
+
+    target_dtype = torch.int64
+
     def __init__(self, num_classes: int, class_names: list[str], in_channels: int, loss: SegLoss,
                  augment: Optional[nn.Module] = None, regions: Optional[dict[str, list[int]]] = None,
-                 paths: Optional[dict[str, list[Path]]] = None, overlays: int = 4) -> None:
+                 paths: Optional[dict[str, list[Path]]] = None, overlays: int = 4,
+                 bad: Optional[BadFiles] = None) -> None:
+        super().__init__(class_names, in_channels, augment, paths, bad)
         self.num_classes = num_classes
-        self.class_names = class_names
-        self.in_channels = in_channels
         self.loss = loss
-        self.augment = augment
         self.metrics = SegmentationMetrics(num_classes, class_names, regions)
-        self.paths = paths or {}
         self.overlays = overlays
         self._kept: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
-        self._eval_split = "val"
-        self.bad: Optional[BadFiles] = None
 
-    def _inputs(self, batch: dict[str, Any], ctx: StepContext, train: bool):
-        batch = drop_invalid(batch, "train" if train else self._eval_split, self.bad)
-        if batch is None:
-            return None
-        x = batch["image"].to(ctx.device, non_blocking=True)
-        y = batch["target"].to(ctx.device, non_blocking=True).long()
-        x = conform_channels(x, self.in_channels)
-        if train and self.augment is not None:
-            x, y = self.augment(x, y)
-        return x, y, batch["index"]
+    def augment_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.augment is not None
+        return self.augment(x, y)  # the mask moves with the image
 
-    def train_loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext):
-        got = self._inputs(batch, ctx, train=True)
-        if got is None:
-            return None, 0
-        x, y, _ = got
-        return self.loss(model(x), y), int(x.shape[0])
+    def batch_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits, y)
 
-    def eval_begin(self, split: str = "val") -> None:
-        self.metrics.reset()
+    def on_eval_begin(self) -> None:
         self._kept = []
-        self._eval_split = split
 
-    def eval_batch(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext):
-        got = self._inputs(batch, ctx, train=False)
-        if got is None:
-            return torch.zeros((), device=ctx.device), 0
-        x, y, idx = got
-        logits = model(x)
+    def record(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, idx: Any):
         n = int(x.shape[0])
         pred = logits.argmax(dim=1)
         self.metrics.update(pred, y)
@@ -126,14 +108,8 @@ class SegmentationMethod:
                                    pred[k].cpu().numpy()))
         return self.loss(logits, y).detach() * n, n
 
-    def eval_end(self, avg_loss: float) -> dict[str, float]:
-        return self.metrics.compute(avg_loss)
-
-    def eval_artifacts(self, out_dir: Path, tag: str) -> None:
-        cm_dir = out_dir / "confusion_matrices"
-        cm_dir.mkdir(exist_ok=True)
-        self.metrics.save_confusion_matrix(cm_dir / f"{tag}.csv")
-        if tag.startswith("test") and self._kept:
+    def test_artifacts(self, out_dir: Path, tag: str) -> None:
+        if self._kept:
             self._save_overlays(out_dir / "overlays", tag)
 
     def _save_overlays(self, folder: Path, tag: str) -> None:
@@ -157,22 +133,20 @@ class SegmentationMethod:
             Image.fromarray(panel).save(folder / f"{tag}_{k}_{stem}.png")
 
 
-# ----------------------------------------------------------------------------- builders for run_one
+# ----------------------------------------------------------------------------- the pipeline
 
-def build_seg_model(cfg: Any, num_classes: int) -> tuple[nn.Module, list[str]]:
-    from utility.finetuning import resolve_user_path
-    from utility.unet import build_unet
+@register_pipeline("segmentation")
+class SegmentationPipeline:
+    segmentation = True
 
-    path = resolve_user_path(cfg.model_path) if cfg.model_path is not None else None
-    model, notes = build_unet(cfg.model_name, num_classes, cfg.in_channels or 3, path, cfg.allow_partial_load,
-                              cfg.frozen_encoder, cfg.unfreeze_last_n)
-    model = parallel.sync_batchnorm(model, cfg.syncbn, cfg.device)  # type: ignore[assignment]
-    return model, notes
+    def dataset(self, cfg: Any, task: Any, split: Any, name: str, prep: Any, num_classes: int,
+                cache_dir: Optional[Path]) -> Any:
+        return make_seg_dataset(cfg, task, split, name, prep, num_classes, cache_dir)
 
-
-def build_seg_method(cfg: Any, task: Any, data: Any, augment: Optional[nn.Module]) -> SegmentationMethod:
-    loss = SegLoss(task.loss, cfg.w_l, task.ce_weight, task.dice_weight, task.dice_smooth,
-                   task.dice_include_background)
-    return SegmentationMethod(data.indexed.num_classes, data.indexed.classes, cfg.in_channels or 3, loss,
-                              augment, task.regions, {k: s.paths for k, s in data.indexed.splits.items()},
-                              task.overlays if cfg.save_predictions else 0)
+    def method(self, cfg: Any, task: Any, indexed: Any, augment: Optional[nn.Module],
+               bad: BadFiles) -> SegmentationMethod:
+        loss = SegLoss(task.loss, cfg.w_l, task.ce_weight, task.dice_weight, task.dice_smooth,
+                       task.dice_include_background)
+        return SegmentationMethod(indexed.num_classes, indexed.classes, cfg.in_channels or 3, loss,
+                                  augment, task.regions, {k: s.paths for k, s in indexed.splits.items()},
+                                  task.overlays if cfg.save_predictions else 0, bad=bad)

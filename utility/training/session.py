@@ -1,0 +1,118 @@
+"""One run's life, the same for every entry point: set up processes and device, decide what an
+existing run directory means (fresh, resume, done, or refused), keep crash.log there, seed, wrap
+the model for DP/DDP, then resume -> fit -> finish -> mark finished -> close.
+
+Finetuning and pretraining (utility/runs/) build their data, model and method and hand them here;
+they keep only what differs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, TypeVar
+
+import torch
+import yaml
+from pydantic import BaseModel
+from torch import nn
+
+from utility.config.loader import dump_config
+from utility.entry import CrashLog
+from utility.errors import UserError
+from utility.training import parallel
+from utility.training.checkpoint import load_checkpoint, seed_everything
+from utility.training.distributed import is_main, main_decides
+from utility.training.engine import Amp, Method, Trainer, TrainerOptions
+
+T = TypeVar("T")
+
+# Keys that may change between a run and its resumption without making it a different run.
+RESUME_FREE_KEYS = frozenset({"epochs", "num_workers", "prefetch_factor", "verbose", "device", "debug",
+                              "log_losses", "checkpoint_every_steps", "output_root", "data_root", "opmode"})
+# files of ours an attempt that ended before its first checkpoint may have left
+STALE_FILES = ("train.log", "val.log", "crash.log")
+
+
+def decide_run_state(run_dir: Path, new: dict[str, Any], epochs: int, free_keys: Iterable[str]) -> str:
+    """'fresh', 'resume' or 'done'. A directory holding another run (a different config) or
+    something that is not ours is refused, never overwritten."""
+    free = set(free_keys)
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists():
+        try:
+            old = yaml.safe_load(cfg_path.read_text())
+        except yaml.YAMLError:
+            old = None
+        if not isinstance(old, dict) or "name" not in old:
+            raise UserError(f"run directory {run_dir} holds a config.yaml that is not a run config of ours; "
+                            "choose another name or move it away (nothing was overwritten)")
+        diffs = [k for k in new if k not in free and k in old and old.get(k) != new[k]]
+        if diffs:
+            shown = "; ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diffs[:4])
+            raise UserError(f"run directory {run_dir} holds a run with a different config ({shown}); "
+                            "choose another name to start a new run (nothing was overwritten)")
+    elif run_dir.is_dir() and any(p.name != "crash.log" for p in run_dir.iterdir()):  # ours: an earlier error
+        raise UserError(f"run directory {run_dir} is not empty and holds no run config of ours; "
+                        "choose another name or move it away (nothing was overwritten)")
+    ck_path = run_dir / "checkpoint_last.pt"
+    if not ck_path.exists():
+        for stale in STALE_FILES:
+            (run_dir / stale).unlink(missing_ok=True)
+        return "fresh"
+    ck = load_checkpoint(ck_path)
+    if ck.get("finished") and ck.get("epoch", 0) >= epochs:
+        return "done"
+    return "resume"
+
+
+class RunSession:
+    """Opened by :meth:`open`; ``state`` says whether there is anything to do ('done' = no)."""
+
+    def __init__(self, cfg: BaseModel, run_dir: Path, mode: str, device: torch.device, state: str) -> None:
+        self.cfg, self.run_dir, self.mode, self.device, self.state = cfg, run_dir, mode, device, state
+
+    @classmethod
+    def open(cls, cfg: Any, run_dir: Path, parallel_mode: Optional[str] = None,
+             free_keys: Iterable[str] = RESUME_FREE_KEYS) -> "RunSession":
+        mode, device = parallel.setup(parallel_mode or cfg.parallel, cfg.device)
+        state = main_decides(decide_run_state, run_dir, cfg.model_dump(mode="json"), cfg.epochs, free_keys)
+        session = cls(cfg, run_dir, mode, device, state)
+        if state != "done":
+            run_dir.mkdir(parents=True, exist_ok=True)
+            CrashLog.path = run_dir / "crash.log"
+            seed_everything(cfg.seed)
+            if cfg.debug:
+                torch.autograd.set_detect_anomaly(True)
+        return session
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+    def place(self, model: nn.Module, syncbn: bool = False, gpus: Optional[int] = None) -> nn.Module:
+        """Move ``model`` to the device (SyncBatchNorm first if asked) and return the module the
+        engine runs forward through (DataParallel/DDP wrapper, or the model itself)."""
+        model = parallel.sync_batchnorm(model, syncbn, self.cfg.device)  # type: ignore[attr-defined]
+        model.to(self.device)
+        return parallel.wrap(model, self.mode, self.device, gpus)
+
+    def trainer(self, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any,
+                opts: TrainerOptions, train_module: nn.Module) -> Trainer:
+        return Trainer(model, method, optimizer, scheduler, Amp(self.device, self.cfg.amp),  # type: ignore[attr-defined]
+                       self.run_dir, opts, train_module)
+
+    def run(self, trainer: Trainer, train_loader: Any, val_loader: Any,
+            finish: Callable[[Trainer], T]) -> T:
+        """Write config.yaml, resume if there is a checkpoint, train, ``finish`` (save the product,
+        test), then mark the run finished. The logs are closed whatever happens."""
+        if is_main():
+            dump_config(self.cfg, self.run_dir / "config.yaml")
+        if self.state == "resume" and trainer.resume():
+            print(f"resuming {self.run_dir} at epoch {trainer.epoch + 1} step {trainer.batch_in_epoch}")
+        try:
+            trainer.fit(train_loader, val_loader)
+            result = finish(trainer)
+            trainer.finished = True
+            trainer.save()
+        finally:
+            trainer.close()
+        return result
