@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utility.data.cache import SharedStore  # noqa: E402
 from utility.data.dataset import ImageDataset, Preprocess  # noqa: E402
 from utility.data.loader import CacheAwareLoader  # noqa: E402
-from utility.training.engine import EpochSampler  # noqa: E402
+from utility.data.sampler import EpochSampler  # noqa: E402
 from utility.data.index import Split  # noqa: E402
 from utility.data.io import read_image  # noqa: E402
 

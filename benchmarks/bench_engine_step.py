@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utility.methods.classification import ClassificationMethod  # noqa: E402
-from utility.training.engine import Amp, EpochSampler, Trainer, TrainerOptions  # noqa: E402
+from utility.data.sampler import EpochSampler  # noqa: E402
+from utility.training.engine import Amp, Trainer, TrainerOptions  # noqa: E402
 from utility.models import Classifier, build_encoder  # noqa: E402
 
 

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utility.training.engine import Amp, EpochSampler, Trainer, TrainerOptions  # noqa: E402
+from utility.data.sampler import EpochSampler  # noqa: E402
+from utility.training.engine import Amp, Trainer, TrainerOptions  # noqa: E402
 from utility.models import build_encoder  # noqa: E402
 from utility.methods.ntxent import nt_xent  # noqa: E402
 from utility.training.optim import build_optimizer  # noqa: E402

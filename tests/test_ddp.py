@@ -325,10 +325,10 @@ def test_distributed_evaluation_with_fewer_samples_than_ranks(tmp_path):
 # ============================================================================ 3. EpochSampler
 
 def sampler_for(monkeypatch, rank: int, n: int, shuffle: bool, seed: int = 3):
-    import utility.training.engine as engine
-    monkeypatch.setattr(engine, "rank", lambda: rank)
-    monkeypatch.setattr(engine, "world_size", lambda: WORLD)
-    return engine.EpochSampler(n, seed, shuffle=shuffle)
+    import utility.data.sampler as sampler
+    monkeypatch.setattr(sampler, "rank", lambda: rank)
+    monkeypatch.setattr(sampler, "world_size", lambda: WORLD)
+    return sampler.EpochSampler(n, seed, shuffle=shuffle)
 
 
 @pytest.mark.parametrize("n", [10, 11, 1])

@@ -120,6 +120,12 @@ class CpuAugment:
             ops.append(A.Rotate(limit=preset.rotation, p=preset.rotation_p, border_mode=0))
         self.compose = A.Compose(ops) if ops else None
 
+    def reseed(self, seed: int) -> None:
+        """Draw this sample's parameters from ``seed`` (the dataset passes one per sample and epoch),
+        so results do not depend on num_workers or on which worker loads which sample."""
+        if self.compose is not None:
+            self.compose.set_random_seed(seed)
+
     def __call__(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
         if self.compose is None:
             return x if mask is None else (x, mask)

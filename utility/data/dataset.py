@@ -41,6 +41,11 @@ class Preprocess:
         return normalize(x, self.normalizer, self.window, vr)
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed that differs for every (seed, epoch, sample)."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch, index]).generate_state(1)[0])
+
+
 class ImageDataset(Dataset):
     # whole batches may be read straight from a filled store (utility/data/loader.py); a subclass whose
     # items hold more than the cached image (e.g. a mask) turns this off
@@ -56,6 +61,7 @@ class ImageDataset(Dataset):
         self.debug = debug
         self.test_nan_inf = test_nan_inf
         self.transform: Optional[Callable] = None  # random per-sample augmentation (tf_device: cpu)
+        self.seed, self.epoch = 0, 0  # set by the loader: each sample's augmentation seed
         self._targets: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
@@ -79,6 +85,13 @@ class ImageDataset(Dataset):
         if self.test_nan_inf and not np.isfinite(arr).all():
             return torch.zeros(self.prep.channels, *self.prep.shape), "nan_inf: image holds NaN or Inf"
         return self.prep(arr), ""
+
+    def seed_transform(self, i: int) -> None:
+        """Seed the per-sample augmentation from (run seed, epoch, sample): the same draw whatever
+        the worker count, the cache state, or a resume in the middle of the epoch."""
+        reseed = getattr(self.transform, "reseed", None)
+        if reseed is not None:
+            reseed(sample_seed(self.seed, self.epoch, i))
 
     def cache_ready(self) -> bool:
         """True when every item is decided in the cache and no per-sample transform runs, so
@@ -105,5 +118,6 @@ class ImageDataset(Dataset):
             if self.cache is not None:
                 self.cache.put(i, x) if not bad else self.cache.mark_bad(i)
         if self.transform is not None and not bad:
+            self.seed_transform(i)
             x = self.transform(x)
         return {"image": x, "target": self._target(i), "index": i, "valid": not bad, "bad": bad}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Optional
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from utility.data.sampler import EpochSampler
@@ -29,6 +30,22 @@ class CacheAwareLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Position the order (``start`` samples of this rank's share already done) and fix every
+        random draw of the epoch's loading to (seed, epoch): the loader's own generator (worker
+        seeds) instead of the global one, and per-sample augmentation seeds in the dataset. So the
+        global RNG, which device-side augmentation draws from, is never touched by loading, and a
+        run gives the same numbers with an empty or a filled cache, any opmode and num_workers."""
+        if isinstance(self.sampler, EpochSampler):
+            self.sampler.set_epoch(epoch, start)
+            seed = self.sampler.seed
+        else:
+            seed = 0
+        if self.loader.generator is not None:
+            self.loader.generator.manual_seed(seed * 1_000_003 + epoch)
+        if hasattr(self.dataset, "epoch"):
+            self.dataset.epoch, self.dataset.seed = epoch, seed
 
     def _fast(self) -> bool:
         fn = getattr(self.dataset, "cache_ready", None)
@@ -64,11 +81,14 @@ def build_loader(ds: Dataset, batch_size: int, seed: int, train: bool, workers: 
     if workers > 0:
         extra = {"num_workers": workers, "prefetch_factor": prefetch_factor or 2}
     drop_last = train and len(sampler) % batch == 1 and len(sampler) > 1
-    return CacheAwareLoader(DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=drop_last,
-                                       pin_memory=pin_memory, **extra))
+    loader = CacheAwareLoader(DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=drop_last,
+                                         pin_memory=pin_memory, generator=torch.Generator(), **extra))
+    loader.set_epoch(0)
+    return loader
 
 
 def fill_cache(ds: Dataset, workers: int, batch_size: int) -> None:
     """pre_cache: fill the store with parallel workers before training starts."""
-    for _ in DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False):
+    # its own generator: filling the cache must not draw from the global RNG (augmentation does)
+    for _ in DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False, generator=torch.Generator()):
         pass

@@ -133,6 +133,7 @@ class SegDataset(ImageDataset):
         else:
             mask = m[0].long()
         if self.transform is not None and not bad:
+            self.seed_transform(i)
             x, mask = self.transform(x, mask)
         return {"image": x, "target": mask, "index": i, "valid": not bad, "bad": bad}
 

@@ -151,6 +151,7 @@ class Trainer:
         self.best_epoch: Optional[int] = None
         self.finished = False
         self.epoch_loss = [0.0, 0]  # running (sum, batches) of the current epoch, kept across resume
+        self.epoch_lr = 0.0  # the LR the current epoch's last step used (val.log's lr)
         self.train_log = CsvLog(run_dir / "train.log", opts.train_columns, opts.log_losses)
         self.val_log: Optional[CsvLog] = None
         self.tb = TensorBoard(run_dir / "tensorboard")
@@ -222,11 +223,14 @@ class Trainer:
         sampler = train_loader.sampler if isinstance(train_loader.sampler, EpochSampler) else None
         batch_size = train_loader.batch_size or 1
         while self.epoch < self.opts.epochs:
-            if sampler is not None:
+            if hasattr(train_loader, "set_epoch"):  # order, worker and augmentation seeds (CacheAwareLoader)
+                train_loader.set_epoch(self.epoch, self.batch_in_epoch * batch_size)
+            elif sampler is not None:
                 sampler.set_epoch(self.epoch, self.batch_in_epoch * batch_size)
             elif hasattr(train_loader.sampler, "set_epoch"):
                 train_loader.sampler.set_epoch(self.epoch)
             t0 = time.time()
+            self.epoch_lr = self._lr()
             train_loss = self._train_epoch(train_loader)
             if self.scheduler is not None and self.opts.scheduler_interval == "epoch":
                 self.scheduler.step()
@@ -242,7 +246,7 @@ class Trainer:
                     if is_main():
                         atomic_save({"model": self.model.state_dict(), "epoch": self.epoch + 1,
                                      "metric": key, "value": metrics[key]}, self.best_path)
-            row["lr"] = self._lr()
+            row["lr"] = self.epoch_lr  # the LR of the epoch's last step, not the next epoch's
             row["epoch_time_s"] = round(time.time() - t0, 3)
             self._write_val(row)
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
@@ -284,7 +288,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            lr = self._lr()
+            lr = self.epoch_lr = self._lr()
             if self.scheduler is not None and self.opts.scheduler_interval == "step":
                 self.scheduler.step()
             self.batch_in_epoch += 1
