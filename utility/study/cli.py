@@ -1,0 +1,122 @@
+"""``pkgs/Study/study.py``: plan a study, queue it, run it through the job queue, report on it.
+
+    study.py -c study.yaml [--plan-only] [--max-parallel N] [--gpus SPEC] [--backend local|slurm]
+    study.py report -c study.yaml     # rebuild results.csv, summary.csv, report.html from what exists
+    study.py status -c study.yaml     # runs completed / running / failed / missing
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from utility.errors import UserError
+from utility.paths import REPO_ROOT
+from utility.study.plan import Plan, append_jobs, make_plan, write_configs
+from utility.study.results import collect, primary_metric, write_results
+from utility.study.spec import load_study
+
+
+def metrics_of(plan: Plan) -> dict[str, list[str]]:
+    return {t: list(plan.spec.metrics) if plan.spec.metrics else [primary_metric(t)[0]] for t in plan.spec.tasks}
+
+
+def report(plan: Plan, quiet: bool = False) -> Path:
+    from utility.study.report import write_report
+    from utility.study.stats import summarize, write_summary
+
+    states, rows = collect(plan)
+    plan.study_dir.mkdir(parents=True, exist_ok=True)
+    write_results(plan.study_dir / "results.csv", rows)
+    mets = metrics_of(plan)
+    summary = summarize(rows, mets, list(plan.spec.pretrain), list(plan.spec.grid))
+    write_summary(plan.study_dir / "summary.csv", summary)
+    write_report(plan.study_dir / "report.html", plan, states, summary, mets)
+    if not quiet:
+        print(summary_text(plan, summary))
+        missing = [st for st in states if st.status != "completed"]
+        if missing:
+            print(f"{len(missing)} of {len(states)} runs not completed: "
+                  + ", ".join(f"{st.run.name} ({st.status})" for st in missing[:5]) + (" ..." if len(missing) > 5 else ""))
+        print(f"results: {plan.study_dir / 'results.csv'}\nsummary: {plan.study_dir / 'summary.csv'}\n"
+              f"report:  {plan.study_dir / 'report.html'}")
+    return plan.study_dir / "report.html"
+
+
+def summary_text(plan: Plan, summary: list[dict[str, Any]]) -> str:
+    lines = []
+    first = next(iter(plan.spec.pretrain))
+    for row in summary:
+        grid = "".join(f" {k}={row.get(k)}" for k in plan.spec.grid)
+        half = row["ci95_high"] - row["mean"]
+        text = (f"{row['task']} {row['mode']}{grid} {row['metric']}: {row['source']:<16} "
+                f"{row['mean']:.4f} ± {half:.4f} (95 % CI, n={row['n']})") if not math.isnan(half) else (
+                f"{row['task']} {row['mode']}{grid} {row['metric']}: {row['source']:<16} {row['mean']:.4f} (n={row['n']})")
+        p = row.get(f"p_vs_{first}")
+        if row["source"] != first and p is not None and not (isinstance(p, float) and math.isnan(p)):
+            text += f"  vs {first}: {row[f'pct_change_vs_{first}']:+.1f} %, p={p:.3g} ({row[f'test_vs_{first}']})"
+        lines.append(text)
+    return "\n".join(lines) if lines else "no completed runs yet"
+
+
+def status(plan: Plan) -> str:
+    states, _ = collect(plan)
+    counts: dict[str, int] = {}
+    for st in states:
+        counts[st.status] = counts.get(st.status, 0) + 1
+    pre = [f"{j.label}: {'done' if j.encoder.is_file() else 'not done'}" for j in plan.pretrain]
+    out = f"study {plan.spec.name}: {len(states)} runs: " + ", ".join(
+        f"{counts.get(k, 0)} {k}" for k in ("completed", "running", "failed", "missing"))
+    if pre:
+        out += "\npretraining: " + "; ".join(pre)
+    failed = [st for st in states if st.status == "failed"]
+    out += "".join(f"\nfailed: {st.run.name} (crash log {st.crash_log})" for st in failed)
+    return out
+
+
+def run_queue(plan: Plan, args: argparse.Namespace) -> int:
+    cmd = [sys.executable, str(REPO_ROOT / "QueueManager.py"), "--jobs", str(plan.jobs_file),
+           "--workdir", str(REPO_ROOT), "--log-dir", str(plan.study_dir / "queue")]
+    if args.max_parallel:
+        cmd += ["--max-parallel", str(args.max_parallel)]
+    if args.gpus:
+        cmd += ["--gpus", args.gpus]
+    if args.backend:
+        cmd += ["--backend", args.backend]
+    if args.quiet:
+        cmd += ["--quiet"]
+    return subprocess.call(cmd)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="pkgs/Study/study.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", nargs="?", choices=["run", "report", "status"], default="run")
+    ap.add_argument("-c", "--config", type=Path, required=True, help="the study YAML")
+    ap.add_argument("--plan-only", action="store_true", help="write configs and jobs, run nothing")
+    ap.add_argument("--max-parallel", type=int, help="at most N jobs at once (queue option)")
+    ap.add_argument("--gpus", help="GPUs for the queue (a count, ids, or none)")
+    ap.add_argument("--backend", choices=["local", "slurm"])
+    ap.add_argument("--quiet", action="store_true", help="do not echo job output")
+    args = ap.parse_args(argv)
+    plan = make_plan(load_study(args.config))
+    if args.command == "status":
+        print(status(plan))
+        return 0
+    if args.command == "report":
+        report(plan)
+        return 0
+    new_cfg = write_configs(plan)
+    new_jobs = append_jobs(plan)
+    print(f"study {plan.spec.name}: {len(plan.pretrain)} pretraining + {len(plan.runs)} finetuning runs; "
+          f"{new_cfg} new configs in {plan.config_dir}, {new_jobs} new jobs in {plan.jobs_file}")
+    if args.plan_only:
+        return 0
+    rc = run_queue(plan, args)
+    report(plan)
+    if rc not in (0, 1):
+        raise UserError(f"the job queue stopped with exit status {rc}; see {plan.study_dir / 'queue'}")
+    return rc

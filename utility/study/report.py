@@ -1,0 +1,250 @@
+"""report.html: one self-contained page (figures embedded as PNG data URIs) answering the study's
+question: results table, bar charts with confidence intervals, pairwise change/p-value matrices,
+validation and training-loss curves, time to convergence, data-size curves, missing/failed runs."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from utility.config.tasks import SIZE_VARIANTS, _VARIANT_RE
+from utility.study.plan import Plan
+from utility.study.results import RunState, as_float, read_rows
+
+
+def _fig_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if isinstance(v, float):
+        return "–" if math.isnan(v) else f"{v:.{digits}f}"
+    return html.escape(str(v))
+
+
+def base_and_fraction(task: str) -> tuple[str, float]:
+    m = _VARIANT_RE.match(task)
+    if m and m["size"] in SIZE_VARIANTS:
+        return m["base"], SIZE_VARIANTS[m["size"]]
+    return task, 1.0
+
+
+class Report:
+    def __init__(self, plan: Plan, states: list[RunState], summary: list[dict[str, Any]],
+                 metrics_of: dict[str, list[str]]) -> None:
+        self.plan, self.states, self.summary, self.metrics_of = plan, states, summary, metrics_of
+        self.sources = list(plan.spec.pretrain)
+        self.parts: list[str] = []
+
+    # ------------------------------------------------------------------ sections
+    def header(self) -> None:
+        s = self.plan.spec
+        done = sum(st.status == "completed" for st in self.states)
+        self.parts.append(f"<h1>Study {html.escape(s.name)}</h1><p class=q>Does pretraining help, and which? "
+                          f"Sources <b>{', '.join(map(html.escape, self.sources))}</b> on tasks "
+                          f"<b>{', '.join(map(html.escape, s.tasks))}</b>; modes {', '.join(s.modes)}; "
+                          f"{s.repeats.count} repeats ({'seeds' if s.repeats.seeds else 'folds'}). "
+                          f"{done} of {len(self.states)} runs completed.</p>")
+
+    def table(self) -> None:
+        rows = self.summary
+        if not rows:
+            self.parts.append("<p>No completed runs yet.</p>")
+            return
+        grid_keys = list(self.plan.spec.grid)
+        head = ["task", "mode", *grid_keys, "metric"] + self.sources
+        out = ["<h2>Results (test, last model): mean ± 95 % CI (n)</h2><table><tr>"
+               + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+        keys = sorted({(r["task"], r["mode"], *(r.get(k) for k in grid_keys), r["metric"]) for r in rows}, key=str)
+        for key in keys:
+            cells = {r["source"]: r for r in rows if (r["task"], r["mode"], *(r.get(k) for k in grid_keys),
+                                                       r["metric"]) == key}
+            means = {s: c["mean"] for s, c in cells.items() if not math.isnan(c["mean"])}
+            best = None
+            if means:
+                lower = "loss" in key[-1]
+                best = (min if lower else max)(means, key=means.get)
+            tds = "".join(f"<td>{html.escape(str(k))}</td>" for k in key)
+            for s in self.sources:
+                c = cells.get(s)
+                if c is None:
+                    tds += "<td>–</td>"
+                    continue
+                half = (c["ci95_high"] - c["mean"]) if not math.isnan(c["ci95_high"]) else float("nan")
+                txt = f"{_fmt(c['mean'])} ± {_fmt(half)} ({c['n']})"
+                tds += f"<td class=best>{txt}</td>" if s == best else f"<td>{txt}</td>"
+            out.append(f"<tr>{tds}</tr>")
+        self.parts.append("".join(out) + "</table><p class=note>Best mean per row in bold.</p>")
+
+    def bars(self) -> None:
+        plt = _plt()
+        groups = sorted({(r["task"], r["mode"], r["metric"]) for r in self.summary}, key=str)
+        if not groups:
+            return
+        self.parts.append("<h2>Per task and metric</h2>")
+        for task, mode, metric in groups:
+            rows = [r for r in self.summary if (r["task"], r["mode"], r["metric"]) == (task, mode, metric)]
+            labels = [f"{r['source']}" + "".join(f" {k}={r.get(k)}" for k in self.plan.spec.grid) for r in rows]
+            means = [r["mean"] for r in rows]
+            err = [0 if math.isnan(r["ci95_high"]) else r["ci95_high"] - r["mean"] for r in rows]
+            fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(rows) + 1.5), 3))
+            ax.bar(range(len(rows)), means, yerr=err, capsize=4, color="#4c78a8")
+            ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{task} ({mode}): mean, 95 % CI")
+            self.parts.append(f"<img src='{_fig_uri(fig)}'>")
+            self.pairwise(task, mode, metric, rows)
+
+    def pairwise(self, task: str, mode: str, metric: str, rows: list[dict[str, Any]]) -> None:
+        if self.plan.spec.grid or len(rows) < 2:
+            return  # with grid axes the matrix per grid point would repeat; summary.csv has every pair
+        srcs = [r["source"] for r in rows]
+        out = [f"<table class=pair><tr><th>{html.escape(task)} {html.escape(metric)}: row vs column</th>"
+               + "".join(f"<th>{html.escape(s)}</th>" for s in srcs) + "</tr>"]
+        for r in rows:
+            tds = ""
+            for s in srcs:
+                if s == r["source"]:
+                    tds += "<td>·</td>"
+                    continue
+                pct, p = r.get(f"pct_change_vs_{s}", float("nan")), r.get(f"p_vs_{s}", float("nan"))
+                sig = " class=sig" if isinstance(p, float) and p < 0.05 else ""
+                tds += f"<td{sig}>{_fmt(pct, 1)} % (p={_fmt(p, 3)})</td>"
+            out.append(f"<tr><th>{html.escape(r['source'])}</th>{tds}</tr>")
+        test = next((r.get(f"test_vs_{s}") for r in rows for s in srcs if r.get(f"test_vs_{s}")), "")
+        self.parts.append("".join(out) + f"</table><p class=note>{html.escape(test or '')}; p &lt; 0.05 shaded.</p>")
+
+    def curves(self) -> None:
+        plt = _plt()
+        done = [st for st in self.states if st.status == "completed"]
+        keys = sorted({(st.run.task, st.run.mode) for st in done})
+        if not keys:
+            return
+        self.parts.append("<h2>Training curves (mean and range over repeats)</h2>")
+        for task, mode in keys:
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+            metric = self.metrics_of.get(task, ["accuracy"])[0]
+            for src in self.sources:
+                runs = [st for st in done if (st.run.task, st.run.mode, st.run.source) == (task, mode, src)]
+                if not runs:
+                    continue
+                for ax, series in ((axes[0], [_series(st.run_dir / "val.log", metric) for st in runs]),
+                                   (axes[1], [_train_loss(st.run_dir / "train.log") for st in runs])):
+                    n = min(len(s) for s in series) if series else 0
+                    if n == 0:
+                        continue
+                    arr = np.array([s[:n] for s in series])
+                    x = np.arange(1, n + 1)
+                    ax.plot(x, np.nanmean(arr, 0), label=src)
+                    ax.fill_between(x, np.nanmin(arr, 0), np.nanmax(arr, 0), alpha=0.2)
+            axes[0].set(title=f"{task} ({mode}): validation {metric}", xlabel="epoch")
+            axes[1].set(title="training loss (epoch mean)", xlabel="epoch")
+            axes[0].legend(fontsize=8)
+            self.parts.append(f"<img src='{_fig_uri(fig)}'>")
+
+    def convergence(self) -> None:
+        plt = _plt()
+        done = [st for st in self.states if st.status == "completed"]
+        vals: dict[str, list[float]] = {}
+        for st in done:
+            from utility.study.results import convergence_epoch
+
+            metric = st.run.config.get("best_metric") or self.metrics_of.get(st.run.task, ["accuracy"])[0]
+            c = convergence_epoch(_series(st.run_dir / "val.log", metric))
+            if c is not None:
+                vals.setdefault(st.run.source, []).append(c)
+        if not vals:
+            return
+        fig, ax = plt.subplots(figsize=(4.5, 3))
+        srcs = [s for s in self.sources if s in vals]
+        ax.bar(range(len(srcs)), [np.mean(vals[s]) for s in srcs], yerr=[np.std(vals[s]) for s in srcs], capsize=4,
+               color="#f58518")
+        ax.set_xticks(range(len(srcs)), srcs)
+        ax.set(ylabel="epochs", title="time to convergence (all tasks)")
+        self.parts.append("<h2>Time to convergence</h2><p class=note>Epoch from which the 3-epoch trailing mean of "
+                          "the validation metric stays within 0.5 % of its final value.</p>"
+                          f"<img src='{_fig_uri(fig)}'>")
+
+    def data_size(self) -> None:
+        fractions: dict[str, set[float]] = {}
+        for t in self.plan.spec.tasks:
+            b, f = base_and_fraction(t)
+            fractions.setdefault(b, set()).add(f)
+        bases = [b for b, fs in fractions.items() if len(fs) > 1]
+        if not bases or not self.summary:
+            return
+        plt = _plt()
+        self.parts.append("<h2>Data size</h2>")
+        for base in bases:
+            for mode in self.plan.spec.modes:
+                metric = self.metrics_of.get(base, self.metrics_of.get(next(iter(self.metrics_of)), ["accuracy"]))[0]
+                fig, ax = plt.subplots(figsize=(4.5, 3))
+                for src in self.sources:
+                    pts = sorted((base_and_fraction(r["task"])[1], r["mean"], r["ci95_high"] - r["mean"])
+                                 for r in self.summary if r["source"] == src and r["mode"] == mode
+                                 and r["metric"] == metric and base_and_fraction(r["task"])[0] == base)
+                    if pts:
+                        ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
+                                    yerr=[0 if math.isnan(p[2]) else p[2] for p in pts], marker="o", capsize=3,
+                                    label=src)
+                ax.set_xscale("log")
+                ax.set(xlabel="fraction of training labels", ylabel=metric, title=f"{base} ({mode})")
+                ax.legend(fontsize=8)
+                self.parts.append(f"<img src='{_fig_uri(fig)}'>")
+
+    def missing(self) -> None:
+        bad = [st for st in self.states if st.status != "completed"]
+        if not bad:
+            self.parts.append("<h2>Runs</h2><p>All runs completed.</p>")
+            return
+        items = "".join(f"<li>{html.escape(st.run.name)}: <b>{st.status}</b>"
+                        + (f" (crash log: {html.escape(str(st.crash_log))})" if st.crash_log else "") + "</li>"
+                        for st in bad)
+        self.parts.append(f"<h2>Runs not completed ({len(bad)})</h2><ul>{items}</ul>")
+
+    def render(self) -> str:
+        for section in (self.header, self.table, self.bars, self.curves, self.convergence, self.data_size,
+                        self.missing):
+            section()
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+                 "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+                 "font-size:14px}td.best{font-weight:bold}td.sig{background:#dcefdc}.note{color:#666;"
+                 "font-size:13px}.q{font-size:16px}img{margin:6px 0;display:block}")
+        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Study {html.escape(self.plan.spec.name)}"
+                f"</title><style>{style}</style></head><body>{''.join(self.parts)}</body></html>")
+
+
+def _series(path: Path, metric: str) -> list[float]:
+    return [as_float(r.get(metric)) for r in read_rows(path)]
+
+
+def _train_loss(path: Path) -> list[float]:
+    per: dict[int, list[float]] = {}
+    for r in read_rows(path):
+        per.setdefault(int(r["epoch"]), []).append(as_float(r["loss"]))
+    return [float(np.mean(per[e])) for e in sorted(per)]
+
+
+def write_report(path: Path, plan: Plan, states: list[RunState], summary: list[dict[str, Any]],
+                 metrics_of: dict[str, list[str]], extra: Optional[str] = None) -> None:
+    page = Report(plan, states, summary, metrics_of).render()
+    path.write_text(page)
