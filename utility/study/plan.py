@@ -147,7 +147,10 @@ def _pretrain_job(spec: StudySpec, label: str, config: str, overrides: dict[str,
     raw["name"] = f"{spec.name}/{label}"
     if spec.output_root:
         raw["output_root"] = str(out_root)
-    cfg = validate(SimCLRConfig, raw, f"pretraining config of study source '{label}' ({path})", SIMCLR_DEPRECATED)
+    try:
+        cfg = validate(SimCLRConfig, raw, str(path), SIMCLR_DEPRECATED)
+    except UserError as exc:
+        raise UserError(f"study source '{label}' (pretraining config {path}): {exc}") from None
     data = {k: v for k, v in raw.items()}
     name = cfg.name
     pre_dir = config_dir if spec.config_dir else REPO_ROOT / "pkgs" / "SimCLR" / "config" / spec.name
@@ -172,7 +175,10 @@ def _finetune_run(spec: StudySpec, base: dict[str, Any], source: str, encoder: O
     else:
         fold = repeat
         cfg.update({"folds": spec.repeats.folds, "fold": fold})
-    validate(FTEConfig, cfg, f"the generated config of run {name}", FTE_DEPRECATED)
+    try:
+        validate(FTEConfig, cfg, "the study's finetune config", FTE_DEPRECATED)
+    except UserError as exc:
+        raise UserError(f"run {name}: {exc}") from None
     rel = name.split("/", 1)[1] if "/" in name else name
     return FinetuneRun(name, source, task, mode, dict(point), repeat, seed, fold, config_dir / f"{rel}.yaml",
                        cfg, after, job_id(f"finetune:{name}"))
