@@ -171,42 +171,19 @@ class ResumableLambdaLR(LambdaLR):
         self._last_lr = lrs
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    name: str | None,
-    *,
-    interval: str,
-    steps_per_epoch: int,
-    epochs: int,
-    decay_per_epoch: float = 1.0,
-    annealing_time: float | None = None,
-    warmup_epochs: float = 0.0,
-) -> ResumableLambdaLR:
-    """LR scheduler for config key ``scheduler`` (see module doc).  Call ``.step()`` once per optimizer step
-    when ``interval == "step"`` and once per epoch when ``interval == "epoch"``.  Names are case-insensitive;
-    ``None``, ``"None"``, ``"null"`` and ``"constant"`` mean a constant LR.  The same factor applies to every
-    parameter group (each relative to its own initial lr)."""
-    factor = ScheduleFactor(name, interval=interval, steps_per_epoch=steps_per_epoch, epochs=epochs,
-                            decay_per_epoch=decay_per_epoch, annealing_time=annealing_time,
-                            warmup_epochs=warmup_epochs)
-    return ResumableLambdaLR(optimizer, factor)
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str | None, **schedule: Any) -> ResumableLambdaLR:
+    """LR scheduler for config key ``scheduler`` (see module doc).  ``schedule``: the keyword arguments of
+    :class:`ScheduleFactor` (interval, steps_per_epoch, epochs, decay_per_epoch, annealing_time,
+    warmup_epochs).  Call ``.step()`` once per optimizer step when ``interval == "step"`` and once per epoch
+    when ``interval == "epoch"``.  Names are case-insensitive; ``None``, ``"None"``, ``"null"`` and
+    ``"constant"`` mean a constant LR.  The same factor applies to every parameter group (each relative to
+    its own initial lr)."""
+    return ResumableLambdaLR(optimizer, ScheduleFactor(name, **schedule))
 
 
-def lr_at(
-    name: str | None,
-    t_epochs: float,
-    *,
-    interval: str,
-    steps_per_epoch: int,
-    epochs: int,
-    decay_per_epoch: float = 1.0,
-    annealing_time: float | None = None,
-    warmup_epochs: float = 0.0,
-) -> float:
+def lr_at(name: str | None, t_epochs: float, **schedule: Any) -> float:
     """Multiplicative factor (lr / lr0) the scheduler built with the same arguments applies after ``t_epochs``
     epochs of training (warmup included), i.e. after ``t_epochs * steps_per_epoch`` steps with
     ``interval="step"`` or ``t_epochs`` steps with ``interval="epoch"``."""
-    factor = ScheduleFactor(name, interval=interval, steps_per_epoch=steps_per_epoch, epochs=epochs,
-                            decay_per_epoch=decay_per_epoch, annealing_time=annealing_time,
-                            warmup_epochs=warmup_epochs)
+    factor = ScheduleFactor(name, **schedule)
     return factor.at_units(_as_units(t_epochs * factor.units_per_epoch))
