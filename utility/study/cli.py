@@ -48,7 +48,8 @@ def report(plan: Plan, quiet: bool = False) -> Path:
 
 def summary_text(plan: Plan, summary: list[dict[str, Any]]) -> str:
     lines = []
-    first = next(iter(plan.spec.pretrain))
+    # compare against the random-init source when there is one, else the first source
+    first = next((s for s, src in plan.spec.pretrain.items() if src is None), next(iter(plan.spec.pretrain)))
     for row in summary:
         grid = "".join(f" {k}={row.get(k)}" for k in plan.spec.grid)
         half = row["ci95_high"] - row["mean"]

@@ -55,6 +55,10 @@ class Report:
         self.sources = list(plan.spec.pretrain)
         self.parts: list[str] = []
 
+    def color(self, source: str) -> str:
+        palette = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#9d755d"]
+        return palette[self.sources.index(source) % len(palette)] if source in self.sources else "#888888"
+
     # ------------------------------------------------------------------ sections
     def header(self) -> None:
         s = self.plan.spec
@@ -107,7 +111,7 @@ class Report:
             means = [r["mean"] for r in rows]
             err = [0 if math.isnan(r["ci95_high"]) else r["ci95_high"] - r["mean"] for r in rows]
             fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(rows) + 1.5), 3))
-            ax.bar(range(len(rows)), means, yerr=err, capsize=4, color="#4c78a8")
+            ax.bar(range(len(rows)), means, yerr=err, capsize=4, color=[self.color(r["source"]) for r in rows])
             ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right")
             ax.set_ylabel(metric)
             ax.set_title(f"{task} ({mode}): mean, 95 % CI")
@@ -128,7 +132,8 @@ class Report:
                     continue
                 pct, p = r.get(f"pct_change_vs_{s}", float("nan")), r.get(f"p_vs_{s}", float("nan"))
                 sig = " class=sig" if isinstance(p, float) and p < 0.05 else ""
-                tds += f"<td{sig}>{_fmt(pct, 1)} % (p={_fmt(p, 3)})</td>"
+                ptxt = "p<0.001" if isinstance(p, float) and p < 0.001 else f"p={_fmt(p, 3)}"
+                tds += f"<td{sig}>{_fmt(pct, 1)} % ({ptxt})</td>"
             out.append(f"<tr><th>{html.escape(r['source'])}</th>{tds}</tr>")
         test = next((r.get(f"test_vs_{s}") for r in rows for s in srcs if r.get(f"test_vs_{s}")), "")
         self.parts.append("".join(out) + f"</table><p class=note>{html.escape(test or '')}; p &lt; 0.05 shaded.</p>")
@@ -154,11 +159,12 @@ class Report:
                         continue
                     arr = np.array([s[:n] for s in series])
                     x = np.arange(1, n + 1)
-                    ax.plot(x, np.nanmean(arr, 0), label=src)
-                    ax.fill_between(x, np.nanmin(arr, 0), np.nanmax(arr, 0), alpha=0.2)
+                    ax.plot(x, np.nanmean(arr, 0), label=src, color=self.color(src))
+                    ax.fill_between(x, np.nanmin(arr, 0), np.nanmax(arr, 0), alpha=0.2, color=self.color(src))
             axes[0].set(title=f"{task} ({mode}): validation {metric}", xlabel="epoch")
             axes[1].set(title="training loss (epoch mean)", xlabel="epoch")
             axes[0].legend(fontsize=8)
+            axes[1].legend(fontsize=8)
             self.parts.append(f"<img src='{_fig_uri(fig)}'>")
 
     def convergence(self) -> None:
@@ -177,7 +183,7 @@ class Report:
         fig, ax = plt.subplots(figsize=(4.5, 3))
         srcs = [s for s in self.sources if s in vals]
         ax.bar(range(len(srcs)), [np.mean(vals[s]) for s in srcs], yerr=[np.std(vals[s]) for s in srcs], capsize=4,
-               color="#f58518")
+               color=[self.color(s) for s in srcs])
         ax.set_xticks(range(len(srcs)), srcs)
         ax.set(ylabel="epochs", title="time to convergence (all tasks)")
         self.parts.append("<h2>Time to convergence</h2><p class=note>Epoch from which the 3-epoch trailing mean of "
@@ -205,8 +211,11 @@ class Report:
                     if pts:
                         ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
                                     yerr=[0 if math.isnan(p[2]) else p[2] for p in pts], marker="o", capsize=3,
-                                    label=src)
+                                    label=src, color=self.color(src))
                 ax.set_xscale("log")
+                ticks = sorted(fractions[base])
+                ax.set_xticks(ticks, [f"{t * 100:g} %" for t in ticks])
+                ax.minorticks_off()
                 ax.set(xlabel="fraction of training labels", ylabel=metric, title=f"{base} ({mode})")
                 ax.legend(fontsize=8)
                 self.parts.append(f"<img src='{_fig_uri(fig)}'>")
