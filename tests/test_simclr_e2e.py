@@ -278,6 +278,37 @@ def test_unknown_key_gets_a_suggestion(work):
     assert not (work["out"] / "pretraining" / "t" / "typo").exists()
 
 
+def assert_refused_before_any_work(proc: subprocess.CompletedProcess, run_dir: Path, *needles: str) -> None:
+    """exit 2, one line naming the culprit, no traceback, and nothing trained or saved."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1, proc.stderr
+    for needle in needles:
+        assert needle in err[0], err[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (run_dir / "encoder_pretrained.tar").exists()
+    assert not (run_dir / "train.log").exists() and not (run_dir / "checkpoint_last.pt").exists()
+
+
+def test_batch_size_one_refused_before_any_work(work):
+    """batch_size 1 can never form an NT-Xent batch: it used to exit 0 after zero steps with loss
+    0.0000 and save the untrained encoder as encoder_pretrained.tar."""
+    cfg = write_yaml(work["tmp"] / "b1.yaml", base_config(work["data"], "t/b1", batch_size=1, epochs=1))
+    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    assert_refused_before_any_work(proc, work["out"] / "pretraining" / "t" / "b1", "batch_size 1")
+
+
+@pytest.mark.parametrize("batch_size", [2, 8])
+def test_one_image_folder_refused_naming_folder_and_count(work, batch_size):
+    one = work["tmp"] / f"one_image_{batch_size}"
+    write_class_image(one / "only.png", 0, size=24)
+    name = f"t/one_{batch_size}"
+    cfg = write_yaml(work["tmp"] / f"one_{batch_size}.yaml",
+                     base_config(one, name, batch_size=batch_size, epochs=1))
+    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    assert_refused_before_any_work(proc, work["out"] / "pretraining" / name, str(one), "1 image")
+
+
 # ----------------------------------------------------------------------------- linear evaluation
 
 @pytest.mark.slow

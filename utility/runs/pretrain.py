@@ -24,7 +24,7 @@ from utility.methods.simclr import SimCLRMethod, SimCLRModel, SimCLRViews, proje
 from utility.models import build_encoder, count_parameters
 from utility.paths import output_root, resolve_user_path
 from utility.runs.evaluation import report_bad_files
-from utility.training.distributed import is_main, shutdown
+from utility.training.distributed import is_main, shutdown, world_size
 from utility.training.engine import Trainer, TrainerOptions
 from utility.training.optim import build_optimizer
 from utility.training.schedulers import build_scheduler
@@ -55,6 +55,33 @@ def unlabeled_split(cfg: SimCLRConfig) -> Split:
     return Split("train", paths, [0] * len(paths))
 
 
+MIN_BATCH = 2  # NT-Xent contrasts every image with the others of its batch: one image has nothing
+
+
+def check_batch_size(cfg: SimCLRConfig) -> None:
+    """Refuse, before any work, a batch size with which no SimCLR step can ever be taken."""
+    if cfg.batch_size < MIN_BATCH:
+        raise UserError(f"batch_size {cfg.batch_size}: a SimCLR batch needs at least {MIN_BATCH} images "
+                        f"(NT-Xent contrasts each image with the others in its batch); no step could be taken")
+    w = world_size()
+    if w > 1 and cfg.batch_size // w < MIN_BATCH:
+        raise UserError(f"batch_size {cfg.batch_size} over {w} processes is {cfg.batch_size // w} image(s) per "
+                        f"process; SimCLR needs at least {MIN_BATCH} per process (batch_size >= {MIN_BATCH * w})")
+
+
+def check_image_count(cfg: SimCLRConfig, split: Split) -> None:
+    """Refuse data that can never fill one batch (a one-image folder, batch_size above the image count)."""
+    where = ", ".join(str(resolve_user_path(d)) for d in cfg.dataset_base_dir)
+    subset = f" after random_subset {cfg.random_subset}" if cfg.random_subset < 1 else ""
+    n = len(split)
+    if n < MIN_BATCH:
+        raise UserError(f"dataset_base_dir {where}: {n} image{'s' if n != 1 else ''}{subset}; SimCLR needs at "
+                        f"least {MIN_BATCH} images to form a batch")
+    if cfg.batch_size > n:
+        raise UserError(f"batch_size {cfg.batch_size} is larger than the {n} images found{subset} in "
+                        f"dataset_base_dir {where}")
+
+
 def learning_rate(cfg: SimCLRConfig) -> float:
     if cfg.lr is not None:
         return cfg.lr
@@ -68,19 +95,20 @@ def main(argv: list[str]) -> int:
     cfg, _ = load_config(SimCLRConfig, argv, "pkgs/SimCLR/main.py", SIMCLR_DEPRECATED)
     run_dir = output_root(cfg.output_root) / "pretraining" / cfg.name
     requested = "dp" if (cfg.dataparallel and cfg.parallel == "auto") else cfg.parallel
+    check_batch_size(cfg)
     session = RunSession.open(cfg, run_dir, requested, FREE_KEYS)
     if session.done:
         print(f"run {run_dir} is already complete: {run_dir / 'encoder_pretrained.tar'}")
         return 0
+    check_batch_size(cfg)  # again now that the process group (and its size) is known
     split = unlabeled_split(cfg)
+    check_image_count(cfg, split)
     shape = tuple(cfg.shape_desired or (cfg.image_size, cfg.image_size))
     prep = Preprocess(channels=1 if cfg.grayscale else 3, shape=shape,  # type: ignore[arg-type]
                       normalizer=cfg.normalizer or "naive", window=tuple(cfg.window) if cfg.window else None)
     if prep.normalizer == "imagenet":
         raise UserError("normalizer 'imagenet' standardises intensities, but SimCLR's colour jitter needs "
                         "[0, 1] images; use naive, 01_clipped_CT or windowed")
-    if cfg.batch_size > len(split):
-        raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(split)} images found")
     cache = None
     if cfg.opmode != "disk":
         cache = SharedStore(split.paths, prep.channels, shape, repr(prep),  # type: ignore[arg-type]
@@ -124,6 +152,9 @@ def main(argv: list[str]) -> int:
               f"lr {learning_rate(cfg):.4g}, device {session.device}; run dir {run_dir}")
 
     def finish(tr: Trainer) -> None:
+        if tr.global_step == 0:  # never an untrained encoder under the name of a pretrained one
+            raise UserError(f"no SimCLR step was taken in {cfg.epochs} epoch(s) (every batch had fewer than "
+                            f"{MIN_BATCH} valid images); encoder_pretrained.tar not written")
         if is_main():
             save_encoder(model, run_dir / "encoder_pretrained.tar")
 
