@@ -309,6 +309,20 @@ def test_one_image_folder_refused_naming_folder_and_count(work, batch_size):
     assert_refused_before_any_work(proc, work["out"] / "pretraining" / name, str(one), "1 image")
 
 
+def test_zero_steps_never_saves_an_untrained_encoder(work):
+    """Two images, one unreadable (tolerated by max_bad_fraction 1): every batch holds one valid image,
+    so no step is taken; the run must say so instead of saving the initial weights as pretrained."""
+    folder = work["tmp"] / "half_broken"
+    write_class_image(folder / "good.png", 0, size=24)
+    (folder / "broken.png").write_bytes(b"not a png" * 20)
+    cfg = write_yaml(work["tmp"] / "zero.yaml", base_config(folder, "t/zero", batch_size=2, epochs=1,
+                                                             max_bad_fraction=1.0, enc_save_frequency=None))
+    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no SimCLR step" in proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+    assert not (work["out"] / "pretraining" / "t" / "zero" / "encoder_pretrained.tar").exists()
+
+
 # ----------------------------------------------------------------------------- linear evaluation
 
 @pytest.mark.slow
