@@ -360,7 +360,10 @@ def test_preprocess_pipeline_on_file(tmp_path):
     x = read_image(_save(tmp_path / "p.png", a))
     y = Preprocess(3, (24, 20), "naive")(x)
     assert y.shape == (3, 24, 20) and y.dtype == torch.float32
-    assert torch.equal(y[0], y[1]) and torch.equal(y[1], y[2])
+    # equal up to rounding: each channel is resized on its own, and nothing promises identical
+    # rounding for every plane on every CPU
+    torch.testing.assert_close(y[0], y[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(y[1], y[2], rtol=0, atol=1e-6)
     assert 0 <= y.min() < 0.2 and 0.8 < y.max() <= 1
 
 
