@@ -238,6 +238,44 @@ def test_resume_after_sigkill_continues_schedule_and_optimizer(full_run, work):
         assert float(r["loss"]) == pytest.approx(float(ref[(int(r["epoch"]), int(r["step"]))]["loss"]), abs=1e-4)
 
 
+# ----------------------------------------------------------------------------- predecessor configs
+
+@pytest.mark.parametrize("stepwise, epochs", [("None", 3), ("CosineAnnealing", 2)])
+def test_predecessor_config_trains_with_the_predecessor_lr_rule(work, stepwise, epochs):
+    """A predecessor-style config (loss_device gpu, LARS with lr 3e-4, its full key set) trains as the
+    predecessor trained it: lr 0.075*sqrt(batch) (lr ignored), cosine over the epochs stepped per epoch,
+    the stepwise scheduler (per step) on top; the rule is printed once."""
+    from test_simclr_predecessor import predecessor_config
+
+    name = f"pred/{stepwise}"
+    data = predecessor_config(str(work["data"]), name=name, stepwise_scheduler=stepwise, epochs=epochs,
+                              batch_size=BATCH, device="cpu", verbose=False)
+    cfg = write_yaml(work["tmp"] / f"pred_{stepwise}.yaml", data)
+    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rule_lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("lr rule:")]
+    assert len(rule_lines) == 1, proc.stdout + proc.stderr
+    lr0 = 0.075 * math.sqrt(BATCH)
+    assert rule_lines[0].startswith(f"lr rule: predecessor LARS, 0.075*sqrt({BATCH})={lr0:.4g}, "
+                                    f"cosine over {epochs} epochs"), rule_lines[0]
+    assert "config lr 0.0003 ignored" in rule_lines[0]
+
+    run_dir = work["out"] / "pretraining" / "pred" / stepwise
+    _, rows = read_log(run_dir / "train.log")
+    assert rows_per_epoch(rows) == {e: ROWS for e in range(1, epochs + 1)}
+    total = ROWS * epochs
+    for r in rows:
+        e, k = int(r["epoch"]), int(r["global_step"]) - 1       # 1-based epoch, 0-based step count
+        factor = (1 + math.cos(math.pi * (e - 1) / epochs)) / 2  # CosineAnnealingLR(T_max=epochs), per epoch
+        if stepwise == "CosineAnnealing":
+            factor *= (1 + math.cos(math.pi * k / total)) / 2    # the stepwise scheduler, per step
+        assert float(r["lr"]) == pytest.approx(lr0 * factor, rel=1e-9), r
+    assert float(rows[0]["lr"]) == pytest.approx(lr0, rel=1e-12)  # not 3e-4
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["lr_rule"] == "predecessor" and saved["loss_device"] == "gpu"
+    assert (run_dir / "encoder_pretrained.tar").is_file()
+
+
 # ----------------------------------------------------------------------------- user errors
 
 def test_missing_dataset_dir_then_fixed_run_with_random_subset_and_reload(work):
