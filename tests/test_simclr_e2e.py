@@ -238,6 +238,44 @@ def test_resume_after_sigkill_continues_schedule_and_optimizer(full_run, work):
         assert float(r["loss"]) == pytest.approx(float(ref[(int(r["epoch"]), int(r["step"]))]["loss"]), abs=1e-4)
 
 
+# ----------------------------------------------------------------------------- predecessor configs
+
+@pytest.mark.parametrize("stepwise, epochs", [("None", 3), ("CosineAnnealing", 2)])
+def test_predecessor_config_trains_with_the_predecessor_lr_rule(work, stepwise, epochs):
+    """A predecessor-style config (loss_device gpu, LARS with lr 3e-4, its full key set) trains as the
+    predecessor trained it: lr 0.075*sqrt(batch) (lr ignored), cosine over the epochs stepped per epoch,
+    the stepwise scheduler (per step) on top; the rule is printed once."""
+    from test_simclr_predecessor import predecessor_config
+
+    name = f"pred/{stepwise}"
+    data = predecessor_config(str(work["data"]), name=name, stepwise_scheduler=stepwise, epochs=epochs,
+                              batch_size=BATCH, device="cpu", verbose=False)
+    cfg = write_yaml(work["tmp"] / f"pred_{stepwise}.yaml", data)
+    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rule_lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("lr rule:")]
+    assert len(rule_lines) == 1, proc.stdout + proc.stderr
+    lr0 = 0.075 * math.sqrt(BATCH)
+    assert rule_lines[0].startswith(f"lr rule: predecessor LARS, 0.075*sqrt({BATCH})={lr0:.4g}, "
+                                    f"cosine over {epochs} epochs"), rule_lines[0]
+    assert "config lr 0.0003 ignored" in rule_lines[0]
+
+    run_dir = work["out"] / "pretraining" / "pred" / stepwise
+    _, rows = read_log(run_dir / "train.log")
+    assert rows_per_epoch(rows) == {e: ROWS for e in range(1, epochs + 1)}
+    total = ROWS * epochs
+    for r in rows:
+        e, k = int(r["epoch"]), int(r["global_step"]) - 1       # 1-based epoch, 0-based step count
+        factor = (1 + math.cos(math.pi * (e - 1) / epochs)) / 2  # CosineAnnealingLR(T_max=epochs), per epoch
+        if stepwise == "CosineAnnealing":
+            factor *= (1 + math.cos(math.pi * k / total)) / 2    # the stepwise scheduler, per step
+        assert float(r["lr"]) == pytest.approx(lr0 * factor, rel=1e-9), r
+    assert float(rows[0]["lr"]) == pytest.approx(lr0, rel=1e-12)  # not 3e-4
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["lr_rule"] == "predecessor" and saved["loss_device"] == "gpu"
+    assert (run_dir / "encoder_pretrained.tar").is_file()
+
+
 # ----------------------------------------------------------------------------- user errors
 
 def test_missing_dataset_dir_then_fixed_run_with_random_subset_and_reload(work):
@@ -276,6 +314,51 @@ def test_unknown_key_gets_a_suggestion(work):
     assert "temprature" in proc.stderr and "temperature" in proc.stderr.replace("temprature", "")
     assert "Traceback" not in proc.stderr
     assert not (work["out"] / "pretraining" / "t" / "typo").exists()
+
+
+def assert_refused_before_any_work(proc: subprocess.CompletedProcess, run_dir: Path, *needles: str) -> None:
+    """exit 2, one line naming the culprit, no traceback, and nothing trained or saved."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1, proc.stderr
+    for needle in needles:
+        assert needle in err[0], err[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (run_dir / "encoder_pretrained.tar").exists()
+    assert not (run_dir / "train.log").exists() and not (run_dir / "checkpoint_last.pt").exists()
+
+
+def test_batch_size_one_refused_before_any_work(work):
+    """batch_size 1 can never form an NT-Xent batch: it used to exit 0 after zero steps with loss
+    0.0000 and save the untrained encoder as encoder_pretrained.tar."""
+    cfg = write_yaml(work["tmp"] / "b1.yaml", base_config(work["data"], "t/b1", batch_size=1, epochs=1))
+    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    assert_refused_before_any_work(proc, work["out"] / "pretraining" / "t" / "b1", "batch_size 1")
+
+
+@pytest.mark.parametrize("batch_size", [2, 8])
+def test_one_image_folder_refused_naming_folder_and_count(work, batch_size):
+    one = work["tmp"] / f"one_image_{batch_size}"
+    write_class_image(one / "only.png", 0, size=24)
+    name = f"t/one_{batch_size}"
+    cfg = write_yaml(work["tmp"] / f"one_{batch_size}.yaml",
+                     base_config(one, name, batch_size=batch_size, epochs=1))
+    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    assert_refused_before_any_work(proc, work["out"] / "pretraining" / name, str(one), "1 image")
+
+
+def test_zero_steps_never_saves_an_untrained_encoder(work):
+    """Two images, one unreadable (tolerated by max_bad_fraction 1): every batch holds one valid image,
+    so no step is taken; the run must say so instead of saving the initial weights as pretrained."""
+    folder = work["tmp"] / "half_broken"
+    write_class_image(folder / "good.png", 0, size=24)
+    (folder / "broken.png").write_bytes(b"not a png" * 20)
+    cfg = write_yaml(work["tmp"] / "zero.yaml", base_config(folder, "t/zero", batch_size=2, epochs=1,
+                                                             max_bad_fraction=1.0, enc_save_frequency=None))
+    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no SimCLR step" in proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+    assert not (work["out"] / "pretraining" / "t" / "zero" / "encoder_pretrained.tar").exists()
 
 
 # ----------------------------------------------------------------------------- linear evaluation

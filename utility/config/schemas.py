@@ -163,8 +163,9 @@ class SimCLRConfig(RunBase, DataKeys):
     projection_hidden: Optional[PositiveInt] = Field(None, description="default: the encoder width")
     projection_dim: PositiveInt = 256
     temperature: Annotated[float, Field(gt=0)] = 0.5
-    loss_device: Literal["gather", "per_replica", "cpu", "cuda"] = Field(
-        "gather", description="gather: negatives from all ranks; per_replica: predecessor behaviour")
+    loss_device: Literal["gather", "per_replica", "gpu", "cpu", "cuda"] = Field(
+        "gather", description="gather: negatives from all ranks; per_replica: one NT-Xent per GPU replica, "
+                              "averaged; the predecessor's gpu = per_replica, cpu = gather")
     jitter_strength: Annotated[float, Field(ge=0)] = 1.0
     jitter_p: Annotated[float, Field(ge=0, le=1)] = 0.8
     blur_p: Annotated[float, Field(ge=0, le=1)] = 0.0
@@ -174,6 +175,10 @@ class SimCLRConfig(RunBase, DataKeys):
     lr: Optional[Annotated[float, Field(gt=0)]] = Field(None, description="default 0.075*sqrt(batch) for LARS")
     base_lr: Optional[Annotated[float, Field(gt=0)]] = Field(None, description="lr = base_lr x scaling(batch)")
     lr_scaling: Literal["linear", "sqrt", "none"] = "sqrt"
+    lr_rule: Literal["auto", "predecessor", "config"] = Field(
+        "auto", description="predecessor: LARS ignores lr (0.075*sqrt(batch), cosine over epochs per epoch, "
+                            "stepwise_scheduler on top); config: lr/base_lr and scheduler as given; auto: "
+                            "predecessor when the config carries predecessor-only keys (utility/runs/pretrain.py)")
     weight_decay: Annotated[float, Field(ge=0)] = 1e-6
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     stepwise_scheduler: Optional[Literal["None", "CosineAnnealing", "Exponential", "DecayingCosine"]] = None

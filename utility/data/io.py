@@ -3,6 +3,16 @@
 Formats: PNG/JPEG/BMP/TIFF (8 and 16 bit), .npy, DICOM (.dcm; rescale slope/intercept applied, so CT
 is in HU), NIfTI (.nii/.nii.gz; a 2-D image, or one slice of a volume addressed as
 ``volume.nii.gz::<k>`` along the configured slice axis — see :func:`expand_volumes`).
+
+Where the channel axis is (see :func:`to_chw`):
+
+* image formats (PIL) and DICOM: the format says it. A 2-D array is one channel; a 3-D array is
+  always [H, W, C], however small H is (a 3x40 RGB PNG is [3, 3, 40], never 3 channels of 40x3).
+* arrays (.npy, a NIfTI slice) carry no such information, so one documented rule decides: [C, H, W]
+  when the first dimension is a channel count (1-4) and the last is not, otherwise [H, W, C] when
+  the last is a channel count (this includes the ambiguous shapes such as 3x40x3 or 1x40x1: numpy
+  images are [H, W, C] by convention), otherwise the file is refused (no channel axis, e.g. 5x40x40).
+* a fourth channel (RGBA) is alpha and dropped; 2 channels are kept (repeated to 3 later).
 """
 from __future__ import annotations
 
@@ -32,22 +42,22 @@ def read_image(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if lower.endswith((".nii", ".nii.gz")):
-            arr = _read_nifti(path, slice_index)
+            arr, layout = _read_nifti(path, slice_index), "array"
         elif suffix == ".dcm":
-            arr = _read_dicom(path)
+            arr, layout = _read_dicom(path), "hwc"
         elif suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            arr, layout = np.load(path, allow_pickle=False), "array"
         elif suffix in PIL_FORMATS:
             with Image.open(path) as im:
                 im.load()
-                arr = _pil_to_array(im)
+                arr, layout = _pil_to_array(im), "hwc"
         else:
             raise UnreadableImage(f"unsupported image format '{suffix}'")
     except UnreadableImage:
         raise
     except Exception as exc:  # PIL/numpy raise many types for corrupt files
         raise UnreadableImage(f"{type(exc).__name__}: {exc}") from None
-    return to_chw(arr, path)
+    return to_chw(arr, layout)
 
 
 def _read_dicom(path: Path) -> np.ndarray:
@@ -100,15 +110,33 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.float32)
 
 
-def to_chw(arr: np.ndarray, path: Path) -> np.ndarray:
-    """[H, W] -> [1, H, W]; [H, W, C] (C <= 4) -> [C, H, W]; [C, H, W] kept."""
+CHANNEL_COUNTS = (1, 2, 3, 4)
+
+
+def to_chw(arr: np.ndarray, layout: str = "array") -> np.ndarray:
+    """A 2-D image as float32 [C, H, W] (C = 1, 2 or 3).
+
+    ``layout="hwc"``: the source format says 3-D data is [H, W, C] (PIL, DICOM). ``layout="array"``:
+    a bare array (.npy, NIfTI) whose channel axis follows the rule in this module's docstring.
+    """
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[None]
-    elif arr.ndim == 3 and arr.shape[-1] in (1, 2, 3, 4) and arr.shape[0] not in (1, 3):
-        arr = np.moveaxis(arr, -1, 0)
     elif arr.ndim != 3:
         raise UnreadableImage(f"expected a 2-D image, got an array of shape {arr.shape}")
+    elif layout == "hwc":
+        arr = np.moveaxis(arr, -1, 0)
+    elif layout != "array":
+        raise ValueError(f"unknown layout {layout!r}")
+    elif arr.shape[0] in CHANNEL_COUNTS and arr.shape[-1] not in CHANNEL_COUNTS:
+        pass  # [C, H, W]
+    elif arr.shape[-1] in CHANNEL_COUNTS:
+        arr = np.moveaxis(arr, -1, 0)  # [H, W, C], also when both ends could be channels
+    else:
+        raise UnreadableImage(f"array of shape {arr.shape} has no channel axis: expected [H, W], "
+                              f"[C, H, W] or [H, W, C] with C in 1-4")
     if arr.shape[0] == 4:  # drop alpha
         arr = arr[:3]
+    elif arr.shape[0] not in CHANNEL_COUNTS:
+        raise UnreadableImage(f"image with {arr.shape[0]} channels (shape {arr.shape}); expected 1-4")
     return arr.astype(np.float32, copy=False)

@@ -69,9 +69,24 @@ class SimCLRViews(nn.Module):
         return self.ops(x), self.ops(x)
 
 
+def dp_replicas(model: nn.Module) -> int:
+    """How many GPU replicas a DataParallel module splits each batch over (1 for anything else)."""
+    if isinstance(model, nn.DataParallel) and model.device_ids:
+        return len(model.device_ids)
+    return 1
+
+
+def per_replica_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, replicas: int) -> torch.Tensor:
+    """The predecessor's ``loss_device: gpu`` under DataParallel: one NT-Xent per replica over the images
+    that replica saw (DataParallel splits the batch like ``Tensor.chunk``), then the mean over replicas."""
+    parts = [nt_xent(a, b, temperature, gather_ranks=False) for a, b in zip(z1.chunk(replicas), z2.chunk(replicas))]
+    return torch.stack(parts).mean()
+
+
 class SimCLRMethod(NoEvaluation):
     """One SimCLR step for the engine. ``gather``: negatives from every rank (DDP); off gives the
-    predecessor's per-replica loss (``loss_device``)."""
+    predecessor's per-replica loss (``loss_device: per_replica`` or ``gpu``): per DDP rank, and per
+    GPU replica under DataParallel."""
 
     def __init__(self, views: SimCLRViews, temperature: float, in_channels: int = 3, gather: bool = True,
                  bad: Optional[BadFiles] = None) -> None:
@@ -89,6 +104,9 @@ class SimCLRMethod(NoEvaluation):
         if self.in_channels == 1:
             v1, v2 = conform_channels(v1, 1), conform_channels(v2, 1)
         z1, z2 = model(v1, v2)
+        replicas = dp_replicas(model)
+        if not self.gather and replicas > 1:
+            return per_replica_nt_xent(z1, z2, self.temperature, replicas), int(x.shape[0])
         return nt_xent(z1, z2, self.temperature, self.gather), int(x.shape[0])
 
 

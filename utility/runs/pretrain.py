@@ -3,11 +3,10 @@
 ``pkgs/SimCLR/main.py`` is a thin wrapper around :func:`main`. Outputs in
 logs_and_checkpoints/pretraining/<name>/: config.yaml, train.log (epoch, step, loss, lr, datetime),
 TensorBoard, encoder_<epoch>.tar every enc_save_frequency epochs, checkpoint_last.pt (resume),
-encoder_pretrained.tar at the end.
+encoder_pretrained.tar at the end. The LR rule and the batch checks: utility/runs/simclr_config.py.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +23,15 @@ from utility.methods.simclr import SimCLRMethod, SimCLRModel, SimCLRViews, proje
 from utility.models import build_encoder, count_parameters
 from utility.paths import output_root, resolve_user_path
 from utility.runs.evaluation import report_bad_files
+from utility.runs.simclr_config import (MIN_BATCH, PER_REPLICA, PROG, build_lr_schedule, check_batch_size,
+                                        check_image_count, lr_plan, raw_config, resolve_lr_rule)
 from utility.training.distributed import is_main, shutdown
 from utility.training.engine import Trainer, TrainerOptions
 from utility.training.optim import build_optimizer
-from utility.training.schedulers import build_scheduler
 from utility.training.session import RESUME_FREE_KEYS, RunSession
 
 FREE_KEYS = RESUME_FREE_KEYS | {"low_verbosity", "enc_save_frequency"}
 PRETRAIN_COLUMNS = ["epoch", "step", "loss", "datetime", "lr", "global_step"]
-# the predecessor's stepwise_scheduler names -> ours
-STEPWISE = {"None": None, "CosineAnnealing": "cosine_total", "Exponential": "decay",
-            "DecayingCosine": "decaying_cosine"}
 
 
 def unlabeled_split(cfg: SimCLRConfig) -> Split:
@@ -55,32 +52,29 @@ def unlabeled_split(cfg: SimCLRConfig) -> Split:
     return Split("train", paths, [0] * len(paths))
 
 
-def learning_rate(cfg: SimCLRConfig) -> float:
-    if cfg.lr is not None:
-        return cfg.lr
-    scale = {"linear": cfg.batch_size / 256, "sqrt": math.sqrt(cfg.batch_size), "none": 1.0}[cfg.lr_scaling]
-    if cfg.base_lr is not None:
-        return cfg.base_lr * scale
-    return 0.075 * math.sqrt(cfg.batch_size) if cfg.optimizer == "LARS" else 1e-3
-
-
 def main(argv: list[str]) -> int:
-    cfg, _ = load_config(SimCLRConfig, argv, "pkgs/SimCLR/main.py", SIMCLR_DEPRECATED)
+    cfg, _ = load_config(SimCLRConfig, argv, PROG, SIMCLR_DEPRECATED)
+    rule, why = resolve_lr_rule(cfg, raw_config(argv))
+    cfg.lr_rule = rule  # config.yaml records the rule in force
+    lr = lr_plan(cfg, rule, why)
     run_dir = output_root(cfg.output_root) / "pretraining" / cfg.name
     requested = "dp" if (cfg.dataparallel and cfg.parallel == "auto") else cfg.parallel
+    check_batch_size(cfg)
     session = RunSession.open(cfg, run_dir, requested, FREE_KEYS)
     if session.done:
         print(f"run {run_dir} is already complete: {run_dir / 'encoder_pretrained.tar'}")
         return 0
+    if is_main():
+        print(lr.line, flush=True)
+    check_batch_size(cfg)  # again now that the process group (and its size) is known
     split = unlabeled_split(cfg)
+    check_image_count(cfg, split)
     shape = tuple(cfg.shape_desired or (cfg.image_size, cfg.image_size))
     prep = Preprocess(channels=1 if cfg.grayscale else 3, shape=shape,  # type: ignore[arg-type]
                       normalizer=cfg.normalizer or "naive", window=tuple(cfg.window) if cfg.window else None)
     if prep.normalizer == "imagenet":
         raise UserError("normalizer 'imagenet' standardises intensities, but SimCLR's colour jitter needs "
                         "[0, 1] images; use naive, 01_clipped_CT or windowed")
-    if cfg.batch_size > len(split):
-        raise UserError(f"batch_size {cfg.batch_size} is larger than the {len(split)} images found")
     cache = None
     if cfg.opmode != "disk":
         cache = SharedStore(split.paths, prep.channels, shape, repr(prep),  # type: ignore[arg-type]
@@ -99,13 +93,10 @@ def main(argv: list[str]) -> int:
     views = SimCLRViews(cfg.image_size, cfg.jitter_strength, cfg.jitter_p, cfg.grayscale, cfg.blur_p,
                         cfg.crop_scale, cfg.hflip_p).to(session.device)
     bad = BadFiles({"train": split.paths}, cfg.max_bad_fraction, run_dir)
-    method = SimCLRMethod(views, cfg.temperature, cfg.in_channels, gather=cfg.loss_device != "per_replica", bad=bad)
-    optimizer = user_errors(build_optimizer, model, cfg.optimizer, learning_rate(cfg), cfg.weight_decay, cfg.momentum)
-    sched_name = STEPWISE[cfg.stepwise_scheduler] if cfg.stepwise_scheduler is not None else cfg.scheduler
-    interval = "step" if cfg.stepwise_scheduler is not None else cfg.scheduling_interval
-    scheduler = user_errors(build_scheduler, optimizer, sched_name, interval=interval, steps_per_epoch=len(loader),
-                            epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
-                            annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs)
+    method = SimCLRMethod(views, cfg.temperature, cfg.in_channels, gather=cfg.loss_device not in PER_REPLICA, bad=bad)
+    optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum)
+    interval = lr.interval
+    scheduler = build_lr_schedule(optimizer, lr, cfg, len(loader))
 
     def snapshot(tr: Trainer) -> None:
         report_bad_files(bad, tr.epoch)
@@ -121,9 +112,12 @@ def main(argv: list[str]) -> int:
     if cfg.verbose and is_main():
         p = count_parameters(model)
         print(f"SimCLR: {len(ds)} images, encoder {cfg.resnet} ({p['total']:,} parameters with the projector), "
-              f"lr {learning_rate(cfg):.4g}, device {session.device}; run dir {run_dir}")
+              f"lr {lr.lr0:.4g}, device {session.device}; run dir {run_dir}")
 
     def finish(tr: Trainer) -> None:
+        if tr.global_step == 0:  # never an untrained encoder under the name of a pretrained one
+            raise UserError(f"no SimCLR step was taken in {cfg.epochs} epoch(s) (every batch had fewer than "
+                            f"{MIN_BATCH} valid images); encoder_pretrained.tar not written")
         if is_main():
             save_encoder(model, run_dir / "encoder_pretrained.tar")
 

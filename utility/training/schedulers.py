@@ -17,6 +17,11 @@ k = 0..W-1, i.e. lr0/W, 2 lr0/W, ..., lr0; then the schedule above starts at its
 
 Positions are counted in integer scheduler steps, and periods are converted to steps once, so restarts happen
 exactly at multiples of T0 without floating-point drift.
+
+:func:`build_epoch_times_step_scheduler` chains two of these schedules the way two torch schedulers on one
+optimizer do: a schedule stepped once per epoch times a schedule stepped per batch (both driven by the batch
+step count). The predecessor's SimCLR with LARS ran like that: CosineAnnealingLR over ``epochs`` (eta_min 0)
+per epoch, with its ``stepwise_scheduler`` on top.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["SCHEDULER_NAMES", "INTERVALS", "ScheduleFactor", "ResumableLambdaLR", "build_scheduler", "lr_at"]
+__all__ = ["SCHEDULER_NAMES", "INTERVALS", "ScheduleFactor", "EpochTimesStepFactor", "ResumableLambdaLR",
+           "build_scheduler", "build_epoch_times_step_scheduler", "lr_at"]
 
 SCHEDULER_NAMES = ("decay", "cosine", "decaying_cosine", "cosine_total", None)
 INTERVALS = ("epoch", "step")
@@ -141,6 +147,24 @@ class ScheduleFactor:
                     annealing_time=self.annealing_time, warmup_epochs=self.warmup_epochs)
 
 
+class EpochTimesStepFactor:
+    """Picklable callable: batch step count k -> per_epoch(k // steps_per_epoch) * per_step(k)."""
+
+    def __init__(self, per_epoch: ScheduleFactor, per_step: ScheduleFactor) -> None:
+        if per_epoch.interval != "epoch" or per_step.interval != "step":
+            raise ValueError("EpochTimesStepFactor needs an epoch-interval and a step-interval schedule")
+        if per_epoch.steps_per_epoch != per_step.steps_per_epoch:
+            raise ValueError("both schedules must use the same steps_per_epoch")
+        self.per_epoch, self.per_step = per_epoch, per_step
+        self.steps_per_epoch = per_step.steps_per_epoch
+
+    def __call__(self, step: int) -> float:
+        return self.per_epoch.at_units(step // self.steps_per_epoch) * self.per_step.at_units(step)
+
+    def config(self) -> dict[str, Any]:
+        return {"per_epoch": self.per_epoch.config(), "per_step": self.per_step.config()}
+
+
 class ResumableLambdaLR(LambdaLR):
     """LambdaLR whose state is just its position (plus bookkeeping), and whose ``load_state_dict`` also puts
     the optimizer's learning rates at that position, so a resumed run continues the schedule exactly whether
@@ -150,7 +174,7 @@ class ResumableLambdaLR(LambdaLR):
     was saved with is stored under ``"schedule"`` for inspection only.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, factor: ScheduleFactor) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: ScheduleFactor | EpochTimesStepFactor) -> None:
         self.factor = factor
         super().__init__(optimizer, factor)
 
@@ -179,6 +203,25 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str | None, **schedu
     ``"constant"`` mean a constant LR.  The same factor applies to every parameter group (each relative to
     its own initial lr)."""
     return ResumableLambdaLR(optimizer, ScheduleFactor(name, **schedule))
+
+
+def build_epoch_times_step_scheduler(
+    optimizer: torch.optim.Optimizer,
+    per_epoch: str | None,
+    per_step: str | None,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    decay_per_epoch: float = 1.0,
+    annealing_time: float | None = None,
+) -> ResumableLambdaLR:
+    """Schedule ``per_epoch`` (stepped once per epoch) times schedule ``per_step`` (stepped per batch), as one
+    scheduler to ``.step()`` once per optimizer step. ``decay_per_epoch`` and ``annealing_time`` parameterise
+    ``per_step``; ``per_epoch`` takes the names of :func:`build_scheduler` with its defaults."""
+    outer = ScheduleFactor(per_epoch, interval="epoch", steps_per_epoch=steps_per_epoch, epochs=epochs)
+    inner = ScheduleFactor(per_step, interval="step", steps_per_epoch=steps_per_epoch, epochs=epochs,
+                           decay_per_epoch=decay_per_epoch, annealing_time=annealing_time)
+    return ResumableLambdaLR(optimizer, EpochTimesStepFactor(outer, inner))
 
 
 def lr_at(name: str | None, t_epochs: float, **schedule: Any) -> float:
