@@ -17,7 +17,8 @@ from typing import Dict, List, Optional, Tuple
 from . import jobsfile, scheduler
 from .base import Echo, Launch, LaunchError, slug
 from .jobsfile import Line
-from .state import HOST, StateLog, process_alive, proc_start_ticks
+from .state import HOST, StateLog, proc_start_ticks
+from .writes import StatusWriter
 
 FILE_POLL = 0.02         # seconds between stat() checks of the jobs file (new lines, edits)
 
@@ -44,8 +45,7 @@ class Active:
 class Runner:
     def __init__(self, jobs_path: str, log_dir: str, backend, gpus: List[str], echo: Echo,
                  watch: bool = False, max_parallel: Optional[int] = None,
-                 kill_grace: float = 30.0, slurm_all_gpus: Optional[int] = None,
-                 workdir: Optional[str] = None):
+                 kill_grace: float = 30.0, workdir: Optional[str] = None):
         self.path = os.path.abspath(jobs_path)
         self.cwd = os.path.abspath(workdir) if workdir else os.path.dirname(self.path)
         self.log_dir = os.path.abspath(log_dir)
@@ -56,7 +56,6 @@ class Runner:
         self.watch = watch
         self.max_parallel = max_parallel
         self.kill_grace = kill_grace
-        self.slurm_all_gpus = slurm_all_gpus
         self.state = StateLog(self.log_dir, self.path)
         self.active: Dict[int, Active] = {}
         self.next_token = 1
@@ -65,11 +64,12 @@ class Runner:
         self.failed_count = 0
         self.completed_count = 0
         self.warned: set = set()
+        self.unrunnable: set = set()     # keys of jobs reported as needing too many GPUs
         self.my_start = proc_start_ticks(os.getpid())
         self._cache_sig = None
         self._dirty = True               # dispatch() needs to look at the file again
         self._pending = True
-        self.outbox: List[Tuple[Tuple[str, int], str, Optional[Tuple[str, ...]]]] = []
+        self.writer = StatusWriter(self.path, self.say)
         self._cache_lines: List[Line] = []
 
     # -- small helpers ----------------------------------------------------------------------
@@ -103,38 +103,16 @@ class Runner:
 
     def set_status(self, key, new, expect=("running",)) -> None:
         """Write one status change now (together with anything queued)."""
-        self.queue_status(key, new, expect)
-        self.flush()
+        self.writer.queue(key, new, expect)
+        self.writer.flush()
 
     def queue_status(self, key, new, expect=("running",)) -> None:
         """A status change for the next flush, which comes in this loop iteration, together
         with the claims of the jobs that start next: one locked write instead of several."""
-        self.outbox.append((key, new, expect))
+        self.writer.queue(key, new, expect)
 
     def flush(self, claims=()) -> List[bool]:
-        """Write the queued status changes plus `claims` (keys to move open -> running) in
-        one go; return whether each claim succeeded."""
-        queued = self.outbox
-        self.outbox = []
-        changes = queued + [(k, "running", ("open",)) for k in claims]
-        results = jobsfile.update_many(self.path, changes)
-        for (key, new, _), (changed, cur) in zip(queued, results):
-            if changed:
-                continue
-            if cur is None:
-                self.say(f"job no longer in {os.path.basename(self.path)} (edited out); "
-                         f"not writing '{new}': {key[0]}")
-            else:
-                self.say(f"line {cur.lineno} was changed to '{cur.status}' meanwhile; "
-                         f"keeping it (not writing '{new}')")
-        return [changed for changed, _ in results[len(queued):]]
-
-    def need_of(self, opts) -> Tuple[int, bool]:
-        if opts.gpus == "all":
-            if self.backend.name == "slurm":
-                return (self.slurm_all_gpus or 0), False
-            return len(self.total), True
-        return int(opts.gpus), False
+        return self.writer.flush(claims)
 
     # -- signals ----------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -162,48 +140,19 @@ class Runner:
                 else:
                     self.set_status(ln.key, "open")
                 continue
-            if rec.get("backend") == "slurm":
-                if self.backend.name == "slurm" and rec.get("slurm_id"):
-                    self.adopt(ln, rec)
-                else:
-                    self.warn_once(f"line {ln.lineno} runs as SLURM job {rec.get('slurm_id')}; "
-                                   "left alone (use --backend slurm to track it)")
+            d = self.backend.reconcile(rec, ln.lineno, os.getpid())
+            if d.action == "leave":
+                self.warn_once(d.message)
                 continue
-            qalive = process_alive(rec.get("queue_pid"), rec.get("host"), rec.get("boot_id"),
-                                   rec.get("queue_proc_start"))
-            jalive = process_alive(rec.get("pid"), rec.get("host"), rec.get("boot_id"),
-                                   rec.get("proc_start"))
-            if qalive is None or jalive is None:
-                self.warn_once(f"line {ln.lineno} is running on host {rec.get('host')}; left alone")
+            self.say(d.message)
+            if d.action == "adopt":
+                self.adopt(ln, rec)
                 continue
-            if qalive and rec.get("queue_pid") != os.getpid():
-                self.warn_once(f"line {ln.lineno} is run by another queue (pid "
-                               f"{rec.get('queue_pid')}); left alone")
-                continue
-            if jalive:
-                self.say(f"line {ln.lineno}: its queue died but the job (pid {rec['pid']}) still "
-                         f"runs; stopping it to run it again")
-                self._stop_orphan(rec["pid"])
-            else:
-                self.say(f"line {ln.lineno} was left 'running' by a queue that died; "
-                         f"running it again")
+            if d.action == "stop_rerun":
+                self.backend.stop_orphan(d.pid, self.kill_grace)
             self.state.append({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
                                "status": "open", "reason": "queue died", "end_time": time.time()})
             self.set_status(ln.key, "open")
-
-    def _stop_orphan(self, pgid: int) -> None:
-        for sig, wait in ((signal.SIGTERM, self.kill_grace), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except (ProcessLookupError, PermissionError):
-                return
-            end = time.monotonic() + wait
-            while time.monotonic() < end:
-                try:
-                    os.killpg(pgid, 0)
-                except (ProcessLookupError, PermissionError):
-                    return
-                time.sleep(0.05)
 
     def adopt(self, ln: Line, rec: dict) -> None:
         tok = self.next_token
@@ -212,7 +161,6 @@ class Runner:
                      time.monotonic(), rec.get("start_time", time.time()), running=True)
         self.active[tok] = act
         self.backend.adopt(tok, rec, ln)
-        self.say(f"line {ln.lineno}: tracking SLURM job {rec.get('slurm_id')} again")
 
     # -- starting ---------------------------------------------------------------------------
     def _busy(self) -> Tuple[List[str], bool, int]:
@@ -253,9 +201,10 @@ class Runner:
                         continue
             elif ln.status != "open":
                 continue
-            need, excl = self.need_of(ln.options)
+            need, excl = self.backend.need_of(ln.options, len(self.total))
             c = scheduler.Candidate((ln, act), need, excl)
-            if self.backend.name == "local" and not scheduler.runnable(c, len(self.total)):
+            if not self.backend.can_ever_run(need, excl, len(self.total)):
+                self.unrunnable.add(ln.key)
                 self.warn_once(f"line {ln.lineno} needs {need} GPUs but only {len(self.total)} "
                                f"are available; not started")
                 continue
@@ -264,13 +213,8 @@ class Runner:
         if self.stop_signal is not None or not cands:
             self.flush()
             return pending_work
-        if self.backend.name == "local":
-            free, excl, n = self._busy()
-            chosen = scheduler.select(cands, free, self.total, n, excl, self.max_parallel)
-        else:
-            n = sum(1 for a in self.active.values() if a.running)
-            room = (self.max_parallel - n) if self.max_parallel else len(cands)
-            chosen = [(c, []) for c in cands[:max(room, 0)]]
+        free, excl, n = self._busy()
+        chosen = self.backend.select(cands, free, self.total, n, excl, self.max_parallel)
         fresh = [c.ref[0].key for c, _ in chosen if c.ref[1] is None]
         claimed = dict(zip(fresh, self.flush(fresh)))     # one write for all of them
         for c, gpus in chosen:
@@ -298,7 +242,7 @@ class Runner:
             name += f"_try{act.attempt}"
         act.log_path = os.path.join(self.log_dir, name + ".log")
         launch = Launch(act.token, ln.command, ln.options, act.gpus,
-                        need if self.backend.name == "slurm" else len(act.gpus),
+                        self.backend.gpu_request(need, act.gpus),
                         self.cwd, act.log_path, f"L{ln.lineno}", act.attempt)
         act.started, act.started_wall = time.monotonic(), time.time()
         act.retry_at, act.kill_reason, act.kill_at = None, None, None
@@ -306,9 +250,7 @@ class Runner:
                 "attempt": act.attempt, "gpus": act.gpus, "log": act.log_path,
                 "start_time": act.started_wall, "queue_pid": os.getpid(),
                 "queue_proc_start": self.my_start, "host": HOST}
-        where = f"GPUs {','.join(act.gpus)}" if act.gpus else "no GPU"
-        if self.backend.name == "slurm":
-            where = f"sbatch --gres=gpu:{need}" if need else "sbatch"
+        where = self.backend.where(need, act.gpus)
         self.say(f"start L{ln.lineno} (attempt {act.attempt}, {where}): {ln.command}  "
                  f"-> {act.log_path}")
         try:
@@ -322,8 +264,9 @@ class Runner:
         hrec = handle.record()
         self.state.append(dict(base, event="start", **hrec))
         act.running = True
-        if hrec.get("slurm_id"):
-            self.say(f"L{ln.lineno} submitted as SLURM job {hrec['slurm_id']}")
+        note = self.backend.started_note(hrec)
+        if note:
+            self.say(f"L{ln.lineno} {note}")
 
     # -- finishing --------------------------------------------------------------------------
     def on_exit(self, token: int, rc: int, reason: Optional[str]) -> None:
@@ -447,7 +390,7 @@ class Runner:
             if self.stop_signal is None:
                 lines = self.read_lines()
                 now = time.monotonic()
-                if self._dirty or self.outbox or any(
+                if self._dirty or self.writer.outbox or any(
                         a.retry_at is not None and a.retry_at <= now for a in self.active.values()):
                     # something changed: the file, a job ended, a retry is due
                     self._dirty = False
@@ -471,10 +414,7 @@ class Runner:
                 timeout = min(timeout, max(0.0, deadline - time.monotonic()))
             self._wait_events(timeout)
         self.say(f"done: {self.completed_count} completed, {self.failed_count} failed")
-        return 1 if self.failed_count or self.warned_unrunnable() else 0
-
-    def warned_unrunnable(self) -> bool:
-        return any("GPUs but only" in w for w in self.warned)
+        return 1 if self.failed_count or self.unrunnable else 0
 
     def _wait_events(self, timeout: float) -> None:
         try:
