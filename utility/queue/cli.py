@@ -170,7 +170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(dry_run(args, total, source))
             return 0
         # fail early on a malformed file, before anything starts
-        jobsfile.read_jobs(args.jobs)
+        jobsfile.read_jobs(args.jobs, settle=1.0)
         from .runner import Runner
         events = _queue.SimpleQueue()
         echo = Echo(enabled=not args.quiet)

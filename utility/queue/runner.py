@@ -16,11 +16,14 @@ from typing import Dict, List, Optional, Tuple
 
 from . import jobsfile, scheduler
 from .base import Echo, Launch, LaunchError, slug
+from .errors import QueueError
 from .jobsfile import Line
 from .state import HOST, StateLog, proc_start_ticks
-from .writes import StatusWriter
+from .writes import SETTLE, StatusWriter
 
 FILE_POLL = 0.02         # seconds between stat() checks of the jobs file (new lines, edits)
+EXIT_QUIET = 0.3         # no exit while someone else changed the file this recently (s)
+MISSING_GRACE = 10.0     # with nothing to supervise, wait this long for a missing file (s)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Runner:
         self.warned: set = set()
         self.unrunnable: set = set()     # keys of jobs reported as needing too many GPUs
         self.my_start = proc_start_ticks(os.getpid())
+        self._gone: Dict[Tuple[str, int], float] = {}   # retry-waiting jobs absent since
         self._cache_sig = None
         self._dirty = True               # dispatch() needs to look at the file again
         self._pending = True
@@ -81,20 +85,27 @@ class Runner:
             self.warned.add(msg)
             self.say(msg)
 
-    def read_lines(self) -> List[Line]:
+    def read_lines(self) -> Optional[List[Line]]:
         """Tolerant read while running: a line the user is half-way through editing is
-        reported and skipped, not fatal."""
+        reported and skipped, not fatal. None while the file is missing or unreadable."""
         try:
             st = os.stat(self.path)
-            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            sig = None
-        if sig is not None and sig == self._cache_sig:
+        except OSError as e:
+            self.writer.note_missing("" if isinstance(e, FileNotFoundError) else f" ({e})")
+            return None
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if sig == self._cache_sig:
+            self.writer.note_back()
             return self._cache_lines          # unchanged since the last parse
         self._dirty = True
-        text, st = jobsfile.read_text(self.path)
+        try:
+            text, st = jobsfile.read_text(self.path)
+        except QueueError as e:
+            self.writer.note_missing(f" or unreadable ({e})")
+            return None
+        self.writer.note_back()
         errors: List[str] = []
-        lines = jobsfile.parse_text(text, self.path, strict=False, errors=errors)
+        lines = self.writer.file.cache.parse(text, errors)
         for e in errors:
             self.warn_once(f"skipping a line: {e}")
         self._cache_sig = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -181,8 +192,13 @@ class Runner:
         seen = {ln.key for ln in lines if ln.kind == "job"}
         for act in list(self.active.values()):
             if not act.running and act.key not in seen:      # waiting for a retry, edited out
+                since = self._gone.setdefault(act.key, now)  # (or a save is half-way)
+                if now - since < SETTLE:
+                    pending_work = True
+                    continue
                 self.say(f"L{act.line.lineno} was removed from the file; no more retries")
                 del self.active[act.token]
+            self._gone.pop(act.key, None)
         for ln in lines:
             if ln.kind != "job":
                 continue
@@ -383,27 +399,42 @@ class Runner:
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
         os.makedirs(self.log_dir, exist_ok=True)
-        jobsfile.read_jobs(self.path)      # strict: malformed files are reported up front
+        jobsfile.read_jobs(self.path, settle=1.0)  # strict: malformed files are reported up front
         self.install_signals()
         self.recover()
+        missing_since: Optional[float] = None
         while True:
+            self.writer.drain()             # lines appended to a file the queue replaced
+            now = time.monotonic()
             if self.stop_signal is None:
                 lines = self.read_lines()
-                now = time.monotonic()
-                if self._dirty or self.writer.outbox or any(
-                        a.retry_at is not None and a.retry_at <= now for a in self.active.values()):
-                    # something changed: the file, a job ended, a retry is due
-                    self._dirty = False
-                    self._pending = self.dispatch(lines)
-                pending = self._pending
+                if lines is None:           # missing: start nothing, keep supervising
+                    missing_since = missing_since or now
+                    if self.writer.due():
+                        self.flush()
+                    pending = True
+                else:
+                    missing_since = None
+                    if self._dirty or self.writer.due() or self.writer.claims_failed or \
+                            self._gone or any(a.retry_at is not None and a.retry_at <= now
+                                              for a in self.active.values()):
+                        # something changed: the file, a job ended, a retry is due
+                        self._dirty = False
+                        self._pending = self.dispatch(lines)
+                    pending = self._pending
             else:
-                self.flush()
+                if self.writer.due():
+                    self.flush()
                 pending = False
             if not self.active:
                 if self.stop_signal is not None:
-                    self.flush()
-                    return 128 + self.stop_signal
-                if not pending and not self.watch:
+                    return self._stopped()
+                if missing_since is not None and not self.writer.outbox and not self.watch \
+                        and now - missing_since > MISSING_GRACE:
+                    raise QueueError(f"jobs file {self.path} disappeared (nothing was "
+                                     f"running; waited {MISSING_GRACE:g} s for it)")
+                if not pending and not self.watch and not self.writer.outbox and \
+                        not self.writer.touched_by_others(EXIT_QUIET):
                     break
             deadline = self.watchdogs()
             self.backend.poll()
@@ -413,8 +444,20 @@ class Runner:
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - time.monotonic()))
             self._wait_events(timeout)
+        self.writer.close()
         self.say(f"done: {self.completed_count} completed, {self.failed_count} failed")
         return 1 if self.failed_count or self.unrunnable else 0
+
+    def _stopped(self) -> int:
+        self.writer.retry_at = 0.0
+        self.flush()
+        if self.writer.outbox:
+            self.say(f"{len(self.writer.outbox)} status change(s) not written "
+                     f"({os.path.basename(self.path)} is "
+                     f"{'missing' if self.writer.missing else 'not writable'}); "
+                     f"{self.state.path} has them and the next start of the queue writes them")
+        self.writer.close(wait=1.0)
+        return 128 + self.stop_signal
 
     def _wait_events(self, timeout: float) -> None:
         try:
