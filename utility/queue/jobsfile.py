@@ -355,9 +355,8 @@ def read_jobs(path: str, settle: float = 0.0) -> List[Line]:
                 raise
             before = _sig(path)
             time.sleep(0.05)
-            if before is not None and before == _sig(path) and \
-                    time.time() - os.stat(path).st_mtime > 0.3:
-                raise                            # a quiet file: a real mistake
+            if before is not None and before == _sig(path):
+                raise                            # not being changed: a real mistake
 
 
 def _sig(path: str):

@@ -106,10 +106,23 @@ def _read_all(fd: int, start: int = 0) -> bytes:
 
 
 class _Watch:
-    """A replaced file still open by someone: bytes past `offset` belong in the jobs file."""
+    """A replaced file still open by someone: bytes past `offset` belong in the jobs file.
+    `data` (what the queue read) tells appends from an in-place rewrite (truncate + write:
+    nano, VS Code, `cat > Jobs.csv`), which can change bytes before `offset`."""
 
-    def __init__(self, fd: int, offset: int):
+    def __init__(self, fd: int, offset: int, data: bytes = b""):
         self.fd, self.offset, self.since = fd, offset, time.monotonic()
+        self.head, self.tail = data[:512], data[-512:]
+        self.read_to = offset            # where `tail` ends
+        self.rewritten = False
+
+    def check(self, size: int) -> bool:
+        """False when the file was rewritten in place since the queue read it."""
+        if not self.rewritten:
+            if size < self.offset or os.pread(self.fd, len(self.head), 0) != self.head or \
+                    os.pread(self.fd, len(self.tail), self.read_to - len(self.tail)) != self.tail:
+                self.rewritten = True
+        return not self.rewritten
 
     def writers_gone(self) -> bool:
         """True when no process can write this file any more."""
@@ -145,6 +158,7 @@ class JobsFile:
         self.last_sig: Optional[Tuple[int, int, int]] = None   # the file as we left it
         self.swapped_back = 0                                  # saves we put back (stats)
         self.carried = 0                                       # bytes carried over (stats)
+        self.conflicts: List[str] = []     # in-place rewrites kept aside (the caller says so)
 
     # -- the update ---------------------------------------------------------------------
     def update(self, changes: List[Change]) -> List[Tuple[bool, Optional[Line]]]:
@@ -232,7 +246,7 @@ class JobsFile:
             self._forget_old(fd)
             return False, results
         # the old file has no name now; whoever still has it open may append to it
-        self._watch(fd, len(data))
+        self._watch(fd, len(data), data)
         self.cache.set(out_text, new_lines)
         _fsync_dir(d)
         try:
@@ -276,7 +290,7 @@ class JobsFile:
         os.unlink(tmp)
         size = os.fstat(ours).st_size
         # whoever opened our version in those microseconds appended at its end
-        self._watch(ours, size)
+        self._watch(ours, size, _read_all(ours)[:size])
         return None
 
     def _restore(self, tmp: str, real: str) -> None:
@@ -297,8 +311,8 @@ class JobsFile:
         os.close(fd)
 
     # -- late appends to replaced files -----------------------------------------------------
-    def _watch(self, fd: int, offset: int) -> None:
-        self.watches.append(_Watch(fd, offset))
+    def _watch(self, fd: int, offset: int, data: bytes) -> None:
+        self.watches.append(_Watch(fd, offset, data))
         while len(self.watches) > MAX_WATCHES:
             w = self.watches.pop(0)
             try:
@@ -315,7 +329,7 @@ class JobsFile:
 
     def _drain(self, real: str, locked_already: bool = False) -> None:
         keep = []
-        grown = [w for w in self.watches if os.fstat(w.fd).st_size > w.offset]
+        grown = [w for w in self.watches if os.fstat(w.fd).st_size != w.offset]
         if grown and not locked_already:
             with locked(real):
                 self._drain(real, locked_already=True)
@@ -327,15 +341,25 @@ class JobsFile:
             except (Missing, OSError):
                 keep.append(w)                 # the jobs file is missing: later
                 continue
-            if gone and os.fstat(w.fd).st_size <= w.offset:
+            if gone and (w.rewritten or os.fstat(w.fd).st_size <= w.offset):
+                if w.rewritten:
+                    self._keep_rewritten(w, real)
                 w.close()
             else:
                 keep.append(w)
         self.watches = keep
 
+    def _keep_rewritten(self, w: _Watch, real: str) -> None:
+        """Someone rewrote the replaced file in place (their save raced the queue's write):
+        keep their version next to the jobs file and say so."""
+        side = f"{real}.conflict-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        with open(side, "wb") as f:
+            f.write(_read_all(w.fd))
+        self.conflicts.append(side)
+
     def _carry(self, w: _Watch, real: str, final: bool) -> None:
         size = os.fstat(w.fd).st_size
-        if size <= w.offset:
+        if size == w.offset or not w.check(size):
             return
         extra = _read_all(w.fd, w.offset)
         if not final:
@@ -375,6 +399,8 @@ class JobsFile:
         for w in self.watches:
             try:
                 self._carry(w, real_path(self.path), final=True)
+                if w.rewritten:
+                    self._keep_rewritten(w, real_path(self.path))
             except (QueueError, OSError):
                 pass
             w.close()

@@ -136,6 +136,13 @@ class StatusWriter:
             if msg != self.problem:
                 self.problem = msg
                 self.say(f"could not write {self.name} ({msg}); trying again")
+        self._report_conflicts()
+
+    def _report_conflicts(self) -> None:
+        while self.file.conflicts:
+            side = self.file.conflicts.pop(0)
+            self.say(f"a program rewrote {self.name} in place while the queue was replacing "
+                     f"it; that version is kept as {side} (merge it by hand)")
 
     def touched_by_others(self, quiet: float) -> bool:
         """The file changed within the last `quiet` s and not by this queue (a save may be
@@ -150,3 +157,4 @@ class StatusWriter:
 
     def close(self, wait: float = 2.0) -> None:
         self.file.close(wait)
+        self._report_conflicts()
