@@ -217,13 +217,6 @@ class JobsFile:
                 new_lines[i] = nl
         out_text = "".join(ln.raw for ln in new_lines)
         out = out_text.encode("utf-8", "surrogateescape")
-        try:
-            now = os.stat(real)
-        except FileNotFoundError:
-            raise Missing(f"jobs file {self.path} does not exist")
-        if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
-            os.close(fd)
-            return False, results              # replaced since we opened it: read again
         d = os.path.dirname(real)
         tfd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(real) + ".", suffix=".tmp",
                                     dir=d)
@@ -259,6 +252,13 @@ class JobsFile:
     def _swap(self, tmp: str, real: str, st: os.stat_result) -> Optional[bool]:
         """Put tmp at real. True when the file we read was the one replaced; None when a
         save had replaced it meanwhile (it is put back; the caller retries)."""
+        try:
+            now = os.stat(real)          # (the temp file is written and synced by now)
+        except FileNotFoundError:
+            raise Missing(f"jobs file {self.path} does not exist")
+        if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+            os.unlink(tmp)
+            return None                  # replaced since we read it: read again
         if self.can_exchange:
             try:
                 exchange(tmp, real)
@@ -269,11 +269,7 @@ class JobsFile:
                     raise
                 self.can_exchange = False
         if not self.can_exchange:
-            now = os.stat(real)
-            if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
-                os.unlink(tmp)
-                return None
-            os.replace(tmp, real)
+            os.replace(tmp, real)        # (a save in the microseconds since the stat is lost)
             return True
         out = os.lstat(tmp)
         if (out.st_ino, out.st_dev) == (st.st_ino, st.st_dev):
@@ -282,9 +278,11 @@ class JobsFile:
         # someone saved the file after our read: give their file its name back
         try:
             exchange(tmp, real)
-        except OSError:
+        except OSError as e:
+            # our version was moved away (an editor saving again) in those microseconds
             self._restore(tmp, real)
-            raise
+            raise Busy(f"jobs file {self.path} was replaced twice while the queue wrote it "
+                       f"({e.strerror})")
         self.swapped_back += 1
         ours = os.open(tmp, os.O_RDONLY)
         os.unlink(tmp)
@@ -295,17 +293,16 @@ class JobsFile:
 
     def _restore(self, tmp: str, real: str) -> None:
         """The swap back failed (the path was moved away in those microseconds): give the
-        saved file at tmp the name back if free, else keep it next to it."""
+        saved file at tmp the name back if it is free, else keep it next to it."""
         try:
             os.link(tmp, real)
             os.unlink(tmp)
             return
         except OSError:
             pass
-        side = f"{real}.saved-{os.getpid()}-{int(time.time())}"
+        side = f"{real}.conflict-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         os.rename(tmp, side)
-        raise QueueError(f"a save of {self.path} collided with a queue write; the saved "
-                         f"version is kept as {side}")
+        self.conflicts.append(side)
 
     def _forget_old(self, fd: int) -> None:
         os.close(fd)

@@ -19,6 +19,7 @@ from .safewrite import JobsFile, Missing
 
 Key = Tuple[str, int]
 SETTLE = 0.5            # a job absent from the file this long (s) counts as edited out
+SAY_MISSING = 1.0       # say that the file is missing once it is gone this long (s)
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
 
 
@@ -39,25 +40,33 @@ class StatusWriter:
         self.outbox: List[_Change] = []
         self.retry_at = 0.0
         self.backoff = 0.0
-        self.missing = False                 # the file was found missing (said once)
+        self.missing = False                 # the file was found missing
+        self.missing_since = 0.0
+        self.said_missing = False            # ... and that was said (once per absence)
         self.problem: Optional[str] = None   # the last write error (said once)
         self.claims_failed = False           # a flush could not try its claims
 
     # -- the file's presence ----------------------------------------------------------------
     def note_missing(self, why: str = "") -> None:
+        """Editors leave the file missing for milliseconds; say it when it stays so."""
+        now = time.monotonic()
         if not self.missing:
-            self.missing = True
-            self.say(f"{self.path} is missing{why} (deleted, or moved away by an editor "
-                     f"that is saving it); waiting for it to reappear. Running jobs are "
-                     f"still supervised; their status changes are written once it is back")
+            self.missing, self.missing_since = True, now
+        if not self.said_missing and now - self.missing_since >= SAY_MISSING:
+            self.said_missing = True
+            self.say(f"{self.path} is missing{why} (deleted, or moved away); waiting for it "
+                     f"to reappear. Running jobs are still supervised; their status changes "
+                     f"are written once it is back")
 
     def note_back(self) -> None:
         if self.missing:
             self.missing = False
-            n = len(self.outbox)
-            self.say(f"{self.name} is back" + (f"; writing {n} pending status change(s)"
-                                               if n else ""))
             self.retry_at = 0.0
+            if self.said_missing:
+                self.said_missing = False
+                n = len(self.outbox)
+                self.say(f"{self.name} is back" + (f"; writing {n} pending status change(s)"
+                                                   if n else ""))
 
     # -- queueing and writing ---------------------------------------------------------------
     def queue(self, key: Key, new: str, expect=("running",)) -> None:
