@@ -218,3 +218,32 @@ def test_end_recorded_while_file_missing_is_not_rerun_after_restart(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "ran.txt").read_text().split() == ["a"]           # not run again
     assert jobs.read_text() == "python gate.py a,completed,\ntrue,completed,\n"
+
+
+HOLDER = """\
+import os, time
+f = open('Jobs.csv', 'a')                 # opened before the queue writes anything
+open('opened', 'w').close()
+time.sleep(1.5)
+f.write('echo late >> runs.txt,open,gpus=0;shell=1\\n')
+f.flush()
+time.sleep(0.5)
+f.close()
+"""
+
+
+def test_queue_waits_for_a_program_holding_the_replaced_file_open(tmp_path):
+    """--once: the queue's writes replaced Jobs.csv, but a script still has the old file
+    open and appends a job later; the queue carries it over and runs it before exiting."""
+    (tmp_path / "holder.py").write_text(HOLDER)
+    jobs = write_jobs(tmp_path, "true,open,gpus=0\n")
+    h = subprocess.Popen([sys.executable, "holder.py"], cwd=str(tmp_path))
+    try:
+        wait_for(lambda: (tmp_path / "opened").exists(), what="the holder")
+        r = run_queue(tmp_path, jobs, "--gpus", "none")
+        assert h.wait(timeout=10) == 0
+    finally:
+        stop(h)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert jobs.read_text() == "true,completed,gpus=0\necho late >> runs.txt,completed,gpus=0;shell=1\n"
+    assert (tmp_path / "runs.txt").read_text() == "late\n"

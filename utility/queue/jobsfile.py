@@ -290,7 +290,7 @@ class ParseCache:
         old = self.text
         if old is not None and text == old:
             return self.lines
-        if old and old.endswith(("\n", "\r")) and text.startswith(old):
+        if old and old.endswith("\n") and text.startswith(old):
             tail = parse_text(text[len(old):], self.path, strict=False, errors=errors,
                               first_lineno=len(self.lines) + 1, counts=self.counts)
             lines = self.lines + tail

@@ -434,7 +434,8 @@ class Runner:
                     raise QueueError(f"jobs file {self.path} disappeared (nothing was "
                                      f"running; waited {MISSING_GRACE:g} s for it)")
                 if not pending and not self.watch and not self.writer.outbox and \
-                        not self.writer.touched_by_others(EXIT_QUIET):
+                        not self.writer.touched_by_others(EXIT_QUIET) and \
+                        not self.writer.held_open(now):
                     break
             deadline = self.watchdogs()
             self.backend.poll()

@@ -115,6 +115,7 @@ class _Watch:
         self.head, self.tail = data[:512], data[-512:]
         self.read_to = offset            # where `tail` ends
         self.rewritten = False
+        self.writers = False             # the last probe saw a writer
 
     def check(self, size: int) -> bool:
         """False when the file was rewritten in place since the queue read it."""
@@ -124,19 +125,29 @@ class _Watch:
                 self.rewritten = True
         return not self.rewritten
 
-    def writers_gone(self) -> bool:
-        """True when no process can write this file any more."""
+    def probe(self) -> Optional[bool]:
+        """True: no process can write this file any more; False: some process has it open
+        for writing; None: cannot tell (no leases here, or the file still has a name)."""
         try:
             if os.fstat(self.fd).st_nlink == 0:
                 # deliver a lease break (impossible: no name left) as an ignored signal
                 fcntl.fcntl(self.fd, fcntl.F_SETSIG, signal.SIGURG)
                 fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
                 fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+                self.writers = False
                 return True
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                self.writers = True
                 return False                   # open for writing somewhere
-        return time.monotonic() - self.since > WATCH_SECS
+        return None
+
+    def writers_gone(self) -> bool:
+        p = self.probe()
+        if p is None:
+            self.writers = False               # unknown: watched for WATCH_SECS
+            return time.monotonic() - self.since > WATCH_SECS
+        return p
 
     def close(self) -> None:
         try:
@@ -379,14 +390,15 @@ class JobsFile:
         self.last_sig = (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def busy(self) -> bool:
-        """Replaced files are still watched."""
-        return bool(self.watches)
+        """A replaced file is still open for writing somewhere (known from a lease probe);
+        what that process appends is carried over only while this object is drained."""
+        return any(w.writers for w in self.watches)
 
     def close(self, wait: float = 2.0) -> None:
         """Drain until no replaced file is open for writing (at most `wait` s), then carry
         over what is left and let go."""
         end = time.monotonic() + wait
-        while self.watches and time.monotonic() < end:
+        while self.busy() and time.monotonic() < end:
             try:
                 self.drain()
             except OSError:

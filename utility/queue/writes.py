@@ -45,6 +45,8 @@ class StatusWriter:
         self.said_missing = False            # ... and that was said (once per absence)
         self.problem: Optional[str] = None   # the last write error (said once)
         self.claims_failed = False           # a flush could not try its claims
+        self.held_since: Optional[float] = None
+        self.said_held = False
 
     # -- the file's presence ----------------------------------------------------------------
     def note_missing(self, why: str = "") -> None:
@@ -152,6 +154,22 @@ class StatusWriter:
             side = self.file.conflicts.pop(0)
             self.say(f"a program rewrote {self.name} in place while the queue was replacing "
                      f"it; that version is kept as {side} (merge it by hand)")
+
+    def held_open(self, now: float) -> bool:
+        """A program still has a jobs file this queue replaced open for writing: what it
+        appends is carried over only while the queue runs, so the queue waits (says so
+        after a few seconds)."""
+        if not self.file.busy():
+            self.held_since = None
+            return False
+        if self.held_since is None:
+            self.held_since = now
+        elif not self.said_held and now - self.held_since > 3.0:
+            self.said_held = True
+            self.say(f"not exiting yet: a program still has {self.name} open for writing "
+                     f"(opened before the queue's last write); lines it appends are carried "
+                     f"over until it closes the file (Ctrl-C stops the queue anyway)")
+        return True
 
     def touched_by_others(self, quiet: float) -> bool:
         """The file changed within the last `quiet` s and not by this queue (a save may be
