@@ -398,13 +398,14 @@ class JobsFile:
         """Drain until no replaced file is open for writing (at most `wait` s), then carry
         over what is left and let go."""
         end = time.monotonic() + wait
-        while self.busy() and time.monotonic() < end:
+        while self.watches:
             try:
-                self.drain()
+                self.drain()                   # (probes who still writes)
             except OSError:
                 pass
-            if self.watches:
-                time.sleep(0.01)
+            if not self.busy() or time.monotonic() >= end:
+                break
+            time.sleep(0.01)
         for w in self.watches:
             try:
                 self._carry(w, real_path(self.path), final=True)
