@@ -247,3 +247,37 @@ def test_queue_waits_for_a_program_holding_the_replaced_file_open(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert jobs.read_text() == "true,completed,gpus=0\necho late >> runs.txt,completed,gpus=0;shell=1\n"
     assert (tmp_path / "runs.txt").read_text() == "late\n"
+
+
+def test_final_status_overwritten_by_a_stale_save_is_written_again(tmp_path):
+    """A save made from a copy read while the job ran puts 'running' back after the queue
+    wrote 'completed': the queue writes 'completed' again and does not run the job again;
+    a line that another queue has started meanwhile is left alone."""
+    jobs = write_jobs(tmp_path, "echo a >> runs.txt,open,gpus=0;shell=1\n"
+                                "echo b >> runs.txt,open,gpus=0;shell=1\n")
+    q = start_queue(tmp_path, jobs, "--gpus", "none", "--watch")
+    try:
+        wait_for(lambda: statuses(jobs) == ["completed", "completed"], what="both jobs")
+        # another queue (this test's process) starts b: its record comes first, then it
+        # writes 'running'; at the same time a stale save puts 'running' back for a
+        rec = {"event": "start", "jobs": str(jobs), "command": "echo b >> runs.txt",
+               "occurrence": 0, "attempt": 1, "pid": os.getpid(), "queue_pid": os.getpid(),
+               "host": os.uname().nodename, "backend": "local", "start_time": time.time()}
+        import json
+        with open(tmp_path / "logs" / "queue_state.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        stale = jobs.read_text().replace(",completed,", ",running,")
+        tmp = tmp_path / "stale"
+        tmp.write_text(stale)
+        os.replace(tmp, jobs)
+        wait_for(lambda: statuses(jobs) == ["completed", "running"], timeout=10,
+                 what="a's status written again")
+        time.sleep(1.5)
+        assert statuses(jobs) == ["completed", "running"]       # b is left to its queue
+        assert q.poll() is None
+        q.send_signal(signal.SIGTERM)
+        assert q.wait(timeout=10) == 128 + signal.SIGTERM
+    finally:
+        stop(q)
+    assert (tmp_path / "runs.txt").read_text().split() == ["a", "b"]      # nothing ran twice
+    assert "line 1 says 'running' again" in queue_output(tmp_path)

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 from . import jobsfile, scheduler
 from .base import Echo, Launch, LaunchError, slug
 from .errors import QueueError
+from .recovery import Recovery
 from .jobsfile import Line
 from .state import HOST, StateLog, proc_start_ticks
 from .writes import SETTLE, StatusWriter
@@ -45,7 +46,7 @@ class Active:
     exclusive: bool = False
 
 
-class Runner:
+class Runner(Recovery):
     def __init__(self, jobs_path: str, log_dir: str, backend, gpus: List[str], echo: Echo,
                  watch: bool = False, max_parallel: Optional[int] = None,
                  kill_grace: float = 30.0, workdir: Optional[str] = None):
@@ -70,6 +71,8 @@ class Runner:
         self.unrunnable: set = set()     # keys of jobs reported as needing too many GPUs
         self.my_start = proc_start_ticks(os.getpid())
         self._gone: Dict[Tuple[str, int], float] = {}   # retry-waiting jobs absent since
+        self.ended_here: Dict[Tuple[str, int], str] = {}  # final statuses this queue wrote
+        self._reverted: Dict[Tuple[str, int], float] = {}
         self._cache_sig = None
         self._dirty = True               # dispatch() needs to look at the file again
         self._pending = True
@@ -131,47 +134,6 @@ class Runner:
             self.events.put(("signal", signum))     # SimpleQueue.put is signal-safe
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, handler)
-
-    # -- recovery of 'running' lines left by a dead queue -----------------------------------
-    def recover(self) -> None:
-        latest = self.state.latest()
-        for ln in self.read_lines():
-            if ln.kind != "job" or ln.status != "running":
-                continue
-            rec = latest.get(ln.key)
-            if rec is None:
-                self.say(f"line {ln.lineno} is 'running' with no record of who runs it; "
-                         f"running it again")
-                self.set_status(ln.key, "open")
-                continue
-            if rec.get("ended"):
-                final = rec.get("status")
-                if final in ("completed", "failed"):
-                    self.set_status(ln.key, final)      # the crash came between the writes
-                else:
-                    self.set_status(ln.key, "open")
-                continue
-            d = self.backend.reconcile(rec, ln.lineno, os.getpid())
-            if d.action == "leave":
-                self.warn_once(d.message)
-                continue
-            self.say(d.message)
-            if d.action == "adopt":
-                self.adopt(ln, rec)
-                continue
-            if d.action == "stop_rerun":
-                self.backend.stop_orphan(d.pid, self.kill_grace)
-            self.state.append({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
-                               "status": "open", "reason": "queue died", "end_time": time.time()})
-            self.set_status(ln.key, "open")
-
-    def adopt(self, ln: Line, rec: dict) -> None:
-        tok = self.next_token
-        self.next_token += 1
-        act = Active(tok, ln.key, ln, rec.get("attempt", 1), [], rec.get("log", ""),
-                     time.monotonic(), rec.get("start_time", time.time()), running=True)
-        self.active[tok] = act
-        self.backend.adopt(tok, rec, ln)
 
     # -- starting ---------------------------------------------------------------------------
     def _busy(self) -> Tuple[List[str], bool, int]:
@@ -242,6 +204,7 @@ class Runner:
                 self.next_token += 1
                 act = Active(tok, ln.key, ln, 1, gpus)
                 self.active[tok] = act
+                self.ended_here.pop(ln.key, None)
             else:
                 act.attempt += 1
                 act.line = ln
@@ -308,6 +271,7 @@ class Runner:
         if rc == 0 and not act.kill_reason and not reason:
             self.state.append(dict(rec, status="completed", reason="exit 0"))
             self.queue_status(act.key, "completed")
+            self.ended_here[act.key] = "completed"
             self.completed_count += 1
             self.say(f"L{ln.lineno} completed in {dur:.1f} s")
             del self.active[act.token]
@@ -323,6 +287,7 @@ class Runner:
             return
         self.state.append(dict(rec, status="failed", reason=why))
         self.queue_status(act.key, "failed")
+        self.ended_here[act.key] = "failed"
         self.failed_count += 1
         self.say(f"L{ln.lineno} failed ({why}) after {act.attempt} attempt(s); log: {act.log_path}")
         del self.active[act.token]
@@ -415,6 +380,8 @@ class Runner:
                     pending = True
                 else:
                     missing_since = None
+                    if self._dirty or self._reverted:
+                        self.repair_reverted(lines, now)
                     if self._dirty or self.writer.due() or self.writer.claims_failed or \
                             self._gone or any(a.retry_at is not None and a.retry_at <= now
                                               for a in self.active.values()):
