@@ -65,6 +65,7 @@ class Recovery:
         if not self.ended_here:
             return
         mine = {a.key for a in self.active.values()}
+        mine.update(c.key for c in self.writer.outbox)      # its end is still to be written
         seen = set()
         for ln in lines:
             if ln.kind != "job" or ln.status != "running" or ln.key not in self.ended_here \

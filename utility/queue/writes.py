@@ -99,7 +99,7 @@ class StatusWriter:
             results = self.file.update(changes)
         except Missing:
             self.note_missing()
-            return self._failed(claims)
+            return self._failed(claims, cap=0.2)      # editors' saves take milliseconds
         except (QueueError, OSError) as e:
             msg = str(e) if isinstance(e, QueueError) else f"{type(e).__name__}: {e}"
             if msg != self.problem:
@@ -132,8 +132,8 @@ class StatusWriter:
         self.outbox = keep
         return [changed for changed, _ in results[len(queued):]]
 
-    def _failed(self, claims) -> List[bool]:
-        self.backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self.backoff * 2))
+    def _failed(self, claims, cap: float = BACKOFF_MAX) -> List[bool]:
+        self.backoff = min(cap, max(BACKOFF_MIN, self.backoff * 2))
         self.retry_at = time.monotonic() + self.backoff
         self.claims_failed = bool(claims)
         return [False] * len(claims)
