@@ -41,3 +41,4 @@ bench: venv
 	$(VPY) benchmarks/bench_data_loading.py
 	$(VPY) benchmarks/bench_augment.py
 	$(VPY) benchmarks/bench_queue.py
+	$(VPY) benchmarks/bench_queue_stress.py
