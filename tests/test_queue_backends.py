@@ -3,7 +3,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_queue_helpers import (QM, REPO, queue_output, start_queue, stop,  # noqa: E402
@@ -109,4 +108,3 @@ def test_exit_status_comes_from_state_not_from_warning_text(tmp_path):
     finally:
         stop(q)
     assert rc == 0, queue_output(tmp_path)
-    time.sleep(0)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_queue_helpers import jobsfile, run_queue, statuses, write_jobs  # noqa: E402
+from test_queue_helpers import jobsfile, run_queue, write_jobs  # noqa: E402
 from utility.queue.errors import QueueError  # noqa: E402
 
 try:

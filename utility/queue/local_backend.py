@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from . import scheduler
 from .base import Backend, Echo, Launch, LaunchError, LineSplitter, command_argv
