@@ -42,3 +42,4 @@ bench: venv
 	$(VPY) benchmarks/bench_augment.py
 	$(VPY) benchmarks/bench_queue.py
 	$(VPY) benchmarks/bench_study.py
+	$(VPY) benchmarks/bench_queue_stress.py

@@ -1,14 +1,21 @@
-"""What the queue loop hands a backend, and the prefixed echo of job output."""
+"""The backend protocol (what the queue loop asks a backend), what the loop hands a backend
+(Launch), and the prefixed echo of job output."""
 from __future__ import annotations
 
+import abc
+import os
 import re
 import shlex
+import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from .jobsfile import JobOptions
+from .scheduler import Candidate
+from .state import process_alive
 
 
 @dataclass
@@ -89,26 +96,122 @@ class LineSplitter:
             self.buf = b""
 
 
-class HandleTable:
-    """What both backends keep per job token: ``handles[token]`` with ``last_output`` (monotonic
-    time of the job's last output line); kill = the backend's ``signal`` with SIGKILL."""
+class Reconcile(NamedTuple):
+    """What to do with a line left 'running' by an earlier queue instance (see
+    Backend.reconcile): action 'adopt' (track the job again), 'rerun' (mark it open),
+    'stop_rerun' (stop the orphaned process group `pid`, then mark it open) or 'leave'."""
+    action: str
+    message: str
+    pid: Optional[int] = None
 
+
+class Backend(abc.ABC):
+    """The questions the queue loop asks a backend, and the job control it needs.
+
+    Placement: need_of / can_ever_run / select / gpu_request / where.
+    Recovery: reconcile (a record of an attempt started by another queue instance).
+    Control: start / adopt / signal / kill / last_output / forget / poll.
+    Subclasses keep ``handles[token]`` objects with a ``last_output`` attribute (monotonic
+    time of the job's last output line)."""
+
+    name: str = ""
+    poll_interval: Optional[float] = None     # call poll() this often (None: events arrive)
+    enforces_timeout: bool = False            # the backend ends jobs at their timeout itself
     handles: dict
 
-    def signal(self, token: int, sig: int) -> None:  # pragma: no cover - each backend overrides
-        raise NotImplementedError
+    # -- placement --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def need_of(self, opts: JobOptions, total: int) -> Tuple[int, bool]:
+        """(GPUs the job needs, whether it must run alone) given `total` GPUs of the queue."""
+
+    @abc.abstractmethod
+    def can_ever_run(self, need: int, exclusive: bool, total: int) -> bool:
+        """False when the job can never start here (more GPUs than exist)."""
+
+    @abc.abstractmethod
+    def select(self, cands: Sequence[Candidate], free: Sequence[str], total: Sequence[str],
+               n_running: int, exclusive_running: bool,
+               max_parallel: Optional[int]) -> List[Tuple[Candidate, List[str]]]:
+        """Which candidates start now, each with the GPU ids the loop hands it."""
+
+    @abc.abstractmethod
+    def gpu_request(self, need: int, gpus: Sequence[str]) -> int:
+        """The GPU count written into Launch.gpu_count."""
+
+    @abc.abstractmethod
+    def where(self, need: int, gpus: Sequence[str]) -> str:
+        """How the start message describes where the job goes."""
+
+    def started_note(self, record: dict) -> Optional[str]:
+        """An extra line after a start (e.g. the SLURM job id), or None."""
+        return None
+
+    # -- recovery ---------------------------------------------------------------------------
+    def reconcile(self, rec: dict, lineno: int, my_pid: int) -> Reconcile:
+        """Decide about a 'running' line whose latest attempt (`rec`, not ended) was started
+        by some queue instance. Default: SLURM records are left alone, local processes are
+        checked by pid, host, boot id and process start time."""
+        if rec.get("backend") == "slurm":
+            return Reconcile("leave", f"line {lineno} runs as SLURM job {rec.get('slurm_id')}; "
+                                      "left alone (use --backend slurm to track it)")
+        qalive = process_alive(rec.get("queue_pid"), rec.get("host"), rec.get("boot_id"),
+                               rec.get("queue_proc_start"))
+        jalive = process_alive(rec.get("pid"), rec.get("host"), rec.get("boot_id"),
+                               rec.get("proc_start"))
+        if qalive is None or jalive is None:
+            return Reconcile("leave", f"line {lineno} is running on host {rec.get('host')}; "
+                                      "left alone")
+        if qalive and rec.get("queue_pid") != my_pid:
+            return Reconcile("leave", f"line {lineno} is run by another queue (pid "
+                                      f"{rec.get('queue_pid')}); left alone")
+        if jalive:
+            return Reconcile("stop_rerun", f"line {lineno}: its queue died but the job (pid "
+                                           f"{rec['pid']}) still runs; stopping it to run it "
+                                           "again", rec["pid"])
+        return Reconcile("rerun", f"line {lineno} was left 'running' by a queue that died; "
+                                  "running it again")
+
+    @staticmethod
+    def stop_orphan(pgid: int, grace: float) -> None:
+        """SIGTERM the process group, SIGKILL it after `grace` s, wait until it is gone."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                return
+            end = time.monotonic() + wait
+            while time.monotonic() < end:
+                try:
+                    os.killpg(pgid, 0)
+                except (ProcessLookupError, PermissionError):
+                    return
+                time.sleep(0.05)
+
+    # -- control ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def start(self, launch: Launch):
+        """Start an attempt; return a handle with record() -> dict. LaunchError if it cannot."""
+
+    def adopt(self, token: int, rec: dict, line) -> None:
+        """Track an attempt started by an earlier queue instance (reconcile said 'adopt')."""
+        raise NotImplementedError(f"the {self.name} backend adopts no jobs")
+
+    @abc.abstractmethod
+    def signal(self, token: int, sig: int) -> None:
+        """Send `sig` to the job (its whole process group / scancel)."""
+
+    def poll(self) -> None:
+        """Called once per loop iteration (track jobs that send no events)."""
 
     def kill(self, token: int) -> None:
-        import signal as _signal
-
-        self.signal(token, _signal.SIGKILL)
+        self.signal(token, signal.SIGKILL)
 
     def last_output(self, token: int) -> float:
-        import time as _time
-
         h = self.handles.get(token)
-        return h.last_output if h else _time.monotonic()
+        return h.last_output if h else time.monotonic()
 
     def forget(self, token: int) -> None:
         self.handles.pop(token, None)
 
+
+HandleTable = Backend        # the earlier name of the shared part

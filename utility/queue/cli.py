@@ -105,7 +105,19 @@ def status_table(jobs: str, log_dir: str) -> str:
     return "\n".join(out)
 
 
+def make_backend(args, total: List[str], events=None, echo=None, check: bool = True):
+    """The backend of --backend; check=False only plans (no sbatch needed for --dry-run)."""
+    if args.backend == "slurm":
+        from .slurm_backend import SlurmBackend
+        return SlurmBackend(events, echo, args.partition, args.time_limit, args.sbatch_args,
+                            args.poll, all_gpus=len(total) if args.gpus is not None else None,
+                            check=check)
+    from .local_backend import LocalBackend
+    return LocalBackend(events, echo)
+
+
 def dry_run(args, total: List[str], source: str) -> str:
+    backend = make_backend(args, total, check=False)
     lines = jobsfile.read_jobs(args.jobs)
     out = [f"jobs file: {args.jobs}", f"GPUs: {','.join(total) or 'none'} ({source})",
            f"backend: {args.backend}", f"working directory of jobs: {args.workdir}"]
@@ -116,14 +128,10 @@ def dry_run(args, total: List[str], source: str) -> str:
         if ln.status != "open":
             out.append(f"  skip L{ln.lineno} ({ln.status}): {ln.command}")
             continue
-        o = ln.options
-        if o.gpus == "all":
-            need, excl = (len(total), True) if args.backend == "local" else (len(total), False)
-        else:
-            need, excl = int(o.gpus), False
+        need, excl = backend.need_of(ln.options, len(total))
         cands.append(scheduler.Candidate(ln, need, excl))
     out.append(f"{len(cands)} open job(s); start order if every job took the same time:")
-    if args.backend == "slurm":
+    if backend.name == "slurm":
         for c in cands:
             ln = c.ref
             extra = f" --gres=gpu:{c.need}" if c.need else ""
@@ -162,24 +170,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(dry_run(args, total, source))
             return 0
         # fail early on a malformed file, before anything starts
-        jobsfile.read_jobs(args.jobs)
+        jobsfile.read_jobs(args.jobs, settle=1.0)
         from .runner import Runner
         events = _queue.SimpleQueue()
         echo = Echo(enabled=not args.quiet)
-        if args.backend == "slurm":
-            from .slurm_backend import SlurmBackend
-            backend = SlurmBackend(events, echo, args.partition, args.time_limit,
-                                   args.sbatch_args, args.poll)
-            slurm_all = len(total) if args.gpus is not None else None
-        else:
-            from .local_backend import LocalBackend
-            backend = LocalBackend(events, echo)
-            slurm_all = None
+        backend = make_backend(args, total, events, echo)
         echo.message(f"[queue] {args.jobs}: backend {args.backend}, GPUs "
                      f"{','.join(total) or 'none'} ({source}), logs in {args.log_dir}")
         runner = Runner(args.jobs, args.log_dir, backend, total, echo, watch=args.watch,
                         max_parallel=args.max_parallel, kill_grace=args.kill_grace,
-                        slurm_all_gpus=slurm_all, workdir=args.workdir)
+                        workdir=args.workdir)
         return runner.run()
     except QueueError as e:
         print(f"QueueManager.py: error: {e}", file=sys.stderr)

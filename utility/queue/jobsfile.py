@@ -1,4 +1,4 @@
-"""Jobs.csv: parsing, per-job options, locking and atomic status updates.
+"""Jobs.csv: parsing, per-job options, locking; status updates are in safewrite.py.
 
 Line format (see docs/QUEUE.md):
 
@@ -13,7 +13,8 @@ Line format (see docs/QUEUE.md):
 * ``<options>`` is empty or ``key=value;key=value`` (see OPTION_KEYS).
 
 The queue only ever rewrites the status field of a line; every other byte of the file
-(comments, blank lines, line endings, options, order) is kept exactly.
+(comments, blank lines, line endings, options, order) is kept exactly, and so is every byte
+other programs write meanwhile (safewrite.py).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import fcntl
 import os
 import re
 import shlex
-import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -53,12 +54,13 @@ def parse_duration(text: str) -> float:
 
 
 def _parse_bool(text: str) -> bool:
+    """Only an explicit 1/true/yes turns an option on (an empty value is a mistake)."""
     t = text.strip().lower()
-    if t in ("1", "true", "yes", "on", ""):
+    if t in ("1", "true", "yes"):
         return True
-    if t in ("0", "false", "no", "off"):
+    if t in ("0", "false", "no"):
         return False
-    raise ValueError(f"expected true/false, got {text!r}")
+    raise ValueError(f"expected 1/true/yes or 0/false/no, got {text!r}")
 
 
 def _parse_gpus(text: str):
@@ -119,10 +121,8 @@ def parse_options(text: str) -> JobOptions:
         if not item:
             continue
         if "=" not in item:
-            if item.lower() == "shell":          # bare flag
-                key, value = "shell", "1"
-            else:
-                raise ValueError(f"option {item!r} is not of the form key=value")
+            hint = "; write shell=1" if item.lower() == "shell" else ""
+            raise ValueError(f"option {item!r} is not of the form key=value{hint}")
         else:
             key, value = item.split("=", 1)
         key = key.strip().lower().replace("-", "_")
@@ -252,12 +252,14 @@ def format_job_line(command: str, status: str = "open", options: str = "") -> st
 
 
 def parse_text(text: str, path: str = "Jobs.csv", strict: bool = True,
-               errors: Optional[List[str]] = None) -> List[Line]:
+               errors: Optional[List[str]] = None, first_lineno: int = 1,
+               counts: Optional[Dict[str, int]] = None) -> List[Line]:
     """All lines of a jobs file.  strict=False keeps a malformed line (e.g. one the user is
-    half-way through editing) as kind 'invalid', byte for byte, instead of raising."""
+    half-way through editing) as kind 'invalid', byte for byte, instead of raising.
+    (first_lineno, counts: continue numbering lines and occurrences of an earlier part.)"""
     lines = []
-    counts: Dict[str, int] = {}
-    for i, raw in enumerate(text.splitlines(keepends=True), start=1):
+    counts = {} if counts is None else counts
+    for i, raw in enumerate(text.splitlines(keepends=True), start=first_lineno):
         try:
             ln = parse_line(raw, i, path)
         except QueueError as e:
@@ -273,12 +275,44 @@ def parse_text(text: str, path: str = "Jobs.csv", strict: bool = True,
     return lines
 
 
+class ParseCache:
+    """parse_text(strict=False) for a file that is mostly appended to: when the new text
+    starts with the last one (ending at a line end), only the tail is parsed; after a
+    status write, set() hands over the lines the writer already knows."""
+
+    def __init__(self, path: str = "Jobs.csv"):
+        self.path = path
+        self.text: Optional[str] = None
+        self.lines: List[Line] = []
+        self.counts: Dict[str, int] = {}
+
+    def parse(self, text: str, errors: Optional[List[str]] = None) -> List[Line]:
+        old = self.text
+        if old is not None and text == old:
+            return self.lines
+        if old and old.endswith("\n") and text.startswith(old):
+            tail = parse_text(text[len(old):], self.path, strict=False, errors=errors,
+                              first_lineno=len(self.lines) + 1, counts=self.counts)
+            lines = self.lines + tail
+        else:
+            self.counts = {}
+            lines = parse_text(text, self.path, strict=False, errors=errors, counts=self.counts)
+        self.text, self.lines = text, lines
+        return lines
+
+    def set(self, text: str, lines: List[Line]) -> None:
+        """The writer changed only status words: same commands, same occurrences."""
+        self.text, self.lines = text, lines
+
+
 # ---------------------------------------------------------------------------------------------
 # file access
 
 
 def lock_path(path: str) -> str:
-    d, b = os.path.split(os.path.abspath(path))
+    """.<name>.lock next to the jobs file (next to the target of a symlinked one, so queues
+    started with the link and with the target share it)."""
+    d, b = os.path.split(os.path.realpath(path))
     return os.path.join(d, "." + b + ".lock")
 
 
@@ -308,81 +342,48 @@ def read_text(path: str) -> Tuple[str, os.stat_result]:
     return data.decode("utf-8", "surrogateescape"), st
 
 
-def read_jobs(path: str) -> List[Line]:
-    text, _ = read_text(path)
-    return parse_text(text, path)
-
-
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_size, b.st_mtime_ns)
-
-
-def atomic_write(path: str, text: str, mode: Optional[int] = None) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8", "surrogateescape"))
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(d, os.O_RDONLY)
+def read_jobs(path: str, settle: float = 0.0) -> List[Line]:
+    """Strict read. settle > 0: a file that is missing or fails to parse while it is being
+    changed (an editor saving it) is read again for up to `settle` s before it counts."""
+    end = time.monotonic() + settle
+    while True:
         try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            text, st = read_text(path)
+            return parse_text(text, path)
+        except QueueError:
+            if time.monotonic() >= end:
+                raise
+            before = _sig(path)
+            time.sleep(0.05)
+            if before is not None and before == _sig(path):
+                raise                            # not being changed: a real mistake
+
+
+def _sig(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def update_many(path: str, changes: List[Tuple[Tuple[str, int], str, Optional[Tuple[str, ...]]]]
                 ) -> List[Tuple[bool, Optional[Line]]]:
-    """Apply several status changes [(key, new, expect)] in one locked read-modify-write.
+    """Apply several status changes [(key, new, expect)] in one locked write.
 
     For each job identified by (command, occurrence): re-read the file, find the line, and
     change only its status field, and only when its current status is one of `expect`
     (compare-and-swap: a status the user edited by hand in the meantime wins).  Returns per
     change (changed, current line or None when the job is no longer in the file, e.g.
-    commented out or deleted)."""
-    if not changes:
-        return []
-    with locked(path):
-        for _ in range(20):
-            text, st = read_text(path)
-            lines = parse_text(text, path, strict=False)
-            by_key = {ln.key: ln for ln in lines if ln.kind == "job"}
-            new_status: Dict[int, str] = {}
-            results: List[Tuple[bool, Optional[Line]]] = []
-            for key, new, expect in changes:
-                assert new in STATUSES
-                target = by_key.get(key)
-                if target is None:
-                    results.append((False, None))
-                    continue
-                cur = new_status.get(id(target), target.status)
-                if expect is not None and cur not in expect:
-                    results.append((False, target))
-                    continue
-                new_status[id(target)] = new
-                results.append((True, target))
-            if not any(new_status.get(id(ln), ln.status) != ln.status for ln in lines):
-                return results
-            out = "".join(ln.with_status(new_status[id(ln)]) if id(ln) in new_status else ln.raw
-                          for ln in lines)
-            # an editor may have saved the file between our read and now: start over
-            try:
-                if not _same_file(st, os.stat(path)):
-                    continue
-            except FileNotFoundError:
-                raise QueueError(f"jobs file {path} disappeared")
-            atomic_write(path, out, st.st_mode)
-            return results
-        raise QueueError(f"jobs file {path} keeps changing; could not write a status")
+    commented out or deleted).  One-shot: appends racing the write are carried over for up
+    to a second; the queue loop keeps a safewrite.JobsFile instead (see safewrite)."""
+    from .safewrite import JobsFile
+
+    jf = JobsFile(path)
+    try:
+        return jf.update(changes)
+    finally:
+        jf.close(wait=1.0)
 
 
 def update_status(path: str, key: Tuple[str, int], new: str,

@@ -13,9 +13,10 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Tuple
 
-from .base import Echo, HandleTable, Launch, LaunchError, LineSplitter, command_argv
+from . import scheduler
+from .base import Backend, Echo, Launch, LaunchError, LineSplitter, command_argv
 from .state import BOOT_ID, HOST, proc_start_ticks
 
 PYTHON_NAMES = ("python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}")
@@ -44,16 +45,34 @@ class LocalHandle:
                 "boot_id": BOOT_ID, "proc_start": proc_start_ticks(self.pid)}
 
 
-class LocalBackend(HandleTable):
+class LocalBackend(Backend):
     name = "local"
     poll_interval: Optional[float] = None       # events arrive by themselves
     enforces_timeout = False                    # the loop's watchdog does it
 
-    def __init__(self, events, echo: Echo, python: Optional[str] = None):
+    def __init__(self, events=None, echo: Optional[Echo] = None, python: Optional[str] = None):
         self.events = events
         self.echo = echo
         self.python = python or sys.executable
         self.handles: Dict[int, LocalHandle] = {}
+
+    # -- placement: the loop packs jobs onto this machine's GPUs ----------------------------
+    def need_of(self, opts, total: int) -> Tuple[int, bool]:
+        if opts.gpus == "all":
+            return total, True                  # every GPU, alone
+        return int(opts.gpus), False
+
+    def can_ever_run(self, need: int, exclusive: bool, total: int) -> bool:
+        return scheduler.runnable(scheduler.Candidate(None, need, exclusive), total)
+
+    def select(self, cands, free, total, n_running, exclusive_running, max_parallel):
+        return scheduler.select(cands, free, total, n_running, exclusive_running, max_parallel)
+
+    def gpu_request(self, need: int, gpus: Sequence[str]) -> int:
+        return len(gpus)
+
+    def where(self, need: int, gpus: Sequence[str]) -> str:
+        return f"GPUs {','.join(gpus)}" if gpus else "no GPU"
 
     # -- start ------------------------------------------------------------------------------
     def start(self, launch: Launch) -> LocalHandle:
@@ -134,7 +153,3 @@ class LocalBackend(HandleTable):
         h = self.handles.get(token)
         if h is not None and h.proc.returncode is None:
             self._killpg(h.pid, sig)
-
-
-    def poll(self) -> None:
-        pass

@@ -16,10 +16,15 @@ from typing import Dict, List, Optional, Tuple
 
 from . import jobsfile, scheduler
 from .base import Echo, Launch, LaunchError, slug
+from .errors import QueueError
+from .recovery import Recovery
 from .jobsfile import Line
-from .state import HOST, StateLog, process_alive, proc_start_ticks
+from .state import HOST, StateLog, proc_start_ticks
+from .writes import SETTLE, StatusWriter
 
 FILE_POLL = 0.02         # seconds between stat() checks of the jobs file (new lines, edits)
+EXIT_QUIET = 0.3         # no exit while someone else changed the file this recently (s)
+MISSING_GRACE = 10.0     # with nothing to supervise, wait this long for a missing file (s)
 
 
 @dataclass
@@ -41,11 +46,10 @@ class Active:
     exclusive: bool = False
 
 
-class Runner:
+class Runner(Recovery):
     def __init__(self, jobs_path: str, log_dir: str, backend, gpus: List[str], echo: Echo,
                  watch: bool = False, max_parallel: Optional[int] = None,
-                 kill_grace: float = 30.0, slurm_all_gpus: Optional[int] = None,
-                 workdir: Optional[str] = None):
+                 kill_grace: float = 30.0, workdir: Optional[str] = None):
         self.path = os.path.abspath(jobs_path)
         self.cwd = os.path.abspath(workdir) if workdir else os.path.dirname(self.path)
         self.log_dir = os.path.abspath(log_dir)
@@ -56,7 +60,6 @@ class Runner:
         self.watch = watch
         self.max_parallel = max_parallel
         self.kill_grace = kill_grace
-        self.slurm_all_gpus = slurm_all_gpus
         self.state = StateLog(self.log_dir, self.path)
         self.active: Dict[int, Active] = {}
         self.next_token = 1
@@ -65,11 +68,15 @@ class Runner:
         self.failed_count = 0
         self.completed_count = 0
         self.warned: set = set()
+        self.unrunnable: set = set()     # keys of jobs reported as needing too many GPUs
         self.my_start = proc_start_ticks(os.getpid())
+        self._gone: Dict[Tuple[str, int], float] = {}   # retry-waiting jobs absent since
+        self.ended_here: Dict[Tuple[str, int], str] = {}  # final statuses this queue wrote
+        self._reverted: Dict[Tuple[str, int], float] = {}
         self._cache_sig = None
         self._dirty = True               # dispatch() needs to look at the file again
         self._pending = True
-        self.outbox: List[Tuple[Tuple[str, int], str, Optional[Tuple[str, ...]]]] = []
+        self.writer = StatusWriter(self.path, self.say)
         self._cache_lines: List[Line] = []
 
     # -- small helpers ----------------------------------------------------------------------
@@ -81,20 +88,27 @@ class Runner:
             self.warned.add(msg)
             self.say(msg)
 
-    def read_lines(self) -> List[Line]:
+    def read_lines(self) -> Optional[List[Line]]:
         """Tolerant read while running: a line the user is half-way through editing is
-        reported and skipped, not fatal."""
+        reported and skipped, not fatal. None while the file is missing or unreadable."""
         try:
             st = os.stat(self.path)
-            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            sig = None
-        if sig is not None and sig == self._cache_sig:
+        except OSError as e:
+            self.writer.note_missing("" if isinstance(e, FileNotFoundError) else f" ({e})")
+            return None
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if sig == self._cache_sig:
+            self.writer.note_back()
             return self._cache_lines          # unchanged since the last parse
         self._dirty = True
-        text, st = jobsfile.read_text(self.path)
+        try:
+            text, st = jobsfile.read_text(self.path)
+        except QueueError as e:
+            self.writer.note_missing(f" or unreadable ({e})")
+            return None
+        self.writer.note_back()
         errors: List[str] = []
-        lines = jobsfile.parse_text(text, self.path, strict=False, errors=errors)
+        lines = self.writer.file.cache.parse(text, errors)
         for e in errors:
             self.warn_once(f"skipping a line: {e}")
         self._cache_sig = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -103,38 +117,16 @@ class Runner:
 
     def set_status(self, key, new, expect=("running",)) -> None:
         """Write one status change now (together with anything queued)."""
-        self.queue_status(key, new, expect)
-        self.flush()
+        self.writer.queue(key, new, expect)
+        self.writer.flush()
 
     def queue_status(self, key, new, expect=("running",)) -> None:
         """A status change for the next flush, which comes in this loop iteration, together
         with the claims of the jobs that start next: one locked write instead of several."""
-        self.outbox.append((key, new, expect))
+        self.writer.queue(key, new, expect)
 
     def flush(self, claims=()) -> List[bool]:
-        """Write the queued status changes plus `claims` (keys to move open -> running) in
-        one go; return whether each claim succeeded."""
-        queued = self.outbox
-        self.outbox = []
-        changes = queued + [(k, "running", ("open",)) for k in claims]
-        results = jobsfile.update_many(self.path, changes)
-        for (key, new, _), (changed, cur) in zip(queued, results):
-            if changed:
-                continue
-            if cur is None:
-                self.say(f"job no longer in {os.path.basename(self.path)} (edited out); "
-                         f"not writing '{new}': {key[0]}")
-            else:
-                self.say(f"line {cur.lineno} was changed to '{cur.status}' meanwhile; "
-                         f"keeping it (not writing '{new}')")
-        return [changed for changed, _ in results[len(queued):]]
-
-    def need_of(self, opts) -> Tuple[int, bool]:
-        if opts.gpus == "all":
-            if self.backend.name == "slurm":
-                return (self.slurm_all_gpus or 0), False
-            return len(self.total), True
-        return int(opts.gpus), False
+        return self.writer.flush(claims)
 
     # -- signals ----------------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -142,77 +134,6 @@ class Runner:
             self.events.put(("signal", signum))     # SimpleQueue.put is signal-safe
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, handler)
-
-    # -- recovery of 'running' lines left by a dead queue -----------------------------------
-    def recover(self) -> None:
-        latest = self.state.latest()
-        for ln in self.read_lines():
-            if ln.kind != "job" or ln.status != "running":
-                continue
-            rec = latest.get(ln.key)
-            if rec is None:
-                self.say(f"line {ln.lineno} is 'running' with no record of who runs it; "
-                         f"running it again")
-                self.set_status(ln.key, "open")
-                continue
-            if rec.get("ended"):
-                final = rec.get("status")
-                if final in ("completed", "failed"):
-                    self.set_status(ln.key, final)      # the crash came between the writes
-                else:
-                    self.set_status(ln.key, "open")
-                continue
-            if rec.get("backend") == "slurm":
-                if self.backend.name == "slurm" and rec.get("slurm_id"):
-                    self.adopt(ln, rec)
-                else:
-                    self.warn_once(f"line {ln.lineno} runs as SLURM job {rec.get('slurm_id')}; "
-                                   "left alone (use --backend slurm to track it)")
-                continue
-            qalive = process_alive(rec.get("queue_pid"), rec.get("host"), rec.get("boot_id"),
-                                   rec.get("queue_proc_start"))
-            jalive = process_alive(rec.get("pid"), rec.get("host"), rec.get("boot_id"),
-                                   rec.get("proc_start"))
-            if qalive is None or jalive is None:
-                self.warn_once(f"line {ln.lineno} is running on host {rec.get('host')}; left alone")
-                continue
-            if qalive and rec.get("queue_pid") != os.getpid():
-                self.warn_once(f"line {ln.lineno} is run by another queue (pid "
-                               f"{rec.get('queue_pid')}); left alone")
-                continue
-            if jalive:
-                self.say(f"line {ln.lineno}: its queue died but the job (pid {rec['pid']}) still "
-                         f"runs; stopping it to run it again")
-                self._stop_orphan(rec["pid"])
-            else:
-                self.say(f"line {ln.lineno} was left 'running' by a queue that died; "
-                         f"running it again")
-            self.state.append({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
-                               "status": "open", "reason": "queue died", "end_time": time.time()})
-            self.set_status(ln.key, "open")
-
-    def _stop_orphan(self, pgid: int) -> None:
-        for sig, wait in ((signal.SIGTERM, self.kill_grace), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except (ProcessLookupError, PermissionError):
-                return
-            end = time.monotonic() + wait
-            while time.monotonic() < end:
-                try:
-                    os.killpg(pgid, 0)
-                except (ProcessLookupError, PermissionError):
-                    return
-                time.sleep(0.05)
-
-    def adopt(self, ln: Line, rec: dict) -> None:
-        tok = self.next_token
-        self.next_token += 1
-        act = Active(tok, ln.key, ln, rec.get("attempt", 1), [], rec.get("log", ""),
-                     time.monotonic(), rec.get("start_time", time.time()), running=True)
-        self.active[tok] = act
-        self.backend.adopt(tok, rec, ln)
-        self.say(f"line {ln.lineno}: tracking SLURM job {rec.get('slurm_id')} again")
 
     # -- starting ---------------------------------------------------------------------------
     def _busy(self) -> Tuple[List[str], bool, int]:
@@ -233,8 +154,13 @@ class Runner:
         seen = {ln.key for ln in lines if ln.kind == "job"}
         for act in list(self.active.values()):
             if not act.running and act.key not in seen:      # waiting for a retry, edited out
+                since = self._gone.setdefault(act.key, now)  # (or a save is half-way)
+                if now - since < SETTLE:
+                    pending_work = True
+                    continue
                 self.say(f"L{act.line.lineno} was removed from the file; no more retries")
                 del self.active[act.token]
+            self._gone.pop(act.key, None)
         for ln in lines:
             if ln.kind != "job":
                 continue
@@ -253,9 +179,10 @@ class Runner:
                         continue
             elif ln.status != "open":
                 continue
-            need, excl = self.need_of(ln.options)
+            need, excl = self.backend.need_of(ln.options, len(self.total))
             c = scheduler.Candidate((ln, act), need, excl)
-            if self.backend.name == "local" and not scheduler.runnable(c, len(self.total)):
+            if not self.backend.can_ever_run(need, excl, len(self.total)):
+                self.unrunnable.add(ln.key)
                 self.warn_once(f"line {ln.lineno} needs {need} GPUs but only {len(self.total)} "
                                f"are available; not started")
                 continue
@@ -264,13 +191,8 @@ class Runner:
         if self.stop_signal is not None or not cands:
             self.flush()
             return pending_work
-        if self.backend.name == "local":
-            free, excl, n = self._busy()
-            chosen = scheduler.select(cands, free, self.total, n, excl, self.max_parallel)
-        else:
-            n = sum(1 for a in self.active.values() if a.running)
-            room = (self.max_parallel - n) if self.max_parallel else len(cands)
-            chosen = [(c, []) for c in cands[:max(room, 0)]]
+        free, excl, n = self._busy()
+        chosen = self.backend.select(cands, free, self.total, n, excl, self.max_parallel)
         fresh = [c.ref[0].key for c, _ in chosen if c.ref[1] is None]
         claimed = dict(zip(fresh, self.flush(fresh)))     # one write for all of them
         for c, gpus in chosen:
@@ -282,6 +204,7 @@ class Runner:
                 self.next_token += 1
                 act = Active(tok, ln.key, ln, 1, gpus)
                 self.active[tok] = act
+                self.ended_here.pop(ln.key, None)
             else:
                 act.attempt += 1
                 act.line = ln
@@ -298,7 +221,7 @@ class Runner:
             name += f"_try{act.attempt}"
         act.log_path = os.path.join(self.log_dir, name + ".log")
         launch = Launch(act.token, ln.command, ln.options, act.gpus,
-                        need if self.backend.name == "slurm" else len(act.gpus),
+                        self.backend.gpu_request(need, act.gpus),
                         self.cwd, act.log_path, f"L{ln.lineno}", act.attempt)
         act.started, act.started_wall = time.monotonic(), time.time()
         act.retry_at, act.kill_reason, act.kill_at = None, None, None
@@ -306,9 +229,7 @@ class Runner:
                 "attempt": act.attempt, "gpus": act.gpus, "log": act.log_path,
                 "start_time": act.started_wall, "queue_pid": os.getpid(),
                 "queue_proc_start": self.my_start, "host": HOST}
-        where = f"GPUs {','.join(act.gpus)}" if act.gpus else "no GPU"
-        if self.backend.name == "slurm":
-            where = f"sbatch --gres=gpu:{need}" if need else "sbatch"
+        where = self.backend.where(need, act.gpus)
         self.say(f"start L{ln.lineno} (attempt {act.attempt}, {where}): {ln.command}  "
                  f"-> {act.log_path}")
         try:
@@ -322,8 +243,9 @@ class Runner:
         hrec = handle.record()
         self.state.append(dict(base, event="start", **hrec))
         act.running = True
-        if hrec.get("slurm_id"):
-            self.say(f"L{ln.lineno} submitted as SLURM job {hrec['slurm_id']}")
+        note = self.backend.started_note(hrec)
+        if note:
+            self.say(f"L{ln.lineno} {note}")
 
     # -- finishing --------------------------------------------------------------------------
     def on_exit(self, token: int, rc: int, reason: Optional[str]) -> None:
@@ -349,6 +271,7 @@ class Runner:
         if rc == 0 and not act.kill_reason and not reason:
             self.state.append(dict(rec, status="completed", reason="exit 0"))
             self.queue_status(act.key, "completed")
+            self.ended_here[act.key] = "completed"
             self.completed_count += 1
             self.say(f"L{ln.lineno} completed in {dur:.1f} s")
             del self.active[act.token]
@@ -364,6 +287,7 @@ class Runner:
             return
         self.state.append(dict(rec, status="failed", reason=why))
         self.queue_status(act.key, "failed")
+        self.ended_here[act.key] = "failed"
         self.failed_count += 1
         self.say(f"L{ln.lineno} failed ({why}) after {act.attempt} attempt(s); log: {act.log_path}")
         del self.active[act.token]
@@ -440,27 +364,45 @@ class Runner:
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
         os.makedirs(self.log_dir, exist_ok=True)
-        jobsfile.read_jobs(self.path)      # strict: malformed files are reported up front
+        jobsfile.read_jobs(self.path, settle=1.0)  # strict: malformed files are reported up front
         self.install_signals()
         self.recover()
+        missing_since: Optional[float] = None
         while True:
+            self.writer.drain()             # lines appended to a file the queue replaced
+            now = time.monotonic()
             if self.stop_signal is None:
                 lines = self.read_lines()
-                now = time.monotonic()
-                if self._dirty or self.outbox or any(
-                        a.retry_at is not None and a.retry_at <= now for a in self.active.values()):
-                    # something changed: the file, a job ended, a retry is due
-                    self._dirty = False
-                    self._pending = self.dispatch(lines)
-                pending = self._pending
+                if lines is None:           # missing: start nothing, keep supervising
+                    missing_since = missing_since or now
+                    if self.writer.due():
+                        self.flush()
+                    pending = True
+                else:
+                    missing_since = None
+                    if self._dirty or self._reverted:
+                        self.repair_reverted(lines, now)
+                    if self._dirty or self.writer.due() or self.writer.claims_failed or \
+                            self._gone or any(a.retry_at is not None and a.retry_at <= now
+                                              for a in self.active.values()):
+                        # something changed: the file, a job ended, a retry is due
+                        self._dirty = False
+                        self._pending = self.dispatch(lines)
+                    pending = self._pending
             else:
-                self.flush()
+                if self.writer.due():
+                    self.flush()
                 pending = False
             if not self.active:
                 if self.stop_signal is not None:
-                    self.flush()
-                    return 128 + self.stop_signal
-                if not pending and not self.watch:
+                    return self._stopped()
+                if missing_since is not None and not self.writer.outbox and not self.watch \
+                        and now - missing_since > MISSING_GRACE:
+                    raise QueueError(f"jobs file {self.path} disappeared (nothing was "
+                                     f"running; waited {MISSING_GRACE:g} s for it)")
+                if not pending and not self.watch and not self.writer.outbox and \
+                        not self.writer.touched_by_others(EXIT_QUIET) and \
+                        not self.writer.held_open(now):
                     break
             deadline = self.watchdogs()
             self.backend.poll()
@@ -470,11 +412,20 @@ class Runner:
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - time.monotonic()))
             self._wait_events(timeout)
+        self.writer.close()
         self.say(f"done: {self.completed_count} completed, {self.failed_count} failed")
-        return 1 if self.failed_count or self.warned_unrunnable() else 0
+        return 1 if self.failed_count or self.unrunnable else 0
 
-    def warned_unrunnable(self) -> bool:
-        return any("GPUs but only" in w for w in self.warned)
+    def _stopped(self) -> int:
+        self.writer.retry_at = 0.0
+        self.flush()
+        if self.writer.outbox:
+            self.say(f"{len(self.writer.outbox)} status change(s) not written "
+                     f"({os.path.basename(self.path)} is "
+                     f"{'missing' if self.writer.missing else 'not writable'}); "
+                     f"{self.state.path} has them and the next start of the queue writes them")
+        self.writer.close(wait=1.0)
+        return 128 + self.stop_signal
 
     def _wait_events(self, timeout: float) -> None:
         try:

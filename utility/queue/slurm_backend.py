@@ -16,9 +16,10 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from .base import Echo, HandleTable, Launch, LaunchError, LineSplitter, command_argv, slug
+from .base import (Backend, Echo, Launch, LaunchError, LineSplitter, Reconcile, command_argv,
+                   slug)
 from .errors import QueueError
 from .state import HOST
 
@@ -51,16 +52,20 @@ class SlurmHandle:
         return {"backend": "slurm", "slurm_id": self.job_id, "host": HOST}
 
 
-class SlurmBackend(HandleTable):
+class SlurmBackend(Backend):
     name = "slurm"
     enforces_timeout = True          # timeout -> sbatch --time; SLURM ends the job
 
-    def __init__(self, events, echo: Echo, partition: Optional[str] = None,
+    def __init__(self, events, echo: Optional[Echo], partition: Optional[str] = None,
                  time_limit: Optional[str] = None, sbatch_args: str = "",
-                 poll_interval: float = 5.0):
-        why = slurm_available()
+                 poll_interval: float = 5.0, all_gpus: Optional[int] = None,
+                 check: bool = True):
+        """all_gpus: GPUs a gpus=all job asks for (the --gpus count; None: no GPU request).
+        check=False builds a backend that only plans (--dry-run without sbatch)."""
+        why = slurm_available() if check else None
         if why:
             raise QueueError(f"--backend slurm: {why}")
+        self.all_gpus = all_gpus
         self.events = events
         self.echo = echo
         self.partition = partition
@@ -73,6 +78,34 @@ class SlurmBackend(HandleTable):
         self.handles: Dict[int, SlurmHandle] = {}
         self.user = pwd.getpwuid(os.getuid()).pw_name
         self._next_poll = 0.0
+
+    # -- placement: SLURM places the jobs; every job is submitted in file order ------------
+    def need_of(self, opts, total: int) -> Tuple[int, bool]:
+        if opts.gpus == "all":
+            return (self.all_gpus or 0), False
+        return int(opts.gpus), False
+
+    def can_ever_run(self, need: int, exclusive: bool, total: int) -> bool:
+        return True                      # the cluster decides
+
+    def select(self, cands, free, total, n_running, exclusive_running, max_parallel):
+        room = (max_parallel - n_running) if max_parallel else len(cands)
+        return [(c, []) for c in list(cands)[:max(room, 0)]]
+
+    def gpu_request(self, need: int, gpus: Sequence[str]) -> int:
+        return need
+
+    def where(self, need: int, gpus: Sequence[str]) -> str:
+        return f"sbatch --gres=gpu:{need}" if need else "sbatch"
+
+    def started_note(self, record: dict) -> Optional[str]:
+        return f"submitted as SLURM job {record['slurm_id']}" if record.get("slurm_id") else None
+
+    def reconcile(self, rec: dict, lineno: int, my_pid: int) -> Reconcile:
+        if rec.get("backend") == "slurm" and rec.get("slurm_id"):
+            return Reconcile("adopt", f"line {lineno}: tracking SLURM job "
+                                      f"{rec.get('slurm_id')} again")
+        return super().reconcile(rec, lineno, my_pid)
 
     # -- submit -----------------------------------------------------------------------------
     def script_text(self, launch: Launch) -> str:
