@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_queue_helpers import jobsfile, run_queue, write_jobs  # noqa: E402
+from utility.queue import safewrite  # noqa: E402
 from utility.queue.errors import QueueError  # noqa: E402
 
 try:
@@ -37,7 +38,7 @@ def test_append_through_a_descriptor_opened_before_the_write_is_kept(tmp_path):
     t = threading.Thread(target=late_appends)
     t.start()
     try:
-        assert [c for c, _ in jobsfile.update_many(str(jobs), RUNNING)] == [True]
+        assert [c for c, _ in safewrite.update_many(str(jobs), RUNNING)] == [True]
         t.join()
         time.sleep(0.1)
     finally:
@@ -95,7 +96,7 @@ def test_a_save_landing_between_read_and_write_is_not_overwritten(tmp_path, monk
             return real_exchange(a, b)
         monkeypatch.setattr(safewrite, "exchange", exchange)
     try:
-        jobsfile.update_many(str(jobs), RUNNING)
+        safewrite.update_many(str(jobs), RUNNING)
     except QueueError:
         pass                                                  # may say 'try again'
     assert done

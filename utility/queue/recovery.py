@@ -3,13 +3,35 @@
 the job had ended here (repair_reverted, while running)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import os
 import time
-from typing import List
+from typing import List, Optional, Tuple
 
 from .jobsfile import Line
 
 REVERT_SETTLE = 1.0     # a line says 'running' again this long (s) before it is repaired
+
+
+
+@dataclass
+class Active:
+    """A job this queue instance owns: running, or waiting for a retry."""
+    token: int
+    key: Tuple[str, int]
+    line: Line
+    attempt: int
+    gpus: List[str]
+    log_path: str = ""
+    started: float = 0.0             # monotonic
+    started_wall: float = 0.0
+    running: bool = False
+    retry_at: Optional[float] = None
+    kill_reason: Optional[str] = None
+    kill_at: Optional[float] = None  # when to escalate to SIGKILL
+    stopping: bool = False           # the queue is shutting down: reopen on exit
+    exclusive: bool = False
 
 
 class Recovery:
@@ -48,8 +70,6 @@ class Recovery:
             self.set_status(ln.key, "open")
 
     def adopt(self, ln: Line, rec: dict) -> None:
-        from .runner import Active
-
         tok = self.next_token
         self.next_token += 1
         act = Active(tok, ln.key, ln, rec.get("attempt", 1), [], rec.get("log", ""),

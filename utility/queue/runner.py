@@ -11,13 +11,13 @@ import os
 import queue as _queue
 import signal
 import time
-from dataclasses import dataclass
+
 from typing import Dict, List, Optional, Tuple
 
 from . import jobsfile, scheduler
 from .base import Echo, Launch, LaunchError, slug
 from .errors import QueueError
-from .recovery import Recovery
+from .recovery import Active, Recovery
 from .jobsfile import Line
 from .state import HOST, StateLog, proc_start_ticks
 from .writes import SETTLE, StatusWriter
@@ -25,25 +25,6 @@ from .writes import SETTLE, StatusWriter
 FILE_POLL = 0.02         # seconds between stat() checks of the jobs file (new lines, edits)
 EXIT_QUIET = 0.3         # no exit while someone else changed the file this recently (s)
 MISSING_GRACE = 10.0     # with nothing to supervise, wait this long for a missing file (s)
-
-
-@dataclass
-class Active:
-    """A job this queue instance owns: running, or waiting for a retry."""
-    token: int
-    key: Tuple[str, int]
-    line: Line
-    attempt: int
-    gpus: List[str]
-    log_path: str = ""
-    started: float = 0.0             # monotonic
-    started_wall: float = 0.0
-    running: bool = False
-    retry_at: Optional[float] = None
-    kill_reason: Optional[str] = None
-    kill_at: Optional[float] = None  # when to escalate to SIGKILL
-    stopping: bool = False           # the queue is shutting down: reopen on exit
-    exclusive: bool = False
 
 
 class Runner(Recovery):

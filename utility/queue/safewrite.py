@@ -415,3 +415,26 @@ class JobsFile:
                 pass
             w.close()
         self.watches = []
+
+
+def update_many(path: str, changes: List[Tuple[Tuple[str, int], str, Optional[Tuple[str, ...]]]]
+                ) -> List[Tuple[bool, Optional[Line]]]:
+    """Apply several status changes [(key, new, expect)] in one locked write.
+
+    For each job identified by (command, occurrence): re-read the file, find the line, and
+    change only its status field, and only when its current status is one of `expect`
+    (compare-and-swap: a status the user edited by hand in the meantime wins).  Returns per
+    change (changed, current line or None when the job is no longer in the file, e.g.
+    commented out or deleted).  One-shot: appends racing the write are carried over for up
+    to a second; the queue loop keeps a safewrite.JobsFile instead (see safewrite)."""
+    jf = JobsFile(path)
+    try:
+        return jf.update(changes)
+    finally:
+        jf.close(wait=1.0)
+
+
+def update_status(path: str, key: Tuple[str, int], new: str,
+                  expect: Optional[Tuple[str, ...]] = None) -> Tuple[bool, Optional[Line]]:
+    """One compare-and-swap status change (see update_many)."""
+    return update_many(path, [(key, new, expect)])[0]
