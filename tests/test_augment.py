@@ -190,10 +190,15 @@ def test_cpu_augment_used_per_sample_in_dataset(tmp_path):
     assert dev is None and isinstance(cpu, CpuAugment)
     clean = ds[0]["image"].clone()
     ds.transform = cpu
-    outs = [ds[0]["image"] for _ in range(6)]
+    outs = []
+    for epoch in range(6):  # parameters are drawn per (seed, epoch, sample): the same sample differs by epoch
+        ds.epoch = epoch
+        outs.append(ds[0]["image"])
+    ds.epoch = 0
+    assert torch.equal(ds[0]["image"], ds[0]["image"]), "one epoch, one sample: one draw"
     for o in outs:
         assert o.shape == (3, 32, 32) and o.dtype == torch.float32
-    assert any(not torch.allclose(outs[0], o) for o in outs[1:]), "same augmentation on every call"
+    assert any(not torch.allclose(outs[0], o) for o in outs[1:]), "same augmentation in every epoch"
     assert sum(not torch.allclose(o, clean) for o in outs) >= 3
     assert torch.equal(store.get(0), clean), "the transform wrote into the cache"
     ds.transform = None
