@@ -262,11 +262,13 @@ def test_failing_tracker_warns_once_and_the_others_go_on(tmp_path, capsys):
     for e in (1, 2, 3):
         log.write({"epoch": e, "accuracy": e / 10, "lr": 0.1})
     write_table(tmp_path / "test.log", ["accuracy", "epoch", "model"], [{"accuracy": 0.5, "epoch": 3, "model": "last"}])
-    CsvLog(tmp_path / "other" / "val.log", ["epoch", "x"], enabled=False).write({"epoch": 9, "x": 1.0})  # not this run
+    (tmp_path / "other").mkdir()
+    CsvLog(tmp_path / "other" / "val.log", ["epoch", "x"]).write({"epoch": 9, "x": 1.0})  # another run's log
     tracking.close(True)
     log.write({"epoch": 4, "accuracy": 0.4, "lr": 0.1})  # after close: nobody listens
     err = capsys.readouterr().err
     assert err.count("warning: tracker broken failed") == 1 and "server down" in err
+    assert [r["epoch"] for r in read_rows(tmp_path / "val.log")] == ["1", "2", "3", "4"]  # the run's files go on
     assert [c[0] for c in broken.calls] == ["log_metrics"]
     assert healthy.calls == [("log_metrics", ([(e, {"epoch/accuracy": e / 10, "epoch/lr": 0.1})], "epoch"))
                              for e in (1, 2, 3)] + [("log_summary", ({"test_last/accuracy": 0.5,
