@@ -140,6 +140,10 @@ def track(cfg: Any, run_dir: Path, resumed: bool) -> Tracking:
         started = tracking.call(name, "start", replace(info, previous=dict(state.get(name) or {})))
         if started is not None:
             state[name] = started
-    write_state(run_dir, state)
+    try:
+        write_state(run_dir, state)
+    except OSError as exc:  # the run's own files will say more; the trackers go on without resume
+        print(f"warning: {run_dir / STATE_FILE} not written ({exc}); a resumed run starts new tracker runs",
+              file=sys.stderr, flush=True)
     tracking.call_all("log_params", flatten(cfg.model_dump(mode="json")))
     return tracking

@@ -7,13 +7,35 @@ Params are immutable in MLflow: a resumed run whose resume-free keys changed (``
 the first value as the param and records the new one as the tag ``current.<key>``."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from utility.tracking.base import RunInfo, Tracker, param_text
 
 BATCH_PARAMS, BATCH_METRICS = 100, 1000  # MLflow's limits per log_batch call
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on a local file store (``file:`` URI); nothing for a server."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        yield
+        return
+    root = Path(url2pathname(parsed.path))
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".experiments.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class MlflowTracker(Tracker):
@@ -49,25 +71,28 @@ class MlflowTracker(Tracker):
             except MlflowException:
                 print(f"mlflow: run {prev['run_id']} is not in {uri}; starting a new one")
         if not self.run_id:
-            run = self.client.create_run(self._experiment(info.project), run_name=info.name,
+            run = self.client.create_run(self._experiment(info.project, uri), run_name=info.name,
                                          tags={"kind": info.kind, "run_dir": str(info.run_dir)})
             self.run_id = run.info.run_id
         print(f"mlflow: run {self.run_id} (experiment {info.project}) in {uri}")
         return {"run_id": self.run_id, "uri": uri}
 
-    def _experiment(self, name: str) -> str:
+    def _experiment(self, name: str, uri: str) -> str:
+        """The experiment's id, created if new. Runs started side by side (a study on 8 GPUs) would
+        each create it in a file store, which does not check names atomically: a lock file there."""
         from mlflow.exceptions import MlflowException
 
-        exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return self.client.create_experiment(name)
-        except MlflowException:  # another run created it in the meantime
+        with store_lock(uri):
             exp = self.client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-            return exp.experiment_id
+            if exp is not None:
+                return exp.experiment_id
+            try:
+                return self.client.create_experiment(name)
+            except MlflowException:  # a server: another run created it in the meantime
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                return exp.experiment_id
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param, RunTag
