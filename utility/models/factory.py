@@ -42,15 +42,16 @@ def build_network(model_name: str, classes: int, in_channels: int = 3, weights: 
     model: nn.Module
     notes: list[str] = []
     if segmentation:
-        from utility.models import predecessor_unet as pu
+        from utility.models.predecessor_unet import (PredecessorUNet, decoder_of, load_into_predecessor_unet,
+                                                     predecessor_unet_state)
         from utility.models.unet import UNet, encoder_of, load_into_unet  # smp only when needed
 
-        pred_state = pu.predecessor_unet_state(sd) if sd is not None else None
+        pred_state = predecessor_unet_state(sd) if sd is not None else None
         if unet_decoder == "predecessor" or (unet_decoder == "auto" and pred_state is not None):
-            decoder = pu.decoder_of(pred_state) if pred_state is not None else {}
-            model = pu.PredecessorUNet(encoder_of(model_name), classes, in_channels, **decoder)
+            decoder = decoder_of(pred_state) if pred_state is not None else {}
+            model = PredecessorUNet(encoder_of(model_name), classes, in_channels, **decoder)
             if sd is not None:
-                notes = pu.load_into_predecessor_unet(model, Path(weights), sd, allow_partial)
+                notes = load_into_predecessor_unet(model, Path(weights), sd, allow_partial)
         else:
             model = UNet(encoder_of(model_name), classes, in_channels)
             if sd is not None:
