@@ -66,6 +66,12 @@ class LayoutSpec(BaseModel):
     mask_kind: Literal["label_map", "binary"] = Field(
         "label_map", description="label_map: one mask of class values; binary: mask i marks class i+1 (higher wins)")
     label_values: Optional[dict[int, int]] = Field(None, description="raw mask value -> class, e.g. {4: 3}")
+    # body_part reader (CTBR, see utility/data/body_part.py)
+    dicom_root: Optional[str] = Field(None, description="folder of the slices' source DICOMs (absolute or "
+                                                        "under the task folder; ~ and $VARS expanded)")
+    dicom_path: Optional[tuple[str, str]] = Field(
+        None, description="[regex, replacement] from a slice's path below its split folder to its DICOM "
+                          "below dicom_root; default ['\\.npy$', '.dcm']")
 
 
 class TaskSpec(BaseModel):
