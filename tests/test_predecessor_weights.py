@@ -190,3 +190,47 @@ def test_predecessor_unet_mismatch_and_decoder_choice(tmp_path, capsys):
     assert not any(p.requires_grad for p in net.unet.backbone.parameters())
     assert all(p.requires_grad for p in net.unet.upsample_blocks.parameters())
     assert net.eval()(torch.randn(1, 3, 40, 48)).shape == (1, 2, 40, 48)  # padded to 64x64 and cropped back
+
+
+def test_predecessor_unet_through_finetune_model_path(tmp_path):
+    """``model_path: <predecessor U-Net file>`` in a finetuning run: the decoder is chosen from the file
+    (no warning, nothing dropped) and the first logged loss equals the predecessor model's loss on the
+    one training batch (frozen encoder: backbone BN in eval mode, decoder BN on batch statistics)."""
+    import csv
+
+    from conftest import run_finetune, small_run_config, write_yaml
+    from datasets.prepare_demo_seg import write_demo
+    from utility.config.tasks import load_task
+    from utility.data.dataset import Preprocess
+    from utility.data.index import index_task
+    from utility.data.segdata import make_seg_dataset
+    from utility.methods.segmentation import SegLoss
+
+    write_demo(tmp_path / "data" / "demo_seg", {"train": 3, "val": 1, "test": 1}, size=32)
+    pred = randomize_(PredecessorSegModel(3, True), 5)
+    weights = tmp_path / "finetuned_model.tar"
+    torch.save(pred.state_dict(), weights)
+    cfg = small_run_config(name="seg/pred", task="demo_seg", model_name="unet_resnet18_backbone",
+                           shape_desired=[32, 32], batch_size=4, no_augs=True, frozen_encoder=True,
+                           model_path=str(weights))
+    proc = run_finetune(["-c", write_yaml(tmp_path / "cfg.yaml", cfg), "--data_root", tmp_path / "data",
+                         "--output_root", tmp_path / "out"], cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: loading" not in proc.stderr
+    run = tmp_path / "out" / "finetuning" / "seg" / "pred"
+    with (run / "train.log").open() as fh:
+        first = float(next(csv.DictReader(fh))["loss"])
+    task = load_task("demo_seg")
+    split = index_task(task, tmp_path / "data", seed=0).splits["train"]
+    opts = type("C", (), {"opmode": "disk", "debug": False, "test_nan_inf": True})()
+    ds = make_seg_dataset(opts, task, split, "train", Preprocess(3, (32, 32), "naive"), 3, None)
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    y = torch.stack([ds[i]["target"] for i in range(len(ds))])
+    pred.train()
+    pred.unet.backbone.eval()
+    with torch.no_grad():
+        ref = SegLoss(task.loss, None, task.ce_weight, task.dice_weight, task.dice_smooth,
+                      task.dice_include_background)(pred(x), y).item()
+    assert first == pytest.approx(ref, rel=1e-4, abs=1e-5)
+    saved = set(torch.load(run / "finetuned_model.tar", weights_only=True))
+    assert "unet.upsample_blocks.0.up.weight" in saved and "unet.final_conv.weight" in saved
