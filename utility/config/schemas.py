@@ -42,6 +42,10 @@ class RunBase(BaseModel):
     data_root: Optional[str] = Field(None, description="default: datasets/ in the repo")
     checkpoint_every_steps: Optional[PositiveInt] = Field(
         None, description="also save a resume checkpoint every N steps (long epochs)")
+    trackers: list[Literal["wandb", "mlflow"]] = Field(
+        [], description="also log the run to these experiment trackers (requirements-trackers.txt)")
+    tracker_project: Optional[str] = Field(None, description="wandb project / MLflow experiment; "
+                                           "default: the run name's first folder, else finetuning/pretraining")
 
     @field_validator("device")
     @classmethod
@@ -50,6 +54,12 @@ class RunBase(BaseModel):
         if v in ("auto", "cpu", "cuda", "gpu") or (v.startswith("cuda:") and v[5:].isdigit()):
             return "cuda" if v == "gpu" else v
         raise ValueError("expected auto, cpu, cuda or cuda:<index>")
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _trackers(cls, v):  # one name or a list, any case, each once
+        items = [] if v is None else [v] if isinstance(v, str) else list(v)
+        return list(dict.fromkeys(str(t).strip().lower() for t in items))
 
     @field_validator("name")
     @classmethod

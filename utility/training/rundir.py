@@ -10,6 +10,23 @@ from typing import Any, Callable, Iterable
 from utility.training.distributed import is_main
 
 
+RowObserver = Callable[[Path, dict[str, Any]], None]
+_observers: list[RowObserver] = []
+
+
+def observe_rows(fn: RowObserver) -> Callable[[], None]:
+    """Have ``fn(path, row)`` called after every row a :class:`CsvLog` or :func:`write_table`
+    writes (rank 0; the row as the file holds it, its columns only). Experiment trackers
+    (utility/tracking/) follow the run this way. Returns the function that stops it."""
+    _observers.append(fn)
+    return lambda: _observers.remove(fn) if fn in _observers else None
+
+
+def _notify(path: Path, columns: list[str], row: dict[str, Any]) -> None:
+    for fn in list(_observers):
+        fn(path, {c: row.get(c, "") for c in columns})
+
+
 def fmt(v: Any) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else repr(float(v))  # np.float64's repr is 'np.float64(...)'
@@ -41,6 +58,7 @@ class CsvLog:
         self._open()
         self._fh.write(",".join(fmt(row.get(c, "")) for c in self.columns) + "\n")
         self._fh.flush()
+        _notify(self.path, self.columns, row)
 
     def keep_rows(self, keep: Callable[[dict[str, str]], bool]) -> None:
         """Rewrite the file keeping only rows for which ``keep`` is true (resume)."""
@@ -98,9 +116,12 @@ def write_table(path: Path, columns: list[str], rows: Iterable[dict[str, Any]]) 
     """A whole CSV at once (test logs, predictions), written atomically."""
     if not is_main():
         return
+    rows = list(rows)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as fh:
         fh.write(",".join(columns) + "\n")
         for r in rows:
             fh.write(",".join(fmt(r.get(c, "")) for c in columns) + "\n")
     tmp.replace(path)
+    for r in rows:
+        _notify(path, columns, r)

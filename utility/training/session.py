@@ -18,6 +18,7 @@ from torch import nn
 from utility.config.loader import dump_config
 from utility.entry import CrashLog
 from utility.errors import UserError
+from utility.tracking import require_trackers, track
 from utility.training import parallel
 from utility.training.checkpoint import load_checkpoint, seed_everything
 from utility.training.distributed import is_main, main_decides
@@ -27,7 +28,8 @@ T = TypeVar("T")
 
 # Keys that may change between a run and its resumption without making it a different run.
 RESUME_FREE_KEYS = frozenset({"epochs", "num_workers", "prefetch_factor", "verbose", "device", "debug",
-                              "log_losses", "checkpoint_every_steps", "output_root", "data_root", "opmode"})
+                              "log_losses", "checkpoint_every_steps", "output_root", "data_root", "opmode",
+                              "trackers", "tracker_project"})
 # files of ours an attempt that ended before its first checkpoint may have left
 STALE_FILES = ("train.log", "val.log", "crash.log")
 
@@ -73,6 +75,7 @@ class RunSession:
     @classmethod
     def open(cls, cfg: Any, run_dir: Path, parallel_mode: Optional[str] = None,
              free_keys: Iterable[str] = RESUME_FREE_KEYS) -> "RunSession":
+        require_trackers(getattr(cfg, "trackers", []))  # before any work: exit 2 if one is not installed
         mode, device = parallel.setup(parallel_mode or cfg.parallel, cfg.device)
         state = main_decides(decide_run_state, run_dir, cfg.model_dump(mode="json"), cfg.epochs, free_keys)
         session = cls(cfg, run_dir, mode, device, state)
@@ -108,6 +111,7 @@ class RunSession:
             dump_config(self.cfg, self.run_dir / "config.yaml")
         if self.state == "resume" and trainer.resume():
             print(f"resuming {self.run_dir} at epoch {trainer.epoch + 1} step {trainer.batch_in_epoch}")
+        tracking = track(self.cfg, self.run_dir, self.state == "resume")  # wandb/mlflow follow the CSV logs
         try:
             trainer.fit(train_loader, val_loader)
             result = finish(trainer)
@@ -115,4 +119,5 @@ class RunSession:
             trainer.save()
         finally:
             trainer.close()
+            tracking.close(trainer.finished)
         return result
