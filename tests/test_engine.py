@@ -393,3 +393,28 @@ def test_class_weights_are_torch_weighted_cross_entropy():
     loss_ml, _ = ml.train_loss(model, classification_batch(x, yt), ctx())
     per = F.binary_cross_entropy_with_logits(logits, yt, reduction="none") * torch.tensor(w)
     assert loss_ml.item() == pytest.approx(per.mean().item(), rel=1e-6)
+
+
+def test_log_epoch_numbering_and_our_readers_agree(tmp_path):
+    """val.log epochs are 1-based like train.log's (README "Compatibility with the predecessor": the
+    predecessor's val.log counted from 0, its finetuning train.log from 1): val.log epoch e scores the
+    epoch whose train.log rows say e, and the study readers' epoch numbers (convergence epoch, training
+    curve per epoch) are val.log epoch values."""
+    from utility.study.report import _series, _train_loss
+    from utility.study.results import convergence_epoch
+
+    train, val = data()
+    t = make_trainer(make_model(), TinyMethod(), tmp_path / "run", epochs=3)
+    t.fit(*loaders(train, val))
+    t.close()
+    vrows, trows = read_log(tmp_path / "run" / "val.log"), read_log(tmp_path / "run" / "train.log")
+    assert [int(r["epoch"]) for r in vrows] == [1, 2, 3]
+    assert sorted({int(r["epoch"]) for r in trows}) == [1, 2, 3]
+    for r in vrows:  # avg_epoch_train_loss of val.log row e = mean of train.log's epoch-e losses
+        e = int(r["epoch"])
+        mean = np.mean([float(x["loss"]) for x in trows if int(x["epoch"]) == e])
+        assert float(r["avg_epoch_train_loss"]) == pytest.approx(mean, rel=1e-6)
+    curve = _train_loss(tmp_path / "run" / "train.log")
+    assert curve == pytest.approx([float(r["avg_epoch_train_loss"]) for r in vrows], rel=1e-6)
+    conv = convergence_epoch(_series(tmp_path / "run" / "val.log", "accuracy"))
+    assert conv in [int(r["epoch"]) for r in vrows]

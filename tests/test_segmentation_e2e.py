@@ -39,7 +39,8 @@ def _run(tmp_path: Path, task: str, name: str, classes: int, **overrides):
                         cwd=cwd, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "out" / "finetuning" / name
-    pred_cols = [f"{m}_avg_class_{c}" for m in ("dice", "iou", "precision", "recall") for c in range(classes)]
+    # grouped per class as the predecessor wrote them: dice, iou, precision, recall of class 0, then 1, ...
+    pred_cols = [f"{m}_avg_class_{c}" for c in range(classes) for m in ("dice", "iou", "precision", "recall")]
     val_cols, test_cols = _header(run / "val.log"), _header(run / "test.log")
     assert val_cols[:2] == ["epoch", "avg_epoch_train_loss"]
     assert val_cols[2:2 + len(pred_cols)] == pred_cols and val_cols[2 + len(pred_cols)] == "avg_val_loss"
@@ -60,6 +61,11 @@ def test_brats_like_end_to_end(tmp_path):
                     noise_injection=[0.05, 0.5])
     for region in ("ET", "TC", "WT"):
         assert f"dice_{region}" in row
+    # the predecessor's meaning: class_1 = ET, class_2 = WT, class_3 = TC; raw classes under new names
+    for c, region in ((1, "ET"), (2, "WT"), (3, "TC")):
+        assert row[f"dice_avg_class_{c}"] == row[f"dice_{region}"]
+    cols = list(row)
+    assert cols.index("recall_mean_fg") < cols.index("dice_raw_class_0") < cols.index("recall_raw_class_3")
     pixels = sum(int(v) for r in list(csv.reader((run / "confusion_matrices" / "test_last.csv").open()))[1:]
                  for v in r[1:])
     assert pixels == 4 * 32 * 32  # every test pixel counted once

@@ -54,7 +54,8 @@ def test_metrics_match_sklearn_and_numpy():
 def test_column_order_predecessor_first():
     pred, target = _masks(k=3)
     cols = list(_accumulate(pred, target, 3, batch=4, regions={"WT": [1, 2]}))
-    expected = [f"{m}_avg_class_{c}" for m in ("dice", "iou", "precision", "recall") for c in range(3)]
+    # grouped per class as in the predecessor (readers that select by position keep working)
+    expected = [f"{m}_avg_class_{c}" for c in range(3) for m in ("dice", "iou", "precision", "recall")]
     assert cols[:12] == expected
     assert cols[12] == "avg_val_loss"
     assert cols[13:17] == ["dice_mean_fg", "iou_mean_fg", "precision_mean_fg", "recall_mean_fg"]
@@ -97,6 +98,52 @@ def test_brats_regions_against_numpy():
         dice = 2 * np.sum(t & p) / (t.sum() + p.sum())
         assert row[f"dice_{name}"] == pytest.approx(dice)
         assert row[f"iou_{name}"] == pytest.approx(np.sum(t & p) / np.sum(t | p))
+
+
+def _binary_scores(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    tp, fp, fn = np.sum(t & p), np.sum(~t & p), np.sum(t & ~p)
+    return {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn),
+            "precision": tp / (tp + fp), "recall": tp / (tp + fn)}
+
+
+def test_brats_predecessor_columns_are_background_et_wt_tc():
+    """The BraTS preset's dice/iou/precision/recall_avg_class_1/2/3 are ET, WT, TC (the predecessor's
+    meaning), computed here with numpy from the raw label maps {0, 1, 2, 4}; the per-class values live
+    under *_raw_class_<c>; columns grouped per class, predecessor columns first."""
+    from utility.config.tasks import load_task
+
+    task = load_task("BraTS")
+    raw_t = np.zeros((2, 8, 8), dtype=np.int64)
+    raw_t[0, 1:5, 1:5] = 2          # edema
+    raw_t[0, 2:4, 2:4] = 4          # enhancing tumour inside
+    raw_t[1, 0:3, 0:6] = 1          # necrotic core
+    raw_t[1, 1, 1:3] = 4
+    raw_p = raw_t.copy()
+    raw_p[0, 1, 1:5] = 0            # missed edema
+    raw_p[0, 2, 2] = 1              # ET predicted as NCR (still TC and WT)
+    raw_p[1, 5:7, 5:7] = 4          # false ET
+    raw_p[1, 0, 0:2] = 2            # NCR predicted as edema (WT only)
+    remap = lambda a: np.where(a == 4, 3, a)  # noqa: E731  (the preset's label_values)
+    m = SegmentationMetrics(4, task.classes, task.regions, task.avg_classes)
+    m.update(torch.from_numpy(remap(raw_p)), torch.from_numpy(remap(raw_t)))
+    row = m.compute(0.25)
+    expected = {0: [0], 1: [4], 2: [1, 2, 4], 3: [1, 4]}  # background, ET, WT, TC in raw labels
+    for c, labels in expected.items():
+        ref = _binary_scores(np.isin(raw_t, labels), np.isin(raw_p, labels))
+        for name, v in ref.items():
+            assert row[f"{name}_avg_class_{c}"] == pytest.approx(v, abs=1e-12), (name, c)
+    for c, label in enumerate([0, 1, 2, 4]):  # the raw classes, under new names
+        ref = _binary_scores(raw_t == label, raw_p == label)
+        for name, v in ref.items():
+            assert row[f"{name}_raw_class_{c}"] == pytest.approx(v, abs=1e-12), (name, c)
+    assert row["dice_avg_class_1"] != pytest.approx(row["dice_raw_class_1"])  # ET is not NCR here
+    assert row["dice_mean_fg"] == pytest.approx(np.mean([row[f"dice_avg_class_{c}"] for c in (1, 2, 3)]))
+    metrics = ("dice", "iou", "precision", "recall")
+    cols = list(row)
+    assert cols[:17] == [f"{n}_avg_class_{c}" for c in range(4) for n in metrics] + ["avg_val_loss"]
+    assert cols[17:21] == [f"{n}_mean_fg" for n in metrics]
+    assert cols[21:37] == [f"{n}_raw_class_{c}" for c in range(4) for n in metrics]
+    assert cols[37:] == ["dice_ET", "iou_ET", "dice_TC", "iou_TC", "dice_WT", "iou_WT"]
 
 
 class PerSample(torch.nn.Module):

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -150,7 +152,10 @@ def test_run_directory_outputs(full_run):
     assert rows_per_epoch(rows) == {1: ROWS, 2: ROWS, 3: ROWS}
     assert [int(r["step"]) for r in rows if r["epoch"] == "1"] == list(range(1, ROWS + 1))
     assert all(math.isfinite(float(r["loss"])) for r in rows)
-    assert all(r["datetime"] for r in rows)
+    # the predecessor's datetime format (its notebooks parse it): 2023-04-24 10:41:16.863240
+    for r in rows:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", r["datetime"]), r["datetime"]
+        datetime.strptime(r["datetime"], "%Y-%m-%d %H:%M:%S.%f")
 
     # snapshots every enc_save_frequency = 2 epochs (only epoch 2 of 3), and the final encoder
     assert sorted(p.name for p in run_dir.glob("encoder_*.tar")) == ["encoder_2.tar", "encoder_pretrained.tar"]

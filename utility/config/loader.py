@@ -7,8 +7,8 @@ their default value and got all three wrong).
 from __future__ import annotations
 
 import difflib
+import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,6 +97,12 @@ def closest_key(key: str, valid: list[str]) -> str | None:
     return match[0] if match else None
 
 
+def _warn(line: str) -> None:
+    """One stderr line, from rank 0 only (formerly also a Python warning: the same news twice)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+
+
 def validate(schema: type[M], raw: dict[str, Any], source: str,
              deprecated: dict[str, str] | None = None) -> M:
     """Build ``schema`` from ``raw``; unknown keys, wrong types and ranges become UserErrors.
@@ -108,8 +114,7 @@ def validate(schema: type[M], raw: dict[str, Any], source: str,
     data = {}
     for key, value in raw.items():
         if key in deprecated:
-            warnings.warn(f"config key '{key}' has no effect: {deprecated[key]}", stacklevel=2)
-            print(f"warning: config key '{key}' has no effect: {deprecated[key]}", file=sys.stderr)
+            _warn(f"warning: config key '{key}' has no effect: {deprecated[key]}")
             continue
         if key not in schema.model_fields:
             hint = closest_key(key, valid)

@@ -109,7 +109,11 @@ class FTEConfig(RunBase, DataKeys):
     model_name: str = "resnet50"
     in_channels: Optional[Literal[1, 3]] = Field(None, description="encoder input channels; default 3")
     model_path: Optional[str] = Field(None, description="weights to start from; null = random init")
-    allow_partial_load: bool = False
+    allow_partial_load: bool = Field(False, description="load what fits from model_path and list the keys "
+                                                         "not loaded (else any mismatch stops the run)")
+    unet_decoder: Literal["auto", "smp", "predecessor"] = Field(
+        "auto", description="segmentation decoder: smp, or the predecessor's backboned_unet; auto = predecessor "
+                            "when model_path is a predecessor U-Net file")
     frozen_encoder: bool = False
     unfreeze_last_n: NonNegInt = Field(0, description="with frozen_encoder: train the last N encoder blocks")
     head_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0

@@ -66,6 +66,12 @@ class LayoutSpec(BaseModel):
     mask_kind: Literal["label_map", "binary"] = Field(
         "label_map", description="label_map: one mask of class values; binary: mask i marks class i+1 (higher wins)")
     label_values: Optional[dict[int, int]] = Field(None, description="raw mask value -> class, e.g. {4: 3}")
+    # body_part reader (CTBR, see utility/data/body_part.py)
+    dicom_root: Optional[str] = Field(None, description="folder of the slices' source DICOMs (absolute or "
+                                                        "under the task folder; ~ and $VARS expanded)")
+    dicom_path: Optional[tuple[str, str]] = Field(
+        None, description="[regex, replacement] from a slice's path below its split folder to its DICOM "
+                          "below dicom_root; default ['\\.npy$', '.dcm']")
 
 
 class TaskSpec(BaseModel):
@@ -88,6 +94,9 @@ class TaskSpec(BaseModel):
     dice_include_background: bool = False
     regions: Optional[dict[str, list[int]]] = Field(
         None, description="extra Dice/IoU over unions of classes, e.g. BraTS ET: [3], TC: [1, 3], WT: [1, 2, 3]")
+    avg_classes: Optional[list[list[int]]] = Field(
+        None, description="what *_avg_class_<i> scores (entry i: classes taken as one; default class i); "
+                          "BraTS: [[0], [3], [1, 2, 3], [1, 3]] = background, ET, WT, TC as in the predecessor")
     overlays: int = Field(4, ge=0, description="test images saved as image|truth|prediction PNGs")
     normalizer: Literal["naive", "01_clipped_CT", "imagenet", "windowed"] = "naive"
     window: Optional[tuple[float, float]] = None
@@ -116,9 +125,11 @@ class TaskSpec(BaseModel):
                 raise ValueError("segmentation tasks need classes: [background, ...] (at least 2)")
             if self.primary_metric == "accuracy":
                 self.primary_metric = "dice_mean_fg"
-            for region, members in (self.regions or {}).items():
-                if any(not 0 <= c < len(self.classes) for c in members):
-                    raise ValueError(f"region '{region}' names a class outside 0..{len(self.classes) - 1}")
+            named = [(f"region '{r}'", m) for r, m in (self.regions or {}).items()]
+            named += [(f"avg_classes[{i}]", m) for i, m in enumerate(self.avg_classes or [])]
+            for what, members in named:
+                if not members or any(not 0 <= c < len(self.classes) for c in members):
+                    raise ValueError(f"{what} must name classes in 0..{len(self.classes) - 1}")
         elif self.loss in ("dice", "ce_dice"):
             raise ValueError(f"loss '{self.loss}' is for segmentation tasks")
         return self

@@ -15,6 +15,7 @@ import numpy as np
 
 from utility.data.io import nifti_slices
 from utility.data.splits import kfold_indices, stratified_fraction
+import utility.data.body_part  # noqa: F401  (registers the body_part reader)
 from utility.data.targets import (ReaderContext, get_target_reader, key_for, read_label_table,
                                   read_synsets)
 from utility.errors import UserError

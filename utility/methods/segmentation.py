@@ -78,11 +78,11 @@ class SegmentationMethod(SupervisedMethod):
     def __init__(self, num_classes: int, class_names: list[str], in_channels: int, loss: SegLoss,
                  augment: Optional[nn.Module] = None, regions: Optional[dict[str, list[int]]] = None,
                  paths: Optional[dict[str, list[Path]]] = None, overlays: int = 4,
-                 bad: Optional[BadFiles] = None) -> None:
+                 bad: Optional[BadFiles] = None, avg_classes: Optional[list[list[int]]] = None) -> None:
         super().__init__(class_names, in_channels, augment, paths, bad)
         self.num_classes = num_classes
         self.loss = loss
-        self.metrics = SegmentationMetrics(num_classes, class_names, regions)
+        self.metrics = SegmentationMetrics(num_classes, class_names, regions, avg_classes)
         self.overlays = overlays
         self._kept: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
 
@@ -149,4 +149,5 @@ class SegmentationPipeline:
                        task.dice_include_background)
         return SegmentationMethod(indexed.num_classes, indexed.classes, cfg.in_channels or 3, loss,
                                   augment, task.regions, {k: s.paths for k, s in indexed.splits.items()},
-                                  task.overlays if cfg.save_predictions else 0, bad=bad)
+                                  task.overlays if cfg.save_predictions else 0, bad=bad,
+                                  avg_classes=task.avg_classes)

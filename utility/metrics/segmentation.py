@@ -8,8 +8,13 @@ Per class c (background included): dice = 2TP/(2TP+FP+FN), iou = TP/(TP+FP+FN),
 precision = TP/(TP+FP), recall = TP/(TP+FN). A class absent from both truth and prediction gets NaN
 for all four (undefined, left out of the means, never an error); otherwise a 0/0 ratio is 0 (a class
 present but never predicted has precision 0; predicted but absent, recall 0). ``*_mean_fg`` is the
-NaN-ignoring mean over the foreground classes (1..K-1). Regions (BraTS ET/TC/WT) are unions of
-classes scored as one binary foreground, from the same matrix.
+NaN-ignoring mean over the foreground columns ``*_avg_class_1..``. Regions (BraTS ET/TC/WT) are
+unions of classes scored as one binary foreground, from the same matrix.
+
+``avg_classes`` (a task key) redefines what ``*_avg_class_<i>`` scores, for tasks whose predecessor
+columns were regions: entry i is the set of classes scored as one. BraTS: ``[[0], [3], [1, 2, 3],
+[1, 3]]`` = background, ET, WT, TC, as the predecessor's notebooks expect; the per-class values then
+go to ``*_raw_class_<c>`` (c = our class index) so no predecessor name changes its meaning.
 """
 from __future__ import annotations
 
@@ -45,10 +50,12 @@ def scores(tp: float, fp: float, fn: float) -> dict[str, float]:
 
 class SegmentationMetrics:
     def __init__(self, num_classes: int, class_names: Optional[list[str]] = None,
-                 regions: Optional[dict[str, list[int]]] = None) -> None:
+                 regions: Optional[dict[str, list[int]]] = None,
+                 avg_classes: Optional[list[list[int]]] = None) -> None:
         self.num_classes = num_classes
         self.class_names = class_names or [str(c) for c in range(num_classes)]
         self.regions = regions or {}
+        self.avg_classes = [list(m) for m in avg_classes] if avg_classes else None
         self.cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
         self._total: Optional[np.ndarray] = None
 
@@ -80,29 +87,37 @@ class SegmentationMetrics:
         return self._total
 
     def compute(self, avg_loss: float) -> dict[str, float]:
-        """Predecessor columns first ({dice,iou,precision,recall}_avg_class_<c>, avg_val_loss), then
-        the foreground means and the regions."""
+        """Predecessor columns first, grouped per class as there (dice, iou, precision, recall of
+        ``avg_class_0``, then ``avg_class_1``, ...) and ``avg_val_loss``; then the foreground means,
+        the raw classes (``*_raw_class_<c>``, only when ``avg_classes`` redefines the class columns)
+        and the regions."""
         cm = self.confusion_matrix().astype(np.float64)
-        tp = np.diag(cm)
-        fp = cm.sum(axis=0) - tp
-        fn = cm.sum(axis=1) - tp
-        per = [scores(tp[c], fp[c], fn[c]) for c in range(self.num_classes)]
+        per = [self._union(cm, [c]) for c in range(self.num_classes)]
+        shown = per if self.avg_classes is None else [self._union(cm, m) for m in self.avg_classes]
         row: dict[str, float] = {}
-        for m in METRICS:
-            for c in range(self.num_classes):
-                row[f"{m}_avg_class_{c}"] = per[c][m]
+        for c, sc in enumerate(shown):
+            for m in METRICS:
+                row[f"{m}_avg_class_{c}"] = sc[m]
         row["avg_val_loss"] = avg_loss
         for m in METRICS:
-            vals = [per[c][m] for c in range(1, self.num_classes) if not math.isnan(per[c][m])]
+            vals = [sc[m] for sc in shown[1:] if not math.isnan(sc[m])]
             row[f"{m}_mean_fg"] = float(np.mean(vals)) if vals else math.nan
+        if self.avg_classes is not None:
+            for c, sc in enumerate(per):
+                for m in METRICS:
+                    row[f"{m}_raw_class_{c}"] = sc[m]
         for name, members in self.regions.items():
-            inside = np.zeros(self.num_classes, dtype=bool)
-            inside[list(members)] = True
-            r = scores(cm[np.ix_(inside, inside)].sum(), cm[np.ix_(~inside, inside)].sum(),
-                       cm[np.ix_(inside, ~inside)].sum())
+            r = self._union(cm, members)
             row[f"dice_{name}"] = r["dice"]
             row[f"iou_{name}"] = r["iou"]
         return row
+
+    def _union(self, cm: np.ndarray, members: list[int]) -> dict[str, float]:
+        """Scores of a set of classes taken as one binary foreground (one class: that class)."""
+        inside = np.zeros(self.num_classes, dtype=bool)
+        inside[list(members)] = True
+        return scores(cm[np.ix_(inside, inside)].sum(), cm[np.ix_(~inside, inside)].sum(),
+                      cm[np.ix_(inside, ~inside)].sum())
 
     def save_confusion_matrix(self, path: Path) -> None:
         """CSV: header ``true\\pred,<class names>``, one row of pixel counts per true class."""

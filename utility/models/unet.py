@@ -89,22 +89,32 @@ class UNet(FreezableEncoder, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = (-h) % 32, (-w) % 32
-        if ph or pw:
-            x = nn.functional.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
-        features = self.encoder(x)
+        features = self.encoder(pad_to_multiple(x, 32))
         out = self.segmentation_head(self.decoder(features))
         return out[..., :h, :w]
+
+
+def pad_to_multiple(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Pad the bottom/right of [.., H, W] to multiples of ``k`` (reflect where possible)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % k, (-w) % k
+    if ph or pw:
+        x = nn.functional.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
+    return x
 
 
 def is_unet_state(sd: Mapping[str, torch.Tensor]) -> bool:
     return any(k.startswith(("decoder.", "segmentation_head.")) for k in sd)
 
 
-def load_into_unet(model: UNet, path: Path, allow_partial: bool) -> list[str]:
+def load_into_unet(model: UNet, path: Path, allow_partial: bool,
+                   sd: Mapping[str, torch.Tensor] | None = None) -> list[str]:
     """An encoder file (encoder_pretrained.tar, torchvision state dict, finetuned classifier) fills
     the encoder; a finetuned U-Net file fills everything. Mismatches fail unless ``allow_partial``."""
-    sd = read_state_dict(path)
+    sd = read_state_dict(path) if sd is None else sd
+    if any(k.startswith(("unet.upsample_blocks.", "upsample_blocks.")) for k in sd):
+        raise UserError(f"{path} holds the predecessor's U-Net (unet.upsample_blocks.*), which does not fit "
+                        "smp's decoder: use unet_decoder: predecessor (or auto)")
     if not is_unet_state(sd):
         enc, _ = split_state_dict(sd)
         if model.encoder_core is not model.encoder and enc and all(k.startswith("model.") for k in enc):

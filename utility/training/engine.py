@@ -23,6 +23,8 @@ from utility.training.distributed import all_reduce_sum, barrier, is_main, rank,
 from utility.training.rundir import CsvLog, TensorBoard
 
 TRAIN_COLUMNS = ["epoch", "step", "loss", "lr", "global_step"]
+# train.log datetimes as the predecessor wrote them (str(datetime.now())): 2023-04-24 10:41:16.863240
+DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class Method(Protocol):
@@ -320,7 +322,7 @@ class Trainer:
             return
         stacked = torch.stack([p[2] for p in pending]).float()
         values = (all_reduce_sum(stacked) / world_size()).tolist()
-        stamp = datetime.now().isoformat(timespec="seconds")
+        stamp = datetime.now().strftime(DATETIME_FORMAT)
         for (step, gstep, _, lr), v in zip(pending, values):
             self.train_log.write({"epoch": self.epoch + 1, "step": step, "loss": v, "lr": lr,
                                   "global_step": gstep, "datetime": stamp})
