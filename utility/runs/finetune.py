@@ -27,7 +27,7 @@ from utility.training.distributed import is_main, shutdown, world_size
 from utility.training.engine import TrainerOptions
 from utility.training.optim import build_optimizer
 from utility.training.schedulers import build_scheduler
-from utility.training.session import RESUME_FREE_KEYS, RunSession
+from utility.training.session import RESUME_FREE_KEYS, RunSession, make_run_dir
 
 FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions"}
 
@@ -36,6 +36,15 @@ def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
     metric = cfg.best_metric or task.primary_metric
     mode = cfg.best_mode or ("min" if "loss" in metric else task.primary_mode)
     return metric, mode
+
+
+def check_best_metric(method, metric: str, configured: bool, task_name: str) -> None:
+    """best_metric must be a column of val.log; checked before training, not after an epoch."""
+    names = method.metric_names()
+    if metric not in names:
+        where = "config key 'best_metric'" if configured else f"task {task_name}'s primary_metric"
+        raise UserError(f"{where}: '{metric}' is not a validation metric of task {task_name}; "
+                        f"choose one of {', '.join(names)}")
 
 
 def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
@@ -72,6 +81,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
                             steps_per_epoch=steps, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
                             annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs)
     metric, mode = best_settings(cfg, task)
+    check_best_metric(method, metric, cfg.best_metric is not None, task.name)
     opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=cfg.scheduling_interval,
                           short_training=cfg.short_training, verbose=cfg.verbose, debug=cfg.debug,
                           log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
@@ -116,7 +126,7 @@ def main(argv: list[str]) -> int:
         if (run_dir / "config.yaml").exists():
             raise UserError(f"run directory {run_dir} holds a run without folds; choose another name "
                             "for the k-fold run (nothing was overwritten)")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
         CrashLog.path = run_dir / "crash.log"
         run_folds(cfg, task, run_dir)
     else:

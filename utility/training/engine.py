@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from utility.data.sampler import EpochSampler
-from utility.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from utility.training.checkpoint import RESUME_KEYS, atomic_save, load_checkpoint, rng_state, set_rng_state
 from utility.training.distributed import all_reduce_sum, barrier, is_main, rank, world_size
 from utility.training.rundir import CsvLog, TensorBoard
 
@@ -184,7 +184,7 @@ class Trainer:
         """Continue from checkpoint_last.pt if there is one; drop log rows written after it."""
         if not self.last_path.exists():
             return False
-        ck = load_checkpoint(self.last_path)
+        ck = load_checkpoint(self.last_path, RESUME_KEYS)
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.scheduler is not None and ck.get("scheduler") is not None:
@@ -368,7 +368,7 @@ class Trainer:
         if which == "best":
             if not self.best_path.exists():
                 return None
-            ck = load_checkpoint(self.best_path)
+            ck = load_checkpoint(self.best_path, ("model", "epoch"))
             self.model.load_state_dict(ck["model"])
             return int(ck["epoch"])
         return self.epoch
