@@ -21,7 +21,7 @@ from utility.errors import UserError, user_errors
 from utility.methods.registry import pipeline_for
 from utility.models import build_network, count_parameters
 from utility.paths import output_root, resolve_user_path
-from utility.runs.supervised_data import build_data
+from utility.runs.supervised_data import build_data, check_folds
 from utility.runs.evaluation import read_test_row, report_bad_files, test_last_and_best, write_folds_summary
 from utility.training.distributed import is_main, shutdown, world_size
 from utility.training.engine import TrainerOptions
@@ -108,6 +108,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
 def run_folds(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> None:
     """k-fold cross-validation: each fold in run_dir/fold_<i>/, then folds_summary.csv (mean, std)."""
     folds = cfg.folds or 0
+    check_folds(cfg, task)
     which = [cfg.fold] if cfg.fold is not None else list(range(folds))
     results = []
     for i in which:
