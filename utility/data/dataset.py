@@ -108,6 +108,9 @@ class ImageDataset(Dataset):
         """A collated batch read from the filled store with one indexed copy."""
         assert self.cache is not None
         idx = np.asarray(indices)
+        for i in self.cache.damaged(idx):  # first use in this process: read damaged items again
+            x, bad = self.load(i)
+            self.cache.put(i, x) if not bad else self.cache.mark_bad(i)
         ok = torch.from_numpy(self.cache.filled[idx] == 1)
         images = torch.from_numpy(self.cache.data[idx])
         if self._targets is None:
