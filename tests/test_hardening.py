@@ -419,3 +419,36 @@ def test_store_space_is_reserved_at_creation(tmp_path):
     ds = _store_dataset(paths, tmp_path / "cache")
     data = ds.cache.dir / "data.f32"
     assert data.stat().st_blocks * 512 >= data.stat().st_size == 64 * 8 * 8 * 4  # allocated, not sparse
+
+
+# ----------------------------------------------------------------------------- item 11: the engine (every entry point)
+
+def test_ctrl_c_in_the_shared_engine_saves_and_resumes(tmp_path):
+    """The loop finetuning and pretraining share: SIGINT at a step -> checkpoint there, Stopped (130),
+    then a resume whose val.log equals an uninterrupted run's."""
+    from test_engine import TinyMethod, data, loaders, make_model, make_trainer
+    from utility.errors import Stopped
+
+    class InterruptAt(TinyMethod):
+        def train_loss(self, model, batch, ctx):
+            if self.train_calls == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # a real signal, delivered to this process
+            return super().train_loss(model, batch, ctx)
+
+    train, val = data()
+    ref = make_trainer(make_model(), TinyMethod(), tmp_path / "ref")
+    ref.fit(*loaders(train, val))
+    ref.close()
+    first = make_trainer(make_model(), InterruptAt(), tmp_path / "run")
+    with pytest.raises(Stopped) as exc:
+        first.fit(*loaders(train, val))
+    first.close()
+    assert exc.value.exit_code == 130 and "epoch 1 step 3" in str(exc.value)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    ck = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
+    assert (ck["epoch"], ck["batch_in_epoch"]) == (0, 3)
+    again = make_trainer(make_model(), TinyMethod(), tmp_path / "run")
+    assert again.resume()
+    again.fit(*loaders(train, val))
+    again.close()
+    assert log_rows(tmp_path / "run" / "val.log") == log_rows(tmp_path / "ref" / "val.log")
