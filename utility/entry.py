@@ -62,5 +62,10 @@ def _write_crash(text: str) -> Optional[Path]:
         CrashLog.path.parent.mkdir(parents=True, exist_ok=True)
         CrashLog.path.write_text(text)
         return CrashLog.path
-    except OSError:
+    except OSError:  # e.g. the disk is full: leave no empty crash.log behind
+        try:
+            if CrashLog.path.exists() and CrashLog.path.stat().st_size == 0:
+                CrashLog.path.unlink()
+        except OSError:
+            pass
         return None

@@ -9,8 +9,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 from utility.config.loader import load_config
 from utility.config.schemas import FTE_DEPRECATED, FTEConfig
 from utility.config.tasks import TaskSpec, load_task
@@ -24,6 +22,7 @@ from utility.paths import output_root, resolve_user_path
 from utility.runs.supervised_data import build_data, check_folds
 from utility.runs.evaluation import read_test_row, report_bad_files, test_last_and_best, write_folds_summary
 from utility.training.distributed import is_main, shutdown, world_size
+from utility.training.checkpoint import atomic_save
 from utility.training.engine import TrainerOptions
 from utility.training.optim import build_optimizer
 from utility.training.schedulers import build_scheduler
@@ -97,7 +96,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
 
     def finish(tr) -> dict[str, float]:
         if is_main():
-            torch.save(model.state_dict(), run_dir / "finetuned_model.tar")
+            atomic_save(model.state_dict(), run_dir / "finetuned_model.tar")  # a full disk: one line
         return test_last_and_best(tr, data.loaders["test"], run_dir, metric)
 
     results = session.run(trainer, data.loaders["train"], data.loaders["val"], finish)
