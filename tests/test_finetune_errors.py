@@ -78,10 +78,12 @@ def test_missing_data_folder(tmp_path, run_finetune, guarded):
                          "--output_root", "outputs_test_fte"], cwd=guarded["cwd"])
     assert_user_error(proc, "data folder not found", str(tmp_path / "nowhere" / "tiny"))
     assert not repo_out.exists()
-    # what an early user error leaves behind: the run dir with only our crash.log (the message)
+    # what an early user error leaves behind: the run dir with only our crash.log (the message) and
+    # the emptied run.lock
     run_dir = guarded["cwd"] / "outputs_test_fte" / "finetuning" / "t" / "run"
     assert run_dir.is_dir()
-    assert snapshot(run_dir).keys() <= {"crash.log"}
+    assert snapshot(run_dir).keys() <= {"crash.log", "run.lock"}
+    assert (run_dir / "run.lock").read_text() == ""
     if (run_dir / "crash.log").exists():
         assert "data folder not found" in (run_dir / "crash.log").read_text()
 

@@ -393,15 +393,35 @@ def test_registered_target_reader(tmp_path):
         assert [idx.classes[t] for t in s.targets] == [p.name.split("__")[0] for p in s.paths]
 
 
-def test_target_reader_from_module_string(tmp_path, monkeypatch):
+def test_target_reader_from_file_path(tmp_path):
     mod = tmp_path / "pkg_readers_for_test.py"
     mod.write_text("def by_index(path, ctx):\n    return int(path.name.split('__')[0][-1])\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
     make_flat(tmp_path / "flat", ["c0", "c1", "c2"] * 4)
-    idx = index_task(flat_task("pkg_readers_for_test:by_index", classes=["zero", "one", "two"]), tmp_path, seed=0)
+    idx = index_task(flat_task(f"{mod}:by_index", classes=["zero", "one", "two"]), tmp_path, seed=0)
     assert idx.classes == ["zero", "one", "two"]
     test = dict(zip(names(idx.splits["test"]), idx.splits["test"].targets))
     assert test["c0__000.png"] == 0 and test["c1__001.png"] == 1 and test["c2__002.png"] == 2
+    # relative to the task file
+    task = flat_task("pkg_readers_for_test.py:by_index", classes=["zero", "one", "two"],
+                     source_file=str(tmp_path / "task.yaml"))
+    assert index_task(task, tmp_path, seed=0).splits["test"].targets == idx.splits["test"].targets
+
+
+def test_target_reader_outside_the_project_is_refused(tmp_path, monkeypatch):
+    """A task file naming any importable function (os:system) ran it; now only registered readers,
+    modules of the repository and files named by path are taken, and nothing else is imported."""
+    make_flat(tmp_path / "flat", ["a", "b"] * 3)
+    with pytest.raises(UserError, match="'os:system'.*not part of this project"):
+        index_task(flat_task("os:system"), tmp_path, seed=0)
+    (tmp_path / "outside_mod_for_test.py").write_text("raise SystemExit('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match="not part of this project"):
+        index_task(flat_task("outside_mod_for_test:f"), tmp_path, seed=0)
+    with pytest.raises(UserError, match="not part of this project"):
+        index_task(flat_task("numpy:load"), tmp_path, seed=0)  # installed packages neither
+    # a module of the repository is project code: taken
+    from utility.data.targets import folder_target, get_target_reader
+    assert get_target_reader("utility.data.targets:folder_target") is folder_target
 
 
 def test_unknown_reader_and_unimportable_module(tmp_path):

@@ -17,3 +17,12 @@ def user_errors(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except ValueError as exc:
         raise UserError(f"{getattr(fn, '__name__', 'setting')}: {exc}") from None
+
+
+class Stopped(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; entry points exit 128+signal."""
+
+    def __init__(self, signum: int, where: str) -> None:
+        super().__init__(where)
+        self.signum = signum
+        self.exit_code = 128 + signum

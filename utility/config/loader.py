@@ -103,14 +103,32 @@ def _warn(line: str) -> None:
         print(line, file=sys.stderr)
 
 
+def _nul_keys(raw: dict[str, Any]) -> list[str]:
+    """Keys whose value (or an item of it) holds a NUL character (no path or name can)."""
+    def has_nul(v: Any) -> bool:
+        if isinstance(v, str):
+            return "\x00" in v
+        if isinstance(v, (list, tuple)):
+            return any(has_nul(x) for x in v)
+        if isinstance(v, dict):
+            return any(has_nul(x) for x in v.values())
+        return False
+    return [k for k, v in raw.items() if has_nul(v)]
+
+
 def validate(schema: type[M], raw: dict[str, Any], source: str,
-             deprecated: dict[str, str] | None = None) -> M:
+             deprecated: dict[str, str] | None = None, cli_keys: frozenset[str] = frozenset()) -> M:
     """Build ``schema`` from ``raw``; unknown keys, wrong types and ranges become UserErrors.
 
-    ``deprecated`` maps keys that are accepted but do nothing to a one-line explanation.
+    ``deprecated`` maps keys that are accepted but do nothing to a one-line explanation;
+    ``cli_keys`` are the keys given on the command line (messages say so instead of ``source``).
     """
     deprecated = deprecated or {}
     valid = list(schema.model_fields)
+
+    def where(key: str) -> str:
+        return "on the command line" if key in cli_keys else f"in {source}"
+
     data = {}
     for key, value in raw.items():
         if key in deprecated:
@@ -118,18 +136,23 @@ def validate(schema: type[M], raw: dict[str, Any], source: str,
             continue
         if key not in schema.model_fields:
             hint = closest_key(key, valid)
-            msg = f"unknown config key '{key}' in {source}"
+            msg = f"unknown config key '{key}' " + ("(--" + key + ") " if key in cli_keys else "") + where(key)
             raise UserError(msg + (f"; did you mean '{hint}'?" if hint else "."))
         data[key] = value
+    for key in _nul_keys(data):
+        raise UserError(f"config key '{key}' {where(key)} holds a NUL character; no name or path can")
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(config)"
+            key = ".".join(str(p) for p in err["loc"])
             given = err.get("input")
             expected = err["msg"]
-            if err["type"] == "missing":
+            if not key:  # a model-level check involving several keys: its message names them
+                text = expected.removeprefix("Value error, ")
+                lines.append(text if text.startswith("config key") else f"config: {text}")
+            elif err["type"] == "missing":
                 lines.append(f"config key '{key}' is required but missing from {source}")
             else:
                 lines.append(f"config key '{key}': value {given!r} is invalid: {expected}")
@@ -143,7 +166,7 @@ def load_config(schema: type[M], argv: list[str], prog: str,
     raw: dict[str, Any] = read_yaml(path) if path is not None else {}
     raw.update(overrides)
     source = str(path) if path else "the command line"
-    return validate(schema, raw, source, deprecated), path
+    return validate(schema, raw, source, deprecated, frozenset(overrides)), path
 
 
 def dump_config(cfg: BaseModel, path: Path) -> None:

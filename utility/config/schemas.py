@@ -7,6 +7,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
+# numpy seeds are 32-bit; larger seeds overflowed deep inside torch after the run had started
+Seed = Annotated[int, Field(ge=-(2**32 - 1), le=2**32 - 1)]
+
+
+def keys_error(keys: tuple[str, ...], what: str) -> ValueError:
+    """A mistake that involves several keys: the message names every one of them (a model-level
+    error has no single key for the loader to name)."""
+    return ValueError(f"config key{'s' if len(keys) > 1 else ''} {' and '.join(repr(k) for k in keys)}: {what}")
 
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "lars": "LARS"}
@@ -22,10 +30,11 @@ def optimizer_name(v: str) -> str:
 class RunBase(BaseModel):
     """Keys every training entry point shares (loop sizes, device, precision, outputs)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan are never a setting (lr: .inf trained with NaN losses)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     name: str = Field(description="run directory under logs_and_checkpoints/<kind>/")
-    seed: int = 42
+    seed: Seed = 42
     num_workers: NonNegInt = 4
     prefetch_factor: Optional[PositiveInt] = 2
     batch_size: PositiveInt = 32
@@ -67,11 +76,15 @@ class RunBase(BaseModel):
         v = v.strip().strip("/")
         if not v or ".." in v.split("/"):
             raise ValueError("expected a non-empty relative run name without '..'")
+        if any(ord(c) < 32 for c in v):
+            raise ValueError("a run name cannot hold control characters (NUL, newline, tab, ...)")
         return v
 
 
 class DataKeys(BaseModel):
     """Keys of the data pipeline (shared by finetuning and pretraining)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     opmode: Literal["disk", "pre_cache", "live_cache"] = "disk"
     data_format: Optional[list[str]] = Field(None, description="file extensions; default from the task")
@@ -93,6 +106,8 @@ class DataKeys(BaseModel):
     def _formats(cls, v):  # one extension or a list, with or without the dot
         if v is None:
             return None
+        if not isinstance(v, (str, list, tuple)) or not all(isinstance(s, str) for s in ([v] if isinstance(v, str) else v)):
+            raise ValueError("expected a file extension such as .png, or a list of them")
         items = [v] if isinstance(v, str) else list(v)
         return [s if str(s).startswith(".") else f".{s}" for s in map(str, items)]
 
@@ -149,11 +164,15 @@ class FTEConfig(RunBase, DataKeys):
     @model_validator(mode="after")
     def _consistent(self) -> "FTEConfig":
         if self.normalizer == "windowed" and self.window is None:
-            raise ValueError("normalizer 'windowed' needs window: [low, high]")
+            raise keys_error(("normalizer", "window"), "normalizer 'windowed' needs window: [low, high]")
         if self.window is not None and self.window[0] >= self.window[1]:
-            raise ValueError(f"window {list(self.window)} must be [low, high] with low < high")
-        if self.fold is not None and (self.folds is None or self.fold >= self.folds):
-            raise ValueError(f"fold {self.fold} needs folds > {self.fold}")
+            raise keys_error(("window",), f"{list(self.window)} must be [low, high] with low < high")
+        if self.fold is not None and self.folds is None:
+            raise keys_error(("fold", "folds"), f"fold {self.fold} is one fold of a k-fold split, but folds "
+                             "(the number of folds) is not set; set folds too, or remove fold")
+        if self.fold is not None and self.folds is not None and self.fold >= self.folds:
+            raise keys_error(("fold", "folds"), f"fold {self.fold} is outside 0..{self.folds - 1} "
+                             f"(folds {self.folds}; fold counts from 0)")
         return self
 
 
@@ -217,11 +236,20 @@ class SimCLRConfig(RunBase, DataKeys):
 
     _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
 
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("expected [min, max] with 0 < min <= max <= 1 (fractions of the image area)")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> "SimCLRConfig":
         shape = self.shape_desired
         if shape is not None and (self.image_size > shape[0] or self.image_size > shape[1]):
-            raise ValueError(f"image_size {self.image_size} is larger than shape_desired {list(shape)}")
+            raise keys_error(("image_size", "shape_desired"),
+                             f"image_size {self.image_size} is larger than shape_desired {list(shape)}")
+
         if self.nodes > 1:
             raise ValueError("nodes > 1: launch with torchrun --nnodes (see README, multi-node)")
         return self

@@ -30,11 +30,12 @@ class BadFiles:
                 seen[int(i)] = reason
         total = len(self.paths.get(split, [])) or 1
         if len(seen) > self.max_fraction * total and seen:
+            self.write_report()  # the list of culprits first, then stop
             first_i, first_reason = next(iter(seen.items()))
             raise UserError(
                 f"{len(seen)} of {total} files of split '{split}' are unreadable or hold NaN/Inf "
                 f"(more than max_bad_fraction {self.max_fraction}); e.g. {self._path(split, first_i)}: "
-                f"{first_reason}")
+                f"{first_reason}" + (f"; all of them in {self.run_dir / 'bad_files.csv'}" if self.run_dir else ""))
 
     def _path(self, split: str, i: int) -> str:
         files = self.paths.get(split, [])

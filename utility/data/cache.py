@@ -10,26 +10,36 @@ read. The flag is written after the data, and items are deterministic, so two pr
 same item at once write identical bytes. A store whose files are truncated or whose metadata does
 not match is rebuilt (creation is under a file lock; metadata is written last, by rename).
 
+What is found is not trusted blindly: the cache folder is created private (0700) and a folder owned
+by another user or writable by others is refused; every item carries a CRC32 (``crc.u32``), checked
+the first time this process uses the item, and a damaged item is read again from its file (with a
+warning). The store's space is reserved when it is created (``posix_fallocate``), so a full tmpfs is an
+error before training starts, never a SIGBUS in the middle of it.
+
 List or remove stores: ``python -m utility.data.cache [--clear] [--cache_dir DIR]``.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import getpass
 import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
+import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from utility.diskspace import is_no_space, no_space_error
 from utility.errors import UserError
 
-VERSION = 1
+VERSION = 2  # 2: per-item CRC32
 
 
 def default_cache_dir() -> Path:
@@ -65,10 +75,7 @@ class SharedStore:
         self.meta = {"version": VERSION, "n": self.n, "shape": list(self.item_shape), "prep": prep_key,
                      "what": what}
         nbytes = self.n * int(np.prod(self.item_shape)) * 4
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create the cache directory {self.cache_dir}: {exc}") from None
+        private_dir(self.cache_dir)
         with open(self.cache_dir / f".{self.key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not self._valid(nbytes):
@@ -76,12 +83,16 @@ class SharedStore:
         self.data = np.memmap(self.dir / "data.f32", dtype=np.float32, mode="r+",
                               shape=(self.n, *self.item_shape))
         self.filled = np.memmap(self.dir / "filled.u8", dtype=np.uint8, mode="r+", shape=(self.n,))
+        self.crc = np.memmap(self.dir / "crc.u32", dtype=np.uint32, mode="r+", shape=(self.n,))
+        self.verified = np.zeros(self.n, dtype=bool)  # checked (or written) by this process
+        self.what = what
 
     def _valid(self, nbytes: int) -> bool:
         try:
             meta = json.loads((self.dir / "meta.json").read_text())
             return (meta == self.meta and (self.dir / "data.f32").stat().st_size == nbytes
-                    and (self.dir / "filled.u8").stat().st_size == self.n)
+                    and (self.dir / "filled.u8").stat().st_size == self.n
+                    and (self.dir / "crc.u32").stat().st_size == 4 * self.n)
         except (OSError, ValueError):
             return False
 
@@ -93,11 +104,17 @@ class SharedStore:
                 f"the cache of {what} needs {nbytes / 2**30:.2f} GiB but {self.cache_dir} has "
                 f"{free / 2**30:.2f} GiB free; use opmode: disk, a smaller shape_desired, or cache_dir "
                 "on a larger file system")
-        self.dir.mkdir(parents=True)
-        with open(self.dir / "data.f32", "wb") as fh:
-            fh.truncate(nbytes)  # sparse: pages take memory only once written
-        with open(self.dir / "filled.u8", "wb") as fh:
-            fh.truncate(self.n)
+        self.dir.mkdir(parents=True, mode=0o700)
+        try:
+            for name, size in (("data.f32", nbytes), ("filled.u8", self.n), ("crc.u32", 4 * self.n)):
+                reserve(self.dir / name, size)
+        except OSError as exc:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if is_no_space(exc):
+                raise no_space_error(self.cache_dir, nbytes, f"the cache of {what}",
+                                     "use opmode: disk, a smaller shape_desired, or cache_dir on a larger "
+                                     "file system") from None
+            raise UserError(f"cannot create the cache in {self.dir}: {exc.strerror or exc}") from None
         tmp = self.dir / "meta.json.tmp"
         tmp.write_text(json.dumps(self.meta))
         tmp.replace(self.dir / "meta.json")
@@ -107,14 +124,34 @@ class SharedStore:
 
     def get(self, i: int) -> torch.Tensor | None:
         """The cached item as a tensor over the mapped pages (no copy), or None (not yet cached,
-        or known to be unreadable: the caller reads it again and reports it)."""
-        if self.filled[i] != 1:
+        known to be unreadable, or damaged: the caller reads it again and reports or re-caches it)."""
+        if self.filled[i] != 1 or self.damaged([i]):
             return None
         return torch.from_numpy(self.data[i])
 
     def put(self, i: int, x: torch.Tensor) -> None:
         self.data[i] = x.detach().cpu().numpy()
-        self.filled[i] = 1
+        self.crc[i] = zlib.crc32(self.data[i])
+        self.filled[i] = 1  # last: a reader sees a flag only with its data and checksum
+        self.verified[i] = True
+
+    def damaged(self, indices: Sequence[int] | np.ndarray) -> list[int]:
+        """Of the cached ``indices`` not yet checked by this process, those whose content no longer
+        matches its checksum; they are marked not cached (the caller fills them again)."""
+        bad = []
+        for i in np.asarray(indices, dtype=np.int64).tolist():
+            if self.verified[i] or self.filled[i] != 1:
+                continue
+            if zlib.crc32(self.data[i]) != int(self.crc[i]):
+                self.filled[i] = 0
+                bad.append(i)
+            else:
+                self.verified[i] = True
+        if bad:
+            print(f"warning: {len(bad)} cached item(s) of {self.what} in {self.dir} were damaged "
+                  f"(checksum mismatch, e.g. item {bad[0]}); reading them again from their files",
+                  file=sys.stderr, flush=True)
+        return bad
 
     def mark_bad(self, i: int) -> None:
         """Remember that item i could not be read (flag 2), so a full store can still be complete."""
@@ -124,6 +161,39 @@ class SharedStore:
     def complete(self) -> bool:
         """Every item decided: cached (1) or known bad (2)."""
         return bool(self.filled.all())
+
+
+def private_dir(folder: Path) -> None:
+    """Create ``folder`` readable only by this user, or check that an existing one is this user's and
+    not writable by others: in a shared /dev/shm another user could create it first and feed this
+    run their images."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = os.lstat(folder)
+        if stat.S_ISLNK(st.st_mode):
+            st = os.stat(folder) if os.lstat(folder).st_uid == os.getuid() else st
+    except OSError as exc:
+        raise UserError(f"cannot create the cache directory {folder}: {exc.strerror or exc}") from None
+    if st.st_uid != os.getuid():
+        raise UserError(f"cache directory {folder} belongs to another user (uid {st.st_uid}); refusing to "
+                        "use it (its content could be anything); set cache_dir to a folder of yours")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UserError(f"cache directory {folder} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+                        f"refusing to use it: chmod 700 {folder}, or set cache_dir to a private folder")
+
+
+def reserve(path: Path, size: int) -> None:
+    """A file of ``size`` bytes whose blocks are allocated now (a full device fails here, not later
+    with SIGBUS when a mapped page is first written); plain truncate where allocation is unsupported."""
+    with open(path, "wb") as fh:
+        if size == 0:
+            return
+        try:
+            os.posix_fallocate(fh.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            fh.truncate(size)
 
 
 def _main(argv: list[str]) -> int:

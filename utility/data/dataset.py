@@ -34,11 +34,16 @@ class Preprocess:
     window: tuple[float, float] | None = None
 
     def __call__(self, arr: np.ndarray) -> torch.Tensor:
-        vr = value_range_of(arr)
-        x = torch.from_numpy(np.ascontiguousarray(arr))
-        x = conform_channels(x, self.channels).contiguous()
-        x = resize(x, self.shape)
-        return normalize(x, self.normalizer, self.window, vr)
+        """The preprocessed image; a file whose content cannot be preprocessed (a channel count that
+        cannot be conformed, an image too small to resize) is UnreadableImage, skipped like a broken file."""
+        try:
+            vr = value_range_of(arr)
+            x = torch.from_numpy(np.ascontiguousarray(arr))
+            x = conform_channels(x, self.channels).contiguous()
+            x = resize(x, self.shape)
+            return normalize(x, self.normalizer, self.window, vr)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise UnreadableImage(f"cannot preprocess: {exc}") from None
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -78,13 +83,13 @@ class ImageDataset(Dataset):
         path: Path = self.split.paths[i]
         try:
             arr = read_image(path)
+            if self.test_nan_inf and not np.isfinite(arr).all():
+                return torch.zeros(self.prep.channels, *self.prep.shape), "nan_inf: image holds NaN or Inf"
+            return self.prep(arr), ""
         except (UnreadableImage, OSError) as exc:
             if self.debug:
                 raise UserError(f"unreadable image {path}: {exc}") from None
             return torch.zeros(self.prep.channels, *self.prep.shape), f"unreadable: {exc}"
-        if self.test_nan_inf and not np.isfinite(arr).all():
-            return torch.zeros(self.prep.channels, *self.prep.shape), "nan_inf: image holds NaN or Inf"
-        return self.prep(arr), ""
 
     def seed_transform(self, i: int) -> None:
         """Seed the per-sample augmentation from (run seed, epoch, sample): the same draw whatever
@@ -103,6 +108,9 @@ class ImageDataset(Dataset):
         """A collated batch read from the filled store with one indexed copy."""
         assert self.cache is not None
         idx = np.asarray(indices)
+        for i in self.cache.damaged(idx):  # first use in this process: read damaged items again
+            x, bad = self.load(i)
+            self.cache.put(i, x) if not bad else self.cache.mark_bad(i)
         ok = torch.from_numpy(self.cache.filled[idx] == 1)
         images = torch.from_numpy(self.cache.data[idx])
         if self._targets is None:

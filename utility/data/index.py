@@ -95,7 +95,7 @@ def index_task(task: TaskSpec, data_root: Path, seed: int, formats: Sequence[str
     classes = _class_list(task, data_dir, formats)
     if task.type == "segmentation":
         import utility.data.mask_readers  # noqa: F401  (registers the mask readers)
-    reader = get_target_reader(task.layout.reader)
+    reader = get_target_reader(task.layout.reader, task.source_file)
     raw: dict[str, tuple[list[Path], list[Any]]] = {}
     for name, spec in task.splits.items():
         if spec.from_ is not None:

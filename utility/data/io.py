@@ -120,6 +120,10 @@ def to_chw(arr: np.ndarray, layout: str = "array") -> np.ndarray:
     a bare array (.npy, NIfTI) whose channel axis follows the rule in this module's docstring.
     """
     arr = np.asarray(arr)
+    if arr.dtype.kind not in "biuf":  # strings, objects, complex: no intensities
+        raise UnreadableImage(f"array of dtype {arr.dtype} holds no pixel values")
+    if arr.size == 0:
+        raise UnreadableImage(f"empty image (shape {arr.shape})")
     if arr.ndim == 2:
         arr = arr[None]
     elif arr.ndim != 3:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from utility.data.sampler import EpochSampler
 from utility.training.parallel import per_rank_batch
+from utility.training.stopsignal import worker_ignores_stop
 
 
 class CacheAwareLoader:
@@ -79,7 +80,8 @@ def build_loader(ds: Dataset, batch_size: int, seed: int, train: bool, workers: 
     batch = per_rank_batch(batch_size)
     extra: dict[str, Any] = {}
     if workers > 0:
-        extra = {"num_workers": workers, "prefetch_factor": prefetch_factor or 2}
+        extra = {"num_workers": workers, "prefetch_factor": prefetch_factor or 2,
+                 "worker_init_fn": worker_ignores_stop}
     drop_last = train and len(sampler) % batch == 1 and len(sampler) > 1
     loader = CacheAwareLoader(DataLoader(ds, batch_size=batch, sampler=sampler, drop_last=drop_last,
                                          pin_memory=pin_memory, generator=torch.Generator(), **extra))
@@ -90,5 +92,6 @@ def build_loader(ds: Dataset, batch_size: int, seed: int, train: bool, workers: 
 def fill_cache(ds: Dataset, workers: int, batch_size: int) -> None:
     """pre_cache: fill the store with parallel workers before training starts."""
     # its own generator: filling the cache must not draw from the global RNG (augmentation does)
-    for _ in DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False, generator=torch.Generator()):
+    for _ in DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False, generator=torch.Generator(),
+                        worker_init_fn=worker_ignores_stop if workers else None):
         pass

@@ -113,8 +113,12 @@ class SegDataset(ImageDataset):
             return self._fail(f"unreadable mask: {exc}", Path(masks[0]))
         if self.test_nan_inf and not np.isfinite(arr).all():
             return self._fail("nan_inf: image holds NaN or Inf", path)
+        try:
+            image = self.prep(arr)
+        except UnreadableImage as exc:
+            return self._fail(f"unreadable: {exc}", path)
         m = resize(torch.from_numpy(mask)[None].float(), self.prep.shape, mode="nearest")[0].long()
-        return self.prep(arr), m, ""
+        return image, m, ""
 
     def _fail(self, reason: str, path: Path) -> tuple[torch.Tensor, torch.Tensor, str]:
         if self.debug:

@@ -10,13 +10,16 @@ from a solution CSV). A custom reader is one registered function::
     def my_reader(path, ctx):   # ctx.split_dir, ctx.data_dir, ctx.task -> class name/index or list
         ...
 
-and the task YAML says ``layout: {reader: my_reader}`` (or ``reader: my_module:my_reader``,
-which imports ``my_module`` first).
+and the task YAML says ``layout: {reader: my_reader}`` (or ``reader: my_module:my_reader``, which
+imports ``my_module`` of this repository first, or ``reader: my_reader.py:my_reader``, a file next to
+the task file). Modules outside the project are refused: a task file must not run ``os:system``.
 """
 from __future__ import annotations
 
 import csv
 import importlib
+import importlib.util
+from types import ModuleType
 from functools import lru_cache
 from pathlib import Path
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from typing import Any, Callable
 
 from utility.errors import UserError
 from utility.config.tasks import LayoutSpec, TaskSpec
+from utility.paths import REPO_ROOT
 
 @dataclass(frozen=True)
 class ReaderContext:
@@ -45,21 +49,67 @@ def register_target_reader(name: str) -> Callable[[TargetReader], TargetReader]:
     return deco
 
 
-def get_target_reader(name: str) -> TargetReader:
+def get_target_reader(name: str, task_file: str | None = None) -> TargetReader:
+    """The reader a task's ``layout.reader`` names: a registered name, ``module:function`` with a
+    module of this repository, or ``path/to/file.py:function`` (relative to the task file). A task
+    file can thus run code, but only code the user put in the project or named by its path: an
+    installed or standard module (``os:system``) is refused before it is imported."""
     if name in _READERS:
         return _READERS[name]
     if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:
-            raise UserError(f"target reader '{name}': cannot import module '{module}' ({exc})") from None
+        module, _, attr = name.rpartition(":")
+        mod = _import_reader_module(name, module, task_file)
         if attr in _READERS:
             return _READERS[attr]
         fn = getattr(mod, attr, None)
         if callable(fn):
             return fn
+        raise UserError(f"target reader '{name}': {module} has no function '{attr}'")
     raise UserError(f"unknown target reader '{name}'; registered: {', '.join(sorted(_READERS))}")
+
+
+def _in_project(origin: str | None) -> bool:
+    if not origin or not Path(origin).is_absolute():  # 'frozen', 'built-in': the standard library
+        return False
+    try:
+        rel = Path(origin).resolve().relative_to(REPO_ROOT)
+    except ValueError:
+        return False
+    return not any(p == "site-packages" or p.startswith((".venv", "venv")) for p in rel.parts)
+
+
+def _import_reader_module(name: str, module: str, task_file: str | None) -> ModuleType:
+    allowed = ("name a registered reader, a module of this repository (utility.data.my_reader:fn) "
+               "or a file (readers/my_reader.py:fn, relative to the task file)")
+    if module.endswith(".py"):
+        path = Path(module).expanduser()
+        if not path.is_absolute() and task_file:
+            path = Path(task_file).parent / path
+        if not path.is_file():
+            raise UserError(f"target reader '{name}': file {path} not found")
+        spec = importlib.util.spec_from_file_location(f"_task_reader_{path.stem}", path)
+    else:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError) as exc:
+            raise UserError(f"target reader '{name}': cannot import module '{module}' ({exc})") from None
+        if spec is None:
+            raise UserError(f"target reader '{name}': cannot import module '{module}' (not found)")
+        if not _in_project(spec.origin):
+            raise UserError(f"target reader '{name}': module '{module}' is not part of this project "
+                            f"({spec.origin or 'built in'}); {allowed}")
+        try:
+            return importlib.import_module(module)  # project code: imported once, as usual
+        except Exception as exc:
+            raise UserError(f"target reader '{name}': importing '{module}' failed: {type(exc).__name__}: {exc}") from None
+    if spec is None or spec.loader is None:
+        raise UserError(f"target reader '{name}': cannot import '{module}'")
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as exc:  # the user's module: its failure is theirs to fix
+        raise UserError(f"target reader '{name}': importing '{module}' failed: {type(exc).__name__}: {exc}") from None
+    return mod
 
 
 @register_target_reader("folders")

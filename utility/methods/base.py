@@ -8,6 +8,8 @@ its test-time files. :class:`NoEvaluation` is for methods without a labelled spl
 """
 from __future__ import annotations
 
+import copy
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -49,7 +51,25 @@ class SupervisedMethod:
         self.metrics: Any = None
         self._eval_split = "val"
 
+    def metric_names(self) -> list[str]:
+        """The metric columns an evaluation reports (val.log), known before training: the row of a
+        one-sample probe. Lets a best_metric be checked before the first epoch, not after it."""
+        probe = copy.deepcopy(self.metrics)
+        probe.reset()
+        probe.update(*self.probe_batch())
+        with warnings.catch_warnings():  # one made-up sample: scikit-learn's degenerate-input notes
+            warnings.simplefilter("ignore")
+            return list(self.select_columns(probe.compute(float("nan"))))
+
+    def select_columns(self, row: dict[str, float]) -> dict[str, float]:
+        """The part of a metric row that is reported (all of it unless a subclass drops some)."""
+        return row
+
     # ------------------------------------------------------------------ what subclasses provide
+    def probe_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, targets) of one made-up sample, shaped as this method's metrics take them."""
+        raise NotImplementedError
+
     def batch_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Training loss of one batch (mean over its samples)."""
         raise NotImplementedError

@@ -73,10 +73,16 @@ class ClassificationMethod(SupervisedMethod):
             shards = all_gather_object((self.metrics.state(), self._eval_index))
             self.metrics.load_states([st for st, _ in shards])
             self._eval_index = [i for _, idx in shards for i in idx]
-        row = self.metrics.compute(avg_loss)
+        return self.select_columns(self.metrics.compute(avg_loss))
+
+    def select_columns(self, row: dict[str, float]) -> dict[str, float]:
         if not self.per_class_columns:
             row = {k: v for k, v in row.items() if not k.startswith("auc_class_")}
         return row
+
+    def probe_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.metrics.num_classes
+        return torch.zeros(1, c), (torch.zeros(1, c) if self.multilabel else torch.zeros(1, dtype=torch.int64))
 
     def test_artifacts(self, out_dir: Path, tag: str) -> None:
         if self.save_predictions:

@@ -26,8 +26,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-tensor objects
-        raise UserError(f"cannot load weights from {path}: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200]}") from None
+        first = (str(exc).splitlines() or [""])[0].split(". ")[0][:160]
+        raise UserError(f"cannot load weights from {path}: not a PyTorch weights file (truncated, damaged, or "
+                        f"another kind of file; {type(exc).__name__}: {first})") from None
     for wrapper in ("model", "state_dict", "encoder", "model_state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]

@@ -9,8 +9,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 from utility.config.loader import load_config
 from utility.config.schemas import FTE_DEPRECATED, FTEConfig
 from utility.config.tasks import TaskSpec, load_task
@@ -21,13 +19,14 @@ from utility.errors import UserError, user_errors
 from utility.methods.registry import pipeline_for
 from utility.models import build_network, count_parameters
 from utility.paths import output_root, resolve_user_path
-from utility.runs.supervised_data import build_data
+from utility.runs.supervised_data import build_data, check_folds
 from utility.runs.evaluation import read_test_row, report_bad_files, test_last_and_best, write_folds_summary
 from utility.training.distributed import is_main, shutdown, world_size
+from utility.training.checkpoint import atomic_save
 from utility.training.engine import TrainerOptions
 from utility.training.optim import build_optimizer
 from utility.training.schedulers import build_scheduler
-from utility.training.session import RESUME_FREE_KEYS, RunSession
+from utility.training.session import RESUME_FREE_KEYS, RunSession, make_run_dir
 
 FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions"}
 
@@ -36,6 +35,15 @@ def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
     metric = cfg.best_metric or task.primary_metric
     mode = cfg.best_mode or ("min" if "loss" in metric else task.primary_mode)
     return metric, mode
+
+
+def check_best_metric(method, metric: str, configured: bool, task_name: str) -> None:
+    """best_metric must be a column of val.log; checked before training, not after an epoch."""
+    names = method.metric_names()
+    if metric not in names:
+        where = "config key 'best_metric'" if configured else f"task {task_name}'s primary_metric"
+        raise UserError(f"{where}: '{metric}' is not a validation metric of task {task_name}; "
+                        f"choose one of {', '.join(names)}")
 
 
 def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
@@ -73,6 +81,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
                             steps_per_epoch=steps, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
                             annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs)
     metric, mode = best_settings(cfg, task)
+    check_best_metric(method, metric, cfg.best_metric is not None, task.name)
     opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=cfg.scheduling_interval,
                           short_training=cfg.short_training, verbose=cfg.verbose, debug=cfg.debug,
                           log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
@@ -88,7 +97,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
 
     def finish(tr) -> dict[str, float]:
         if is_main():
-            torch.save(model.state_dict(), run_dir / "finetuned_model.tar")
+            atomic_save(model.state_dict(), run_dir / "finetuned_model.tar")  # a full disk: one line
         return test_last_and_best(tr, data.loaders["test"], run_dir, metric)
 
     results = session.run(trainer, data.loaders["train"], data.loaders["val"], finish)
@@ -99,6 +108,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
 def run_folds(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> None:
     """k-fold cross-validation: each fold in run_dir/fold_<i>/, then folds_summary.csv (mean, std)."""
     folds = cfg.folds or 0
+    check_folds(cfg, task)
     which = [cfg.fold] if cfg.fold is not None else list(range(folds))
     results = []
     for i in which:
@@ -117,7 +127,7 @@ def main(argv: list[str]) -> int:
         if (run_dir / "config.yaml").exists():
             raise UserError(f"run directory {run_dir} holds a run without folds; choose another name "
                             "for the k-fold run (nothing was overwritten)")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
         CrashLog.path = run_dir / "crash.log"
         run_folds(cfg, task, run_dir)
     else:

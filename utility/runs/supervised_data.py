@@ -23,10 +23,26 @@ class Data:
     datasets: dict[str, Any]
 
 
-def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device, pipe: Pipeline) -> Data:
+def index_for(cfg: FTEConfig, task: TaskSpec) -> IndexedTask:
     data_root = resolve_user_path(cfg.data_root) if cfg.data_root else DEFAULT_DATA_ROOT
-    indexed = index_task(task, data_root, cfg.seed, cfg.data_format, cfg.folds, cfg.fold, cfg.train_fraction,
-                         slice_axis=cfg.slice_axis)
+    return index_task(task, data_root, cfg.seed, cfg.data_format, cfg.folds, cfg.fold, cfg.train_fraction,
+                      slice_axis=cfg.slice_axis)
+
+
+def check_folds(cfg: FTEConfig, task: TaskSpec) -> None:
+    """k folds need at least k samples in train + val (each fold validates on a share of them);
+    checked once before the first fold, not after hundreds of folds."""
+    if not cfg.folds:
+        return
+    splits = index_for(cfg.model_copy(update={"folds": None, "fold": None, "train_fraction": None}), task).splits
+    n = len(splits["train"]) + len(splits["val"])
+    if cfg.folds > n:
+        raise UserError(f"config key 'folds': {cfg.folds} folds but task {task.name} has only {n} "
+                        f"train + val samples; use at most {n} folds")
+
+
+def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device, pipe: Pipeline) -> Data:
+    indexed = index_for(cfg, task)
     shape = tuple(cfg.shape_desired or task.shape_desired)
     prep = Preprocess(channels=3 if (cfg.in_channels or 3) == 3 else 1, shape=shape,  # type: ignore[arg-type]
                       normalizer=cfg.normalizer or task.normalizer,

@@ -10,11 +10,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from utility.diskspace import is_no_space, no_space_error, tensor_bytes
+from utility.errors import UserError
+
+# what resume needs from checkpoint_last.pt (checked before any work, not halfway through resuming)
+RESUME_KEYS = ("model", "optimizer", "scaler", "epoch", "batch_in_epoch", "global_step", "rng")
+
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temp file and rename, so a kill mid-write never leaves a broken checkpoint."""
+    """Write to a temp file and rename, so a kill mid-write never leaves a broken checkpoint. A
+    full disk leaves no temporary file and the previous ``path`` untouched, and says what it needed."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    try:
+        torch.save(obj, tmp)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        if is_no_space(exc):
+            kept = f"the previous {path.name} is intact; " if path.exists() else ""
+            raise no_space_error(path.parent, tensor_bytes(obj), f"saving {path.name}",
+                                 f"{kept}free space and start the same command again to resume") from None
+        raise
     os.replace(tmp, path)
 
 
@@ -41,8 +56,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A checkpoint of ours; a damaged (truncated, overwritten) file is a UserError saying which file
+    it is and how to go on, never torch's reader error."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        missing = [k for k in required if not isinstance(ck, dict) or k not in ck]
+        if missing:
+            raise ValueError(f"no '{missing[0]}' entry")
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # zip/pickle errors of every kind
+        raise UserError(damaged_message(path, exc)) from None
+    return ck
+
+
+def damaged_message(path: Path, exc: BaseException) -> str:
+    reason = short_reason(exc)
+    best = path.with_name("checkpoint_best.pt")
+    hint = (f"; or start a new run from its best model with model_path: {best}"
+            if best.exists() and best != path else "")
+    return (f"{path} is damaged or not a checkpoint of this tool ({type(exc).__name__}: {reason}); "
+            f"to start over, delete it (or the run directory {path.parent}, or use another name){hint}")
+
+
+def short_reason(exc: BaseException) -> str:
+    """The first sentence of a reader's error, at most 100 characters."""
+    text = (str(exc).splitlines() or [""])[0].split(". ")[0]
+    return text[:100] or type(exc).__name__
 
 
 def seed_everything(seed: int) -> None:

@@ -18,9 +18,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from utility.data.sampler import EpochSampler
-from utility.training.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from utility.training.checkpoint import RESUME_KEYS, atomic_save, load_checkpoint, rng_state, set_rng_state
 from utility.training.distributed import all_reduce_sum, barrier, is_main, rank, world_size
+from utility.errors import Stopped
 from utility.training.rundir import CsvLog, TensorBoard
+from utility.training.stopsignal import StopOnSignal
 
 TRAIN_COLUMNS = ["epoch", "step", "loss", "lr", "global_step"]
 # train.log datetimes as the predecessor wrote them (str(datetime.now())): 2023-04-24 10:41:16.863240
@@ -157,6 +159,7 @@ class Trainer:
         self.train_log = CsvLog(run_dir / "train.log", opts.train_columns, opts.log_losses)
         self.val_log: Optional[CsvLog] = None
         self.tb = TensorBoard(run_dir / "tensorboard")
+        self.stop: Optional[StopOnSignal] = None  # set while fit runs: SIGTERM/SIGINT -> save and stop
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -186,7 +189,7 @@ class Trainer:
         """Continue from checkpoint_last.pt if there is one; drop log rows written after it."""
         if not self.last_path.exists():
             return False
-        ck = load_checkpoint(self.last_path)
+        ck = load_checkpoint(self.last_path, RESUME_KEYS)
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.scheduler is not None and ck.get("scheduler") is not None:
@@ -222,6 +225,31 @@ class Trainer:
         return value > self.best_value if self.opts.best_mode == "max" else value < self.best_value
 
     def fit(self, train_loader: DataLoader, val_loader: Optional[DataLoader]) -> None:
+        """Train until ``epochs``; a SIGTERM/SIGINT saves a checkpoint after the current step and
+        raises :class:`Stopped` (resume continues from there)."""
+        with StopOnSignal() as self.stop:
+            try:
+                self._fit(train_loader, val_loader)
+            finally:
+                self.stop = None
+
+    def _stop_signal(self, sync_point: bool = True) -> int:
+        """The signal that asked to stop (0: none). Under DDP every rank must stop at the same step,
+        so the flag is agreed on (a collective) at flush points only, which all ranks reach together."""
+        local = self.stop.requested if self.stop is not None else 0
+        if world_size() == 1:
+            return local
+        if not sync_point:
+            return 0
+        flag = all_reduce_sum(torch.tensor(float(local), device=self.amp.device))
+        return local or (15 if float(flag) > 0 else 0)
+
+    def _stopped(self, signum: int) -> Stopped:
+        where = f"checkpoint saved at epoch {self.epoch + 1} step {self.batch_in_epoch}" if self.batch_in_epoch \
+            else f"checkpoint saved after epoch {self.epoch}"
+        return Stopped(signum, where)
+
+    def _fit(self, train_loader: DataLoader, val_loader: Optional[DataLoader]) -> None:
         sampler = train_loader.sampler if isinstance(train_loader.sampler, EpochSampler) else None
         batch_size = train_loader.batch_size or 1
         while self.epoch < self.opts.epochs:
@@ -260,6 +288,9 @@ class Trainer:
                 shown = {k: v for k, v in list(row.items())[:6]}
                 print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                 for k, v in shown.items()), flush=True)
+            signum = self._stop_signal()
+            if signum and self.epoch < self.opts.epochs:
+                raise self._stopped(signum)
 
     def _write_val(self, row: dict[str, Any]) -> None:
         if self.val_log is None:
@@ -299,12 +330,18 @@ class Trainer:
             detached = loss.detach()
             loss_sum += detached
             pending.append((self.batch_in_epoch, self.global_step, detached, lr))
-            if len(pending) >= every:
+            flushed = len(pending) >= every
+            if flushed:
                 self._flush(pending, prog)
-            if self.opts.checkpoint_every_steps and self.global_step % self.opts.checkpoint_every_steps == 0:
+            signum = self._stop_signal(sync_point=flushed)
+            every_steps = self.opts.checkpoint_every_steps
+            if signum or (every_steps and self.global_step % every_steps == 0):
                 self._flush(pending, prog)
                 self.epoch_loss = [base_sum + self._rank_mean(loss_sum), base_n + n_batches]
                 self.save()
+            if signum:
+                prog.close()
+                raise self._stopped(signum)
             if self.opts.short_training:
                 break
         self._flush(pending, prog)
@@ -370,7 +407,7 @@ class Trainer:
         if which == "best":
             if not self.best_path.exists():
                 return None
-            ck = load_checkpoint(self.best_path)
+            ck = load_checkpoint(self.best_path, ("model", "epoch"))
             self.model.load_state_dict(ck["model"])
             return int(ck["epoch"])
         return self.epoch
