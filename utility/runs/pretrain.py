@@ -16,7 +16,9 @@ from utility.config.schemas import SIMCLR_DEPRECATED, SimCLRConfig
 from utility.data.badfiles import BadFiles
 from utility.data.cache import SharedStore
 from utility.data.dataset import ImageDataset, Preprocess
-from utility.data.index import Split, find_images
+from utility.data.compact import concat, take
+from utility.data.index import Split
+from utility.data.index_cache import IndexCache, cached_listing
 from utility.data.loader import build_loader, fill_cache
 from utility.errors import UserError, user_errors
 from utility.methods.simclr import SimCLRMethod, SimCLRModel, SimCLRViews, projection_head, save_encoder
@@ -34,22 +36,24 @@ FREE_KEYS = RESUME_FREE_KEYS | {"low_verbosity", "enc_save_frequency"}
 PRETRAIN_COLUMNS = ["epoch", "step", "loss", "datetime", "lr", "global_step"]
 
 
-def unlabeled_split(cfg: SimCLRConfig) -> Split:
+def unlabeled_split(cfg: SimCLRConfig, cache: IndexCache | None = None) -> Split:
+    """Every image under the dataset_base_dir folders (listed once per folder state with a cache)."""
     formats = cfg.data_format or [".png", ".jpg", ".jpeg", ".npy"]
-    paths: list[Path] = []
+    parts = []
     for d in cfg.dataset_base_dir:
         folder = resolve_user_path(d)
         if not folder.is_dir():
             raise UserError(f"dataset_base_dir not found: {folder}")
-        found = find_images(folder, formats, cfg.slice_axis)
+        found = cached_listing(folder, formats, cfg.slice_axis, cache)
         if not found:
             raise UserError(f"no {', '.join(formats)} images under {folder} (data_format)")
-        paths += found
+        parts.append(found)
+    paths = concat(parts)
     if cfg.random_subset < 1:
         rng = np.random.default_rng(cfg.seed)
         k = max(1, int(round(cfg.random_subset * len(paths))))
-        paths = [paths[i] for i in sorted(rng.choice(len(paths), size=k, replace=False))]
-    return Split("train", paths, [0] * len(paths))
+        paths = take(paths, np.sort(rng.choice(len(paths), size=k, replace=False)))
+    return Split("train", paths, np.zeros(len(paths), np.int64))
 
 
 def main(argv: list[str]) -> int:
