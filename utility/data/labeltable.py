@@ -101,12 +101,21 @@ def _read_rows_csv(path: Path, delim: str) -> pd.DataFrame:
     return pd.DataFrame([r + [None] * (width - len(r)) for r in rows], dtype=object)
 
 
-@lru_cache(maxsize=8)
 def read_table(path: Path, layout_json: str) -> LabelTable:
-    """Read a labels file once (per process); rows too short for the path or label column are skipped."""
-    layout = LayoutSpec.model_validate_json(layout_json)
+    """Read a labels file once per process and version of the file; rows too short for the path or
+    label column are skipped."""
+    try:
+        st = path.stat()
+    except OSError:
+        raise UserError(f"labels file not found: {path}") from None
     if not path.is_file():
         raise UserError(f"labels file not found: {path}")
+    return _read_table(path, layout_json, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=8)
+def _read_table(path: Path, layout_json: str, mtime_ns: int, size: int) -> LabelTable:
+    layout = LayoutSpec.model_validate_json(layout_json)
     delim = delimiter_of(path, layout.delimiter)
     try:
         df = _read_rows_pandas(path, delim)
