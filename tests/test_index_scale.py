@@ -4,6 +4,7 @@ cache is reused, invalidated by a changed folder or labels file, and rebuilt (wi
 its file is damaged."""
 from __future__ import annotations
 
+import csv as csv_module
 import json
 import os
 import pickle
@@ -347,3 +348,41 @@ def test_finetune_startup_lines_log_and_cached_index(tiny_setup, run_finetune):
     from utility.config.tasks import load_task as _load
     again = index_task(_load(str(s["task"])), s["data_root"], seed=0, cache=IndexCache(s["out_root"] / "index_cache"))
     assert again.how.startswith("from cache")
+
+
+def old_read_label_table(path: Path, layout) -> dict[str, str]:
+    """The former csv-module reader (targets.read_label_table before issue 16)."""
+    delim = layout.delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
+    with path.open(newline="") as fh:
+        rows = list(csv_module.reader(fh, delimiter=delim))
+    header = rows[0]
+    has_header = layout.header if layout.header is not None else (
+        isinstance(layout.path_column, str) or isinstance(layout.label_column, str)
+        or not any(Path(h).suffix for h in header[:1]))
+    pc = layout.path_column if isinstance(layout.path_column, int) else header.index(layout.path_column)
+    lc = layout.label_column if isinstance(layout.label_column, int) else header.index(layout.label_column)
+    table = {}
+    for row in rows[1:] if has_header else rows:
+        if len(row) <= max(pc, lc):
+            continue
+        p = Path(row[pc])
+        key = p.name if layout.match == "basename" else (p.name.split(".")[0] if layout.match == "stem"
+                                                        else p.as_posix())
+        table[key] = row[lc].strip()
+    return table
+
+
+@pytest.mark.parametrize("text, layout", [
+    ("Image Index,Finding Labels,x\na.png, Mass|Nodule ,1\nsub/b.png,No Finding,2\n\nc.png\n./d.png,Edema,3\n",
+     {"match": "basename"}),
+    ("a.png,cat\nx//b.png,dog\n\"q,uoted.png\",\"dog\"\n", {"match": "relpath"}),
+    ("file\tlabel\textra\nsub/a.b.png\tcat\n/abs/c.png\tdog\tmore\tfields\n", {"match": "stem", "delimiter": "\t"}),
+    ("id,file,label\n1,a.png,cat\n2,b.png\n3,c.png,dog\n", {"path_column": "file", "label_column": "label"}),
+])
+def test_label_table_reads_as_the_former_reader(tmp_path, text, layout):
+    from utility.config.tasks import LayoutSpec
+    from utility.data.labeltable import read_table
+
+    spec = LayoutSpec.model_validate({"reader": "csv", "labels_file": "l.csv", **layout})
+    (tmp_path / "l.csv").write_text(text)
+    assert read_table(tmp_path / "l.csv", spec.model_dump_json()).as_dict() == old_read_label_table(tmp_path / "l.csv", spec)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,7 @@ from utility.errors import UserError
 
 # a path string that pathlib would rewrite (empty, absolute, '//', trailing '/', '.' parts)
 _IRREGULAR = re.compile(r"^$|^/|//|/$|(^|/)\.(/|$)")
+_IRREGULAR_LINES = re.compile(_IRREGULAR.pattern, re.MULTILINE)
 
 
 def delimiter_of(path: Path, given: Optional[str]) -> str:
@@ -33,11 +34,26 @@ def delimiter_of(path: Path, given: Optional[str]) -> str:
 
 
 def posix(strings: Sequence[str]) -> list[str]:
-    """``Path(s).as_posix()`` of each string; pathlib runs only for the few that need rewriting."""
+    """``Path(s).as_posix()`` of each string; pathlib runs only for the few that need rewriting
+    (found with one regex scan over all strings joined, not one search per string)."""
     out = list(strings)
-    for i, s in enumerate(out):
+    if not out:
+        return out
+    text = "\n".join(out)
+    edges = (text[:1] in ("/", "\n", "") or text.startswith("./") or text.endswith(("/", "\n", "/.")) or text == ".")
+    if not edges and not any(c in text for c in ("//", "/\n", "\n/", "\n\n", "/.", "\n.")):
+        return out  # plain relative paths throughout (substring tests, no regex scan)
+    hits = [m.start() for m in _IRREGULAR_LINES.finditer(text)]
+    if not hits:
+        return out
+    starts = np.zeros(len(out), np.int64)
+    np.cumsum(np.fromiter(map(len, out), np.int64, count=len(out))[:-1] + 1, out=starts[1:])
+    rows = np.unique(np.searchsorted(starts, hits, side="right") - 1) if text.count("\n") == len(out) - 1 \
+        else range(len(out))  # a string holding a newline: check each
+    for i in rows:
+        s = out[int(i)]
         if _IRREGULAR.search(s):
-            out[i] = Path(s).as_posix() if s else "."
+            out[int(i)] = Path(s).as_posix() if s else "."
     return out
 
 
@@ -60,45 +76,49 @@ class LabelTable:
     keys: np.ndarray      # object array of str
     labels: np.ndarray    # object array of str
 
-    def duplicated(self) -> np.ndarray:
-        return pd.Index(self.keys).duplicated(keep=False)
+    @cached_property
+    def _last_row(self) -> dict[str, int]:
+        return dict(zip(self.keys.tolist(), range(len(self.keys))))  # a repeated key: its last row
 
     def as_dict(self) -> dict[str, str]:
         """key -> label (the last row wins; :meth:`check_unique` refuses used duplicates)."""
         return dict(zip(self.keys.tolist(), self.labels.tolist()))
 
-    def check_unique(self, wanted_keys: Sequence[str], files: Sequence[str]) -> None:
+    def check_unique(self, wanted_keys: Sequence[str], files: Sequence[Any]) -> None:
         """A key of an indexed file that names two rows is an error naming the file."""
-        dup = self.duplicated()
-        if not dup.any():
+        if len(self._last_row) == len(self.keys):
             return
-        dup_keys = set(self.keys[dup].tolist())
-        for key, f in zip(wanted_keys, files):
+        dup_keys = set(self.keys[pd.Index(self.keys).duplicated(keep=False)].tolist())
+        for i, key in enumerate(wanted_keys):
             if key in dup_keys:
                 n = int(np.count_nonzero(self.keys == key))
-                raise UserError(f"{f}: labels file {self.path} has {n} rows for '{key}' (one row per image; "
+                raise UserError(f"{files[i]}: labels file {self.path} has {n} rows for '{key}' (one row per image; "
                                 "remove the extra rows)")
 
     def lookup(self, wanted_keys: Sequence[str]) -> np.ndarray:
-        """Row position of each key, -1 where the file has no row (duplicates: the last row)."""
-        last = ~pd.Index(self.keys).duplicated(keep="last")
-        index = pd.Index(self.keys[last])
-        rows = np.flatnonzero(last)
-        pos = index.get_indexer(pd.Index(list(wanted_keys), dtype=object))
-        return np.where(pos >= 0, rows[np.maximum(pos, 0)], -1)
+        """Row position of each key, -1 where the file has no row."""
+        rows = self._last_row
+        return np.fromiter((rows.get(k, -1) for k in wanted_keys), np.int64, count=len(wanted_keys))
 
 
-def _read_rows_pandas(path: Path, delim: str) -> pd.DataFrame:
-    return pd.read_csv(path, sep=delim, header=None, dtype=object, keep_default_na=False, na_filter=False,
-                       skip_blank_lines=True, engine="c", quotechar='"', doublequote=True)
-
-
-def _read_rows_csv(path: Path, delim: str) -> pd.DataFrame:
-    """Ragged rows (pandas refuses them): the csv module, rows padded with None."""
+def _rows_csv(path: Path, delim: str, skip: int, pc: int, lc: int) -> tuple[list[str], list[str]]:
+    """The csv module (ragged rows, which pandas refuses): rows too short are skipped."""
     with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(fh, delimiter=delim) if r]
-    width = max((len(r) for r in rows), default=0)
-    return pd.DataFrame([r + [None] * (width - len(r)) for r in rows], dtype=object)
+        rows = list(csv.reader(fh, delimiter=delim))[skip:]
+    rows = [r for r in rows if len(r) > max(pc, lc)]
+    return [r[pc] for r in rows], [r[lc] for r in rows]
+
+
+def _rows_pandas(path: Path, delim: str, skip: int, pc: int, lc: int) -> tuple[list[str], list[str]]:
+    try:
+        df = pd.read_csv(path, sep=delim, header=None, skiprows=skip, usecols=[pc, lc], dtype=object,
+                         keep_default_na=False, na_filter=False, skip_blank_lines=True, engine="c")
+    except pd.errors.EmptyDataError:
+        return [], []
+    paths, labels = df[pc].tolist(), df[lc].tolist()
+    if "" in paths or "" in labels:  # pandas fills a short row with '': tell it from an empty field
+        raise ValueError("short rows")
+    return paths, labels
 
 
 def read_table(path: Path, layout_json: str) -> LabelTable:
@@ -118,16 +138,12 @@ def _read_table(path: Path, layout_json: str, mtime_ns: int, size: int) -> Label
     layout = LayoutSpec.model_validate_json(layout_json)
     delim = delimiter_of(path, layout.delimiter)
     try:
-        df = _read_rows_pandas(path, delim)
-    except pd.errors.EmptyDataError:
-        raise UserError(f"labels file {path} is empty") from None
-    except pd.errors.ParserError:
-        df = _read_rows_csv(path, delim)
+        with path.open(newline="") as fh:
+            header = next(csv.reader(fh, delimiter=delim), None)
     except UnicodeDecodeError as exc:
         raise UserError(f"labels file {path} is not UTF-8 text: {exc}") from None
-    if df.empty:
+    if header is None:
         raise UserError(f"labels file {path} is empty")
-    header = [("" if v is None else str(v)) for v in df.iloc[0].tolist()]
     has_header = layout.header if layout.header is not None else (
         isinstance(layout.path_column, str) or isinstance(layout.label_column, str)
         or not any(Path(h).suffix for h in header[:1]))
@@ -140,14 +156,15 @@ def _read_table(path: Path, layout_json: str, mtime_ns: int, size: int) -> Label
         return header.index(spec)
 
     pc, lc = col(layout.path_column), col(layout.label_column)
-    body = df.iloc[1:] if has_header else df
-    if max(pc, lc) >= body.shape[1]:
-        return LabelTable(path, np.zeros(0, object), np.zeros(0, object))
-    pcol, lcol = body.iloc[:, pc], body.iloc[:, lc]
-    usable = (pcol.map(lambda v: isinstance(v, str)) & lcol.map(lambda v: isinstance(v, str))).to_numpy(bool)
-    keys = keys_of(pcol[usable].tolist(), layout.match)
-    labels = lcol[usable].str.strip()
-    return LabelTable(path, np.asarray(keys, dtype=object), labels.to_numpy(dtype=object))
+    skip = 1 if has_header else 0
+    try:
+        paths, labels = _rows_pandas(path, delim, skip, pc, lc)
+    except (pd.errors.ParserError, ValueError):
+        paths, labels = _rows_csv(path, delim, skip, pc, lc)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"labels file {path} is not UTF-8 text: {exc}") from None
+    return LabelTable(path, np.asarray(keys_of(paths, layout.match), dtype=object),
+                      np.asarray([s.strip() for s in labels], dtype=object))
 
 
 def rows_with(path: Path, layout: LayoutSpec, column: str, value: Optional[str]) -> list[str]:
