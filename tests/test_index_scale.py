@@ -386,3 +386,18 @@ def test_label_table_reads_as_the_former_reader(tmp_path, text, layout):
     spec = LayoutSpec.model_validate({"reader": "csv", "labels_file": "l.csv", **layout})
     (tmp_path / "l.csv").write_text(text)
     assert read_table(tmp_path / "l.csv", spec.model_dump_json()).as_dict() == old_read_label_table(tmp_path / "l.csv", spec)
+
+
+def test_tf_device_auto_resolution(tmp_path, monkeypatch):
+    import torch
+
+    from utility.runs.startup import resolve_tf_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_tf_device("auto", "auto") == "cpu" and resolve_tf_device("gpu", "auto") == "gpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_tf_device("auto", "auto") == "gpu" and resolve_tf_device("auto", "cpu") == "cpu"
+    assert resolve_tf_device("cpu", "cuda") == "cpu"
+    (tmp_path / "config.yaml").write_text("name: x\ntf_device: cpu\n")  # a run being resumed keeps its path
+    assert resolve_tf_device("auto", "auto", tmp_path) == "cpu"
+    assert resolve_tf_device("gpu", "auto", tmp_path) == "gpu"

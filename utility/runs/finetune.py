@@ -42,7 +42,7 @@ def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
 def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     """Train, validate, test one run (one fold); returns the test metrics of the last model."""
     requested_tf = cfg.tf_device
-    cfg.tf_device = resolve_tf_device(cfg.tf_device, cfg.device)  # config.yaml records the path that runs
+    cfg.tf_device = resolve_tf_device(cfg.tf_device, cfg.device, run_dir)  # config.yaml records the path that runs
     session = RunSession.open(cfg, run_dir, free_keys=FREE_KEYS)
     if session.done:
         print(f"run {run_dir} is already complete; results in {run_dir / 'test.log'}. "

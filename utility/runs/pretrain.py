@@ -33,7 +33,8 @@ from utility.training.engine import Trainer, TrainerOptions
 from utility.training.optim import build_optimizer
 from utility.training.session import RESUME_FREE_KEYS, RunSession
 
-FREE_KEYS = RESUME_FREE_KEYS | {"low_verbosity", "enc_save_frequency", "index_cache_dir", "reindex"}
+# tf_device has no effect here (SimCLR's views always run batched on the device)
+FREE_KEYS = RESUME_FREE_KEYS | {"low_verbosity", "enc_save_frequency", "index_cache_dir", "reindex", "tf_device"}
 PRETRAIN_COLUMNS = ["epoch", "step", "loss", "datetime", "lr", "global_step"]
 
 

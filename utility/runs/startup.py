@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
+import yaml
 
 from utility.data.index_cache import IndexCache
 from utility.paths import output_root, resolve_user_path
@@ -31,12 +32,24 @@ def index_cache_for(cfg: Any) -> Optional[IndexCache]:
     return IndexCache(folder, reindex=cfg.reindex)
 
 
-def resolve_tf_device(tf_device: str, device: str) -> str:
+def resolve_tf_device(tf_device: str, device: str, run_dir: Optional[Path] = None) -> str:
     """auto: batched augmentation on the device with CUDA, per sample in the loader workers otherwise
-    (on a CPU the batched path runs at about half the speed of per-sample albumentations)."""
+    (on a CPU the batched path runs at about half the speed of per-sample albumentations). A run
+    being resumed keeps the path its config.yaml records, so its numbers do not change mid-run."""
     if tf_device != "auto":
         return tf_device
+    recorded = _recorded(run_dir / "config.yaml") if run_dir is not None else None
+    if recorded in ("gpu", "cpu"):
+        return recorded
     return "gpu" if torch.cuda.is_available() and device != "cpu" else "cpu"
+
+
+def _recorded(path: Path) -> Optional[str]:
+    try:
+        old = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return old.get("tf_device") if isinstance(old, dict) else None
 
 
 def augmentation_path(tf_device: str, requested: str) -> str:
