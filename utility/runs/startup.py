@@ -59,7 +59,7 @@ def augmentation_path(tf_device: str, requested: str) -> str:
 
 
 class Startup:
-    """Collects phase timings; :meth:`write` appends them to startup.log once the run dir exists."""
+    """Collects phase timings; appends them to startup.log once the run dir holds the run's config."""
 
     def __init__(self, verbose: bool = True) -> None:
         self.rows: list[list[str]] = []
@@ -86,7 +86,9 @@ class Startup:
         self._flush()
 
     def _flush(self) -> None:
-        if self.run_dir is None or not is_main() or not self.run_dir.is_dir():
+        # only into a directory that holds our run (config.yaml is written when training starts), so a
+        # run that fails earlier leaves nothing that would make its directory look foreign
+        if self.run_dir is None or not is_main() or not (self.run_dir / "config.yaml").is_file():
             return
         path = self.run_dir / "startup.log"
         new = not path.exists()
