@@ -401,3 +401,16 @@ def test_tf_device_auto_resolution(tmp_path, monkeypatch):
     (tmp_path / "config.yaml").write_text("name: x\ntf_device: cpu\n")  # a run being resumed keeps its path
     assert resolve_tf_device("auto", "auto", tmp_path) == "cpu"
     assert resolve_tf_device("gpu", "auto", tmp_path) == "gpu"
+
+
+@pytest.mark.parametrize("formats", [[".png"], [".PNG", ".nii.gz", "npy", "."], [".tar.gz", ".gz"]])
+def test_extension_rule_equals_pathlib_suffix_rule(formats):
+    from utility.data.listing import _Walk
+
+    names = ["a.png", "A.PNG", ".png", "..png", "x.", "a.nii.gz", ".nii.gz", "b.NII.GZ", "c.npy", "npy", "c.gz",
+             "d.tar.gz", "e.TAR.GZ", "f.png.txt", "ü.Png", "k.\u212a", "plain", "."]
+    fmts = {f.lower() for f in formats}
+    double = {f for f in fmts if f.count(".") > 1}
+    old = [n for n in names if Path(n).suffix.lower() in fmts or any(n.lower().endswith(d) for d in double)]
+    w = _Walk(formats, None)
+    assert w.matching(names) == old == [n for n in names if w.wanted(n)]

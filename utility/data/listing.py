@@ -39,6 +39,8 @@ class _Walk:
     def __init__(self, formats: Sequence[str], stamps: Optional[list[Stamp]]) -> None:
         self.fmts = {f.lower() for f in formats}
         self.double = tuple(f for f in self.fmts if f.count(".") > 1)  # .nii.gz
+        self.singles = {f for f in self.fmts if f.startswith(".") and f.count(".") == 1 and len(f) > 1}
+        self.ends = tuple(self.singles) + self.double
         self.stamps = stamps
         self.out: list[str] = []
 
@@ -48,15 +50,30 @@ class _Walk:
             return True
         return bool(self.double) and name.lower().endswith(self.double)
 
+    def matching(self, names: list[str]) -> list[str]:
+        """``[n for n in names if self.wanted(n)]`` in one comprehension (the hot loop). A name ends
+        with a one-dot format ``.png`` exactly when its pathlib suffix is ``.png``, unless the whole
+        name is ``.png`` (a hidden file without suffix); other formats never equal a suffix."""
+        ends, singles = self.ends, self.singles
+        return [n for n in names if (low := n.lower()).endswith(ends) and low not in singles]
+
     def walk(self, path: str, rel: str) -> None:
         if self.stamps is not None:
             self.stamps.append(stamp(path))  # before reading: a later change shows next time
         try:
             with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = list(it)
         except PermissionError:
             return
-        for e in entries:
+        try:  # regular files by their entry type (no system call where the type is reported)
+            regular = [e.is_file(follow_symlinks=False) for e in entries]
+        except OSError:
+            regular = [False] * len(entries)
+        files = self.matching([e.name for e, r in zip(entries, regular) if r])
+        subdirs: dict[str, str] = {}
+        for e, r in zip(entries, regular):  # the few others: folders, symlinks, unknown types
+            if r:
+                continue
             name = e.name
             try:
                 is_dir = e.is_dir(follow_symlinks=False)
@@ -65,8 +82,17 @@ class _Walk:
                     raise
                 is_dir = False
             if is_dir:
-                self.walk(e.path, f"{rel}{name}/")
+                subdirs[name] = e.path
             elif self.wanted(name) and _is_file(e):
+                files.append(name)
+        if not subdirs:  # pathlib order: by name, a folder's content at the folder's place
+            files.sort()
+            self.out.extend([rel + n for n in files] if rel else files)
+            return
+        for name in sorted(files + list(subdirs)):
+            if name in subdirs:
+                self.walk(subdirs[name], f"{rel}{name}/")
+            else:
                 self.out.append(rel + name)
 
 
