@@ -43,3 +43,4 @@ bench: venv
 	$(VPY) benchmarks/bench_queue.py
 	$(VPY) benchmarks/bench_study.py
 	$(VPY) benchmarks/bench_queue_stress.py
+	$(VPY) benchmarks/bench_scale.py

@@ -91,11 +91,15 @@ class DataKeys(BaseModel):
     normalizer: Optional[Literal["naive", "01_clipped_CT", "imagenet", "windowed"]] = None
     window: Optional[tuple[float, float]] = Field(None, description="[low, high] for normalizer windowed")
     shape_desired: Optional[tuple[PositiveInt, PositiveInt]] = None
-    tf_device: Literal["gpu", "cpu"] = "gpu"
+    tf_device: Literal["auto", "gpu", "cpu"] = Field(
+        "auto", description="auto: batched on the device with CUDA, per sample in the loader workers otherwise")
     no_augs: bool = False
     noise_injection: Optional[tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0, le=1)]]] = None
     test_nan_inf: bool = True
     cache_dir: Optional[str] = Field(None, description="where cached images live; default /dev/shm/<user>-mi-cache")
+    index_cache_dir: Optional[str] = Field(
+        None, description="where file indexes are cached; default <output_root>/index_cache; off disables")
+    reindex: bool = Field(False, description="index the data anew (file systems with unreliable directory mtimes)")
     slice_axis: Optional[Annotated[int, Field(ge=0, le=2)]] = Field(
         None, description="read NIfTI volumes as 2-D slices along this axis")
     max_bad_fraction: Annotated[float, Field(ge=0, le=1)] = Field(

@@ -53,11 +53,10 @@ def default_cache_dir() -> Path:
 
 def store_key(paths: Sequence[Path], prep_key: str) -> str:
     h = hashlib.sha256(f"v{VERSION}|{prep_key}|".encode())
-    for p in paths:
-        name = str(p)
-        real = Path(name.split("::")[0])
+    strings = getattr(paths, "strings", None)  # a PathArray: no Path object per file
+    for name in (strings() if strings is not None else [str(p) for p in paths]):
         try:
-            st = real.stat()
+            st = os.stat(name.split("::")[0])
             h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{name}|missing\n".encode())

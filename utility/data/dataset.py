@@ -75,8 +75,13 @@ class ImageDataset(Dataset):
     def _target(self, i: int) -> torch.Tensor:
         t = self.split.targets[i]
         if self.multilabel:
-            return torch.as_tensor(np.asarray(t, dtype=np.float32))
+            return torch.from_numpy(np.asarray(t, dtype=np.float32))
         return torch.tensor(int(t), dtype=torch.int64)
+
+    def _all_targets(self) -> torch.Tensor:
+        """Every target as one tensor (a copy of the compact column, made once)."""
+        t = np.asarray(self.split.targets)
+        return torch.from_numpy(t.astype(np.float32 if self.multilabel else np.int64))
 
     def load(self, i: int) -> tuple[torch.Tensor, str]:
         """Preprocessed image i and '' or the reason it could not be read."""
@@ -114,7 +119,7 @@ class ImageDataset(Dataset):
         ok = torch.from_numpy(self.cache.filled[idx] == 1)
         images = torch.from_numpy(self.cache.data[idx])
         if self._targets is None:
-            self._targets = torch.stack([self._target(i) for i in range(len(self))]) if len(self) else None
+            self._targets = self._all_targets()
         return {"image": images, "target": self._targets[torch.from_numpy(idx)], "index": torch.from_numpy(idx),
                 "valid": ok, "bad": ["" if v else "unreadable or NaN/Inf (found in an earlier epoch)" for v in ok.tolist()]}
 

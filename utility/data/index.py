@@ -3,43 +3,69 @@
 Order of operations, each step seeded: base splits (dirs / lists / CSV rows) -> carve-outs
 (``from: train, fraction: 0.1``) -> k-fold re-split of train+val (``folds``) -> size variant
 (seeded stratified fraction of the training set).
+
+The base splits are what the persistent index cache (utility/data/index_cache.py) keeps: listing
+and targets; the seeded steps after it are cheap and run every time. A split holds its paths and
+targets as compact numpy columns (utility/data/compact.py), not one Python object per sample.
 """
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from utility.data.io import nifti_slices
-from utility.data.splits import kfold_indices, stratified_fraction
 import utility.data.body_part  # noqa: F401  (registers the body_part reader)
-from utility.data.targets import (ReaderContext, get_target_reader, key_for, read_label_table,
-                                  read_synsets)
-from utility.errors import UserError
 from utility.config.tasks import TaskSpec
+from utility.data.batch_targets import Labels, batch_reader_of, factorize
+from utility.data.compact import MaskTargets, PathArray, as_targets, concat, join_root, take
+from utility.data.encode import encode_multiclass, encode_multilabel
+from utility.data.index_cache import IndexCache
+from utility.data.labeltable import posix, read_table, rows_with
+from utility.data.listing import Stamp, expand_volumes, find_images, stamp
+from utility.data.splits import kfold_indices, stratified_fraction
+from utility.data.targets import _READERS, ReaderContext, get_target_reader, read_synsets
+from utility.errors import UserError
+
+__all__ = ["Split", "IndexedTask", "index_task", "find_images", "expand_volumes"]
 
 
-@dataclass
 class Split:
-    """One split: file paths and encoded targets (class index, or multi-hot float vector)."""
+    """One split: file paths (a :class:`PathArray`) and targets (int64 class indices, a uint8
+    multi-hot matrix, or :class:`MaskTargets`); built from lists too (converted)."""
 
-    name: str
-    paths: list[Path] = field(default_factory=list)
-    targets: list[Any] = field(default_factory=list)
+    def __init__(self, name: str, paths: Any = (), targets: Any = ()) -> None:
+        self.name = name
+        self.paths: PathArray = PathArray.from_paths(paths)
+        self.targets: Any = as_targets(targets)
+        if len(self.targets) != len(self.paths):
+            raise ValueError(f"split {name}: {len(self.paths)} paths but {len(self.targets)} targets")
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, idx: Sequence[int], name: str | None = None) -> "Split":
-        return Split(name or self.name, [self.paths[i] for i in idx], [self.targets[i] for i in idx])
+    def __repr__(self) -> str:
+        return f"Split({self.name!r}, {len(self)} samples)"
 
-    def strata(self) -> list[str]:
-        """Stratification key per sample: the class, or the label combination."""
-        return [t if isinstance(t, (int, np.integer)) else "".join("1" if v else "0" for v in t)
-                for t in self.targets]
+    def subset(self, idx: Sequence[int], name: str | None = None) -> "Split":
+        return Split(name or self.name, take(self.paths, idx), take(self.targets, idx))
+
+    def strata(self) -> np.ndarray:
+        """Stratification key per sample: the class, or the label combination ('0101...')."""
+        t = self.targets
+        if isinstance(t, MaskTargets):
+            return np.asarray(["1" * int(c) for c in t.counts()], dtype=object)
+        if t.ndim == 1:
+            return t
+        width = t.shape[1]
+        chars = np.ascontiguousarray((t != 0).astype(np.uint8) + ord("0"))
+        return chars.view(f"S{width}").reshape(-1).astype(f"U{width}")
+
+    @property
+    def nbytes(self) -> int:
+        return self.paths.nbytes + int(self.targets.nbytes)
 
 
 @dataclass
@@ -48,73 +74,26 @@ class IndexedTask:
     data_dir: Path
     classes: list[str]
     splits: dict[str, Split]
+    how: str = ""  # how the base index was obtained (built / from cache), for the start-up line
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
 
-def find_images(folder: Path, formats: Sequence[str], slice_axis: int | None = None) -> list[Path]:
-    """All files under ``folder`` (recursive) whose extension is one of ``formats``, sorted; with
-    ``slice_axis`` a NIfTI volume becomes one entry per slice (``file.nii.gz::<k>``)."""
-    fmts = {f.lower() for f in formats}
-    double = {f for f in fmts if f.count(".") > 1}  # .nii.gz
-    out = []
-    for p in folder.rglob("*"):
-        name = p.name.lower()
-        if p.is_file() and (p.suffix.lower() in fmts or any(name.endswith(d) for d in double)):
-            out.append(p)
-    return expand_volumes(sorted(out), slice_axis)
-
-
-def expand_volumes(files: list[Path], slice_axis: int | None) -> list[Path]:
-    if slice_axis is None:
-        return files
-    out: list[Path] = []
-    for f in files:
-        if f.name.lower().endswith((".nii", ".nii.gz")):
-            try:
-                out.extend(nifti_slices(f, slice_axis))
-            except Exception as exc:  # unreadable header: keep the file, the loader reports it
-                out.append(f)
-                print(f"warning: cannot read NIfTI header of {f}: {exc}")
-        else:
-            out.append(f)
-    return out
-
-
 def index_task(task: TaskSpec, data_root: Path, seed: int, formats: Sequence[str] | None = None,
                folds: int | None = None, fold: int | None = None,
-               train_fraction: float | None = None, slice_axis: int | None = None) -> IndexedTask:
+               train_fraction: float | None = None, slice_axis: int | None = None,
+               cache: Optional[IndexCache] = None) -> IndexedTask:
     """Index every split of ``task``; raises UserError for missing folders, empty splits, bad labels."""
     data_dir = data_root / task.root
     if not data_dir.is_dir():
         raise UserError(f"task {task.name}: data folder not found: {data_dir} "
                         f"(data root {data_root}; set data_root to change it)")
     formats = list(formats or task.data_format)
-    classes = _class_list(task, data_dir, formats)
     if task.type == "segmentation":
         import utility.data.mask_readers  # noqa: F401  (registers the mask readers)
-    reader = get_target_reader(task.layout.reader, task.source_file)
-    raw: dict[str, tuple[list[Path], list[Any]]] = {}
-    for name, spec in task.splits.items():
-        if spec.from_ is not None:
-            continue
-        ctx_dir, files = _split_files(task, data_dir, name, spec, formats, slice_axis)
-        files = expand_volumes(files, slice_axis) if spec.dir is None else files
-        if task.layout.image_channels:  # multi-file images: index the first channel's files only
-            files = [f for f in files if f.name.endswith(task.layout.image_channels[0])]
-        ctx = ReaderContext(task=task, data_dir=data_dir, split_dir=ctx_dir)
-        targets = []
-        for f in files:
-            try:
-                targets.append(reader(f, ctx))
-            except LookupError as exc:
-                raise UserError(f"task {task.name}, split {name}: {exc}") from None
-        raw[name] = (files, targets)
-    if classes is None:  # folders layout without a class list: sorted class folders of train
-        classes = sorted({str(t) for t in raw.get("train", ([], []))[1]})
-    splits = {name: _encode(task, name, files, targets, classes) for name, (files, targets) in raw.items()}
+    classes, splits, how = _base(task, data_dir, formats, slice_axis, cache)
     # carve-outs, in dependency order
     pending = {n: s for n, s in task.splits.items() if s.from_ is not None}
     while pending:
@@ -124,13 +103,14 @@ def index_task(task: TaskSpec, data_root: Path, seed: int, formats: Sequence[str
         for n in ready:
             spec = pending.pop(n)
             src = splits[spec.from_]
-            take = stratified_fraction(src.strata(), spec.fraction, seed)
-            keep = sorted(set(range(len(src))) - set(take))
-            splits[n] = src.subset(take, n)
-            splits[spec.from_] = src.subset(keep)
+            take_idx = stratified_fraction(src.strata(), spec.fraction, seed)
+            keep = np.ones(len(src), bool)
+            keep[take_idx] = False
+            splits[n] = src.subset(take_idx, n)
+            splits[spec.from_] = src.subset(np.flatnonzero(keep))
     if folds:
-        pool = Split("pool", splits["train"].paths + splits["val"].paths,
-                     splits["train"].targets + splits["val"].targets)
+        pool = Split("pool", concat([splits["train"].paths, splits["val"].paths]),
+                     concat([splits["train"].targets, splits["val"].targets]))
         tr, va = kfold_indices(pool.strata(), folds, fold or 0, seed)
         splits["train"], splits["val"] = pool.subset(tr, "train"), pool.subset(va, "val")
     frac = train_fraction if train_fraction is not None else task.train_fraction
@@ -140,10 +120,103 @@ def index_task(task: TaskSpec, data_root: Path, seed: int, formats: Sequence[str
         if len(s) == 0:
             raise UserError(f"task {task.name}: split '{name}' is empty (no {', '.join(formats)} files; "
                             f"see {task.source_file})")
-    return IndexedTask(task, data_dir, classes, splits)
+    return IndexedTask(task, data_dir, classes, splits, how)
 
 
-def _class_list(task: TaskSpec, data_dir: Path, formats: Sequence[str]) -> list[str] | None:
+# ----------------------------------------------------------------------------- base splits (cached)
+
+def _cacheable(reader_name: str) -> bool:
+    """Built-in readers depend only on paths and the files the index stamps; a user's reader may
+    read anything, so its targets are not cached."""
+    fn = _READERS.get(reader_name)
+    return fn is not None and fn.__module__ in ("utility.data.targets", "utility.data.mask_readers")
+
+
+def _base(task: TaskSpec, data_dir: Path, formats: list[str], slice_axis: Optional[int],
+          cache: Optional[IndexCache]) -> tuple[list[str], dict[str, Split], str]:
+    if cache is None or not _cacheable(task.layout.reader):
+        classes, splits, _ = _build_base(task, data_dir, formats, slice_axis)
+        why = "" if cache is None else f" (not cached: reader '{task.layout.reader}' is not built in)"
+        return classes, splits, "built" + why
+    key = {"data_dir": str(data_dir.resolve()), "formats": formats, "slice_axis": slice_axis,
+           "task": task.model_dump(mode="json", include={"type", "root", "data_format", "classes", "layout",
+                                                         "splits"}, by_alias=True)}
+
+    def build():
+        classes, splits, stamps = _build_base(task, data_dir, formats, slice_axis)
+        arrays, info = _pack(splits)
+        info["classes"] = classes
+        return arrays, info, stamps
+
+    arrays, info = cache.get_or_build("task", key, build)
+    return info["classes"], _unpack(arrays, info), cache.last
+
+
+def _pack(splits: dict[str, Split]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    arrays: dict[str, np.ndarray] = {}
+    info: dict[str, Any] = {"splits": {}}
+    for name, s in splits.items():
+        arrays[f"{name}.blob"], arrays[f"{name}.offsets"] = s.paths.blob, s.paths.offsets
+        entry = {"root": s.paths.root, "masks": isinstance(s.targets, MaskTargets)}
+        if isinstance(s.targets, MaskTargets):
+            arrays[f"{name}.mblob"], arrays[f"{name}.moffsets"] = s.targets.flat.blob, s.targets.flat.offsets
+            arrays[f"{name}.mgroups"] = s.targets.groups
+            entry["mroot"] = s.targets.flat.root
+        else:
+            arrays[f"{name}.targets"] = s.targets
+        info["splits"][name] = entry
+    return arrays, info
+
+
+def _unpack(arrays: dict[str, np.ndarray], info: dict[str, Any]) -> dict[str, Split]:
+    out = {}
+    for name, e in info["splits"].items():
+        paths = PathArray(e["root"], arrays[f"{name}.blob"], arrays[f"{name}.offsets"])
+        if e["masks"]:
+            targets: Any = MaskTargets(PathArray(e["mroot"], arrays[f"{name}.mblob"], arrays[f"{name}.moffsets"]),
+                                       arrays[f"{name}.mgroups"])
+        else:
+            targets = arrays[f"{name}.targets"]
+        out[name] = Split(name, paths, targets)
+    return out
+
+
+def _build_base(task: TaskSpec, data_dir: Path, formats: list[str], slice_axis: Optional[int]
+                ) -> tuple[list[str], dict[str, Split], list[Stamp]]:
+    stamps: list[Stamp] = []
+    for f in (task.layout.labels_file, task.layout.synset_file, task.layout.solution_file):
+        if f is not None:
+            stamps.append(stamp(str(data_dir / f)))
+    classes = _class_list(task, data_dir)
+    reader = get_target_reader(task.layout.reader, task.source_file)
+    batch = batch_reader_of(task.layout.reader)
+    raw: dict[str, tuple[PathArray, Any]] = {}
+    for name, spec in task.splits.items():
+        if spec.from_ is not None:
+            continue
+        ctx_dir, files = _split_files(task, data_dir, name, spec, slice_axis, formats, stamps)
+        if spec.dir is None:
+            files = expand_volumes(files, slice_axis, stamps)
+        if task.layout.image_channels:  # multi-file images: index the first channel's files only
+            first = task.layout.image_channels[0]
+            files = take(files, [i for i, r in enumerate(files.rel_strings()) if r.endswith(first)])
+        ctx = ReaderContext(task=task, data_dir=data_dir, split_dir=ctx_dir)
+        try:
+            labels = batch(files, ctx) if batch is not None and task.type != "segmentation" else None
+            if labels is None:
+                labels = [reader(f, ctx) for f in files]
+        except LookupError as exc:
+            raise UserError(f"task {task.name}, split {name}: {exc}") from None
+        raw[name] = (files, labels)
+    if classes is None:  # folders layout without a class list: sorted class folders of train
+        lab = raw.get("train", (None, []))[1]
+        values = lab.values if isinstance(lab, Labels) else lab
+        classes = sorted({str(t) for t in values})
+    splits = {name: _encode(task, name, files, labels, classes) for name, (files, labels) in raw.items()}
+    return classes, splits, stamps
+
+
+def _class_list(task: TaskSpec, data_dir: Path) -> list[str] | None:
     if task.layout.synset_file:
         wnids = read_synsets(data_dir / task.layout.synset_file)
         return wnids[:: task.layout.class_stride]
@@ -152,96 +225,59 @@ def _class_list(task: TaskSpec, data_dir: Path, formats: Sequence[str]) -> list[
     return None
 
 
-def _split_files(task: TaskSpec, data_dir: Path, name: str, spec, formats,
-                 slice_axis: int | None = None) -> tuple[Path, list[Path]]:
+def _under_data_dir(data_dir: Path, names: Sequence[str]) -> list[str]:
+    """``str(data_dir / name)`` of each name."""
+    root = str(data_dir)
+    out = []
+    for s in posix(names):
+        out.append(s if s.startswith("/") else (root if s == "." else join_root(root, s)))
+    return out
+
+
+def _existing(task: TaskSpec, files: list[str], source: Path, how: str, stamps: list[Stamp]) -> PathArray:
+    missing = [f for f in files if not os.path.exists(f)]
+    if missing:
+        raise UserError(f"task {task.name}: {len(missing)} file(s) {how} in {source} do not exist, "
+                        f"e.g. {missing[0]}")
+    stamps.append(stamp(str(source)))
+    stamps.extend(stamp(d) for d in sorted({f.rpartition("/")[0] or "." for f in files}))
+    return PathArray.from_strings(files)
+
+
+def _split_files(task: TaskSpec, data_dir: Path, name: str, spec, slice_axis: Optional[int],
+                 formats: Sequence[str], stamps: list[Stamp]) -> tuple[Path, PathArray]:
     if spec.dir is not None:
         d = data_dir / spec.dir
         if not d.is_dir():
             raise UserError(f"task {task.name}: folder of split '{name}' not found: {d}")
-        return d, find_images(d, formats, slice_axis)
+        return d, find_images(d, formats, slice_axis, stamps)
     if spec.list is not None:
         lst = data_dir / spec.list
         if not lst.is_file():
             raise UserError(f"task {task.name}: list file of split '{name}' not found: {lst}")
-        files = [data_dir / line.strip() for line in lst.read_text().splitlines()
+        lines = [line.strip() for line in lst.read_text().splitlines()
                  if line.strip() and not line.startswith("#")]
-        missing = [f for f in files if not f.exists()]
-        if missing:
-            raise UserError(f"task {task.name}: {len(missing)} file(s) listed in {lst} do not exist, "
-                            f"e.g. {missing[0]}")
-        return data_dir, files
+        return data_dir, _existing(task, _under_data_dir(data_dir, lines), lst, "listed", stamps)
     # csv_rows: every row of the labels file (optionally filtered by a split column)
     if task.layout.labels_file is None:
         raise UserError(f"task {task.name}: split '{name}' uses csv_rows but layout.labels_file is unset")
     lf = data_dir / task.layout.labels_file
-    table = read_label_table(lf, task.layout.model_dump_json())
-    keys = list(table)
+    table = read_table(lf, task.layout.model_dump_json())
     if spec.split_column is not None:
-        keys = _rows_with(lf, task, spec.split_column, spec.split_value)
-    files = [data_dir / k for k in keys]
-    missing = [f for f in files if not f.exists()]
-    if missing:
-        raise UserError(f"task {task.name}: {len(missing)} file(s) named in {lf} do not exist, "
-                        f"e.g. {missing[0]}")
-    return data_dir, files
+        keys = rows_with(lf, task.layout, spec.split_column, spec.split_value)
+    else:
+        keys = table.keys.tolist()
+    files = _under_data_dir(data_dir, keys)
+    table.check_unique(keys, files)
+    return data_dir, _existing(task, files, lf, "named", stamps)
 
 
-def _rows_with(lf: Path, task: TaskSpec, column: str, value: str | None) -> list[str]:
-    delim = "\t" if lf.suffix.lower() in (".tsv", ".tab") else (task.layout.delimiter or ",")
-    with lf.open(newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter=delim))
-    if rows and column not in rows[0]:
-        raise UserError(f"labels file {lf} has no column '{column}'")
-    pc = task.layout.path_column
-    pcol = pc if isinstance(pc, str) else list(rows[0])[pc]
-    return [key_for(Path(r[pcol]), task.layout) for r in rows if r[column] == value]
-
-
-def _encode(task: TaskSpec, split: str, files: list[Path], targets: list[Any], classes: list[str]) -> Split:
-    """Class names / indices -> index (multiclass) or multi-hot vector (multilabel).
-
-    With a class subset (ImageNet-100, class_stride) samples of other classes are dropped; otherwise
-    an unknown label is a user error naming the file.
-    """
-    lookup = {c: i for i, c in enumerate(classes)}
-    subset = task.layout.class_stride > 1
-    out = Split(split)
-    for f, t in zip(files, targets):
-        if task.type == "segmentation":  # mask path(s), read per sample by the dataset
-            out.paths.append(f)
-            out.targets.append(t)
-        elif task.type == "multilabel":
-            labels = t if isinstance(t, (list, tuple)) else [t]
-            vec = np.zeros(len(classes), dtype=np.float32)
-            for lab in labels:
-                i = _index_of(lab, lookup, len(classes))
-                if i is None:
-                    raise UserError(f"{f}: label {lab!r} is not one of the task's {len(classes)} labels "
-                                    f"({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})")
-                vec[i] = 1.0
-            out.paths.append(f)
-            out.targets.append(vec)
-        else:
-            i = _index_of(t, lookup, len(classes))
-            if i is None:
-                if subset:
-                    continue
-                raise UserError(f"{f}: label {t!r} is outside the task's classes "
-                                f"({len(classes)} classes: {', '.join(classes[:6])}"
-                                f"{', ...' if len(classes) > 6 else ''})")
-            out.paths.append(f)
-            out.targets.append(i)
-    return out
-
-
-def _index_of(label: Any, lookup: dict[str, int], n: int) -> int | None:
-    if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
-        return int(label) if 0 <= label < n else None
-    s = str(label).strip()
-    if s in lookup:
-        return lookup[s]
-    names_are_numbers = any(k.lstrip("-").isdigit() for k in lookup)
-    if s.lstrip("-").isdigit() and not names_are_numbers:  # an index into the class list
-        v = int(s)
-        return v if 0 <= v < n else None
-    return None
+def _encode(task: TaskSpec, split: str, files: PathArray, labels: Any, classes: list[str]) -> Split:
+    """Per-file reader results or :class:`Labels` -> a Split with encoded targets."""
+    if task.type == "segmentation":  # mask path(s), read per sample by the dataset
+        return Split(split, files, MaskTargets.from_tuples(labels))
+    lab = labels if isinstance(labels, Labels) else factorize(labels)
+    if task.type == "multilabel":
+        return Split(split, files, encode_multilabel(files, lab, classes))
+    files, targets = encode_multiclass(files, lab, classes, task.layout.class_stride > 1)
+    return Split(split, files, targets)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from utility.data.cache import SharedStore, store_key
+from utility.data.compact import MaskTargets
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import Split
 from utility.data.io import UnreadableImage, read_image
@@ -152,7 +153,7 @@ def make_seg_dataset(cfg: Any, task: TaskSpec, split: Split, name: str, prep: Pr
         what = f"{task.name} split '{name}'"
         cache = SharedStore(split.paths, prep.channels, prep.shape, f"{prep!r}|{task.layout.image_channels}",
                             cache_dir, what)
-        mask_files = [Path(p) for t in split.targets for p in t]
+        mask_files = split.targets.flat if isinstance(split.targets, MaskTargets) else [Path(p) for t in split.targets for p in t]
         mask_key = f"mask|{prep.shape}|{num_classes}|{layout}|{store_key(mask_files, '')}"
         mask_cache = SharedStore(split.paths, 1, prep.shape, mask_key, cache_dir, f"{what} (masks)")
     return SegDataset(split, prep, task.layout, num_classes, cache, mask_cache,

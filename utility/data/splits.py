@@ -1,17 +1,27 @@
 """Seeded stratified subsets and k-fold splits (size variants, carve-outs, cross-validation)."""
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Hashable, Sequence
 
 import numpy as np
 
 
 def _groups(strata: Sequence[Hashable], rng: np.random.Generator) -> dict[Hashable, np.ndarray]:
-    groups: dict[Hashable, list[int]] = defaultdict(list)
-    for i, s in enumerate(strata):
-        groups[s].append(i)
-    return {k: rng.permutation(np.asarray(v)) for k, v in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+    """Sample indices per stratum (ascending), strata ordered by str(key), each permuted by ``rng``.
+
+    Vectorised (np.unique + one stable argsort), with the same groups, order and random draws as
+    collecting the indices one by one, so a seed selects the same samples as before."""
+    arr = np.asarray(strata)
+    if arr.size == 0:
+        return {}
+    keys, inv = np.unique(arr, return_inverse=True)
+    inv = inv.reshape(-1)
+    order = np.argsort(inv, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(inv, minlength=len(keys)))[:-1])
+    key_list = keys.tolist()
+    names = [str(k) for k in key_list]
+    seq = sorted(range(len(key_list)), key=lambda g: names[g])
+    return {key_list[g]: rng.permutation(members[g].astype(np.int64)) for g in seq}
 
 
 def stratified_fraction(strata: Sequence[Hashable], fraction: float, seed: int) -> list[int]:
@@ -31,8 +41,8 @@ def stratified_fraction(strata: Sequence[Hashable], fraction: float, seed: int) 
     order = sorted(range(len(keys)), key=lambda i: (-(quotas[keys[i]] - take[keys[i]]), tie[i]))
     for i in order[:max(rest, 0)]:
         take[keys[i]] += 1
-    picked = [int(j) for k, v in groups.items() for j in v[: take[k]]]
-    return sorted(picked)
+    picked = [v[: take[k]] for k, v in groups.items()]
+    return np.sort(np.concatenate(picked)).tolist()
 
 
 def kfold_indices(strata: Sequence[Hashable], k: int, fold: int, seed: int) -> tuple[list[int], list[int]]:

@@ -25,8 +25,9 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from utility.errors import UserError
 from utility.config.tasks import LayoutSpec, TaskSpec
+from utility.data.labeltable import read_table
+from utility.errors import UserError
 from utility.paths import REPO_ROOT
 
 @dataclass(frozen=True)
@@ -121,41 +122,9 @@ def folder_target(path: Path, ctx: ReaderContext) -> str:
     return rel.parts[0]
 
 
-def _delimiter(path: Path, given: str | None) -> str:
-    if given:
-        return given
-    return "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-
-
-@lru_cache(maxsize=8)
 def read_label_table(path: Path, layout_json: str) -> dict[str, str]:
     """Map key (basename / relative path / stem) -> raw label text, read once per file."""
-    layout = LayoutSpec.model_validate_json(layout_json)
-    if not path.is_file():
-        raise UserError(f"labels file not found: {path}")
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh, delimiter=_delimiter(path, layout.delimiter)))
-    if not rows:
-        raise UserError(f"labels file {path} is empty")
-    header = rows[0]
-    has_header = layout.header if layout.header is not None else (
-        isinstance(layout.path_column, str) or isinstance(layout.label_column, str)
-        or not any(Path(h).suffix for h in header[:1]))
-
-    def col(spec: int | str) -> int:
-        if isinstance(spec, int):
-            return spec
-        if spec not in header:
-            raise UserError(f"labels file {path} has no column '{spec}' (columns: {', '.join(header)})")
-        return header.index(spec)
-
-    pc, lc = col(layout.path_column), col(layout.label_column)
-    table: dict[str, str] = {}
-    for row in rows[1:] if has_header else rows:
-        if len(row) <= max(pc, lc):
-            continue
-        table[key_for(Path(row[pc]), layout)] = row[lc].strip()
-    return table
+    return read_table(path, layout_json).as_dict()
 
 
 def key_for(path: Path, layout: LayoutSpec, root: Path | None = None) -> str:
@@ -177,12 +146,14 @@ def task_file(task: TaskSpec, data_dir: Path, name: str | None, key: str) -> Pat
 def csv_row(path: Path, ctx: ReaderContext) -> str:
     """The raw label-column text of ``path``'s row in the task's labels file."""
     task = ctx.task
-    table = read_label_table(task_file(task, ctx.data_dir, task.layout.labels_file, "labels_file"),
-                             task.layout.model_dump_json())
+    table = read_table(task_file(task, ctx.data_dir, task.layout.labels_file, "labels_file"),
+                       task.layout.model_dump_json())
     key = key_for(path, task.layout, ctx.data_dir)
-    if key not in table:
+    table.check_unique([key], [str(path)])
+    pos = int(table.lookup([key])[0])
+    if pos < 0:
         raise LookupError(f"{path.name} has no row in {task.layout.labels_file}")
-    return table[key]
+    return table.labels[pos]
 
 
 @register_target_reader("csv")

@@ -19,6 +19,7 @@ from utility.errors import UserError, user_errors
 from utility.methods.registry import pipeline_for
 from utility.models import build_network, count_parameters
 from utility.paths import output_root, resolve_user_path
+from utility.runs.startup import Startup, augmentation_path, resolve_tf_device
 from utility.runs.supervised_data import build_data, check_folds
 from utility.runs.evaluation import read_test_row, report_bad_files, test_last_and_best, write_folds_summary
 from utility.training.distributed import is_main, shutdown, world_size
@@ -28,7 +29,7 @@ from utility.training.optim import build_optimizer
 from utility.training.schedulers import build_scheduler
 from utility.training.session import RESUME_FREE_KEYS, RunSession, make_run_dir
 
-FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions"}
+FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex"}
 
 
 def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
@@ -48,13 +49,18 @@ def check_best_metric(method, metric: str, configured: bool, task_name: str) -> 
 
 def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     """Train, validate, test one run (one fold); returns the test metrics of the last model."""
+    requested_tf = cfg.tf_device
+    cfg.tf_device = resolve_tf_device(cfg.tf_device, cfg.device, run_dir)  # config.yaml records the path that runs
     session = RunSession.open(cfg, run_dir, free_keys=FREE_KEYS)
     if session.done:
         print(f"run {run_dir} is already complete; results in {run_dir / 'test.log'}. "
               "Use another name to run it again.")
         return read_test_row(run_dir / "test.log")
+    startup = Startup(cfg.verbose)
+    startup.attach(run_dir)
     pipe = pipeline_for(task.type)
-    data = build_data(cfg, task, session.device, pipe)
+    data = build_data(cfg, task, session.device, pipe, startup)
+    startup.add("augmentation", None, augmentation_path(cfg.tf_device, requested_tf))
     n_cls = data.indexed.num_classes
     if cfg.w_l is not None and len(cfg.w_l) != n_cls:
         raise UserError(f"config key 'w_l' has {len(cfg.w_l)} weights but task {task.name} has {n_cls} classes")
@@ -100,7 +106,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
             atomic_save(model.state_dict(), run_dir / "finetuned_model.tar")  # a full disk: one line
         return test_last_and_best(tr, data.loaders["test"], run_dir, metric)
 
-    results = session.run(trainer, data.loaders["train"], data.loaders["val"], finish)
+    results = session.run(trainer, startup.time_first_batch(data.loaders["train"]), data.loaders["val"], finish)
     report_bad_files(bad)
     return results
 
