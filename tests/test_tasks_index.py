@@ -404,7 +404,7 @@ def test_target_reader_from_file_path(tmp_path):
     # relative to the task file
     task = flat_task("pkg_readers_for_test.py:by_index", classes=["zero", "one", "two"],
                      source_file=str(tmp_path / "task.yaml"))
-    assert index_task(task, tmp_path, seed=0).splits["test"].targets == idx.splits["test"].targets
+    assert list(index_task(task, tmp_path, seed=0).splits["test"].targets) == list(idx.splits["test"].targets)
 
 
 def test_target_reader_outside_the_project_is_refused(tmp_path, monkeypatch):
