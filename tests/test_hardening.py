@@ -358,6 +358,8 @@ def test_cache_folder_is_private_and_foreign_ones_refused(tmp_path):
     open_dir.chmod(0o777)
     with pytest.raises(UserError, match="writable by other users"):
         private_dir(open_dir)
+    private_dir(open_dir, tighten=True)  # the default folder of an earlier version: made private
+    assert (open_dir.stat().st_mode & 0o777) == 0o700
     if os.getuid() == 0:  # only root can give a folder away
         foreign = tmp_path / "foreign"
         foreign.mkdir(mode=0o700)
