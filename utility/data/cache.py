@@ -178,12 +178,11 @@ def private_dir(folder: Path, tighten: bool = False) -> None:
     if st.st_uid != os.getuid():
         raise UserError(f"cache directory {folder} belongs to another user (uid {st.st_uid}); refusing to "
                         "use it (its content could be anything); set cache_dir to a folder of yours")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):  # others may have written into it already
+        raise UserError(f"cache directory {folder} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+                        f"refusing to use it: remove it, or set cache_dir to a private folder")
     if tighten and stat.S_IMODE(st.st_mode) != 0o700 and not stat.S_ISLNK(os.lstat(folder).st_mode):
         os.chmod(folder, 0o700)
-        return
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UserError(f"cache directory {folder} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
-                        f"refusing to use it: chmod 700 {folder}, or set cache_dir to a private folder")
 
 
 def reserve(path: Path, size: int) -> None:
