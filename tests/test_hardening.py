@@ -356,8 +356,14 @@ def test_cache_folder_is_private_and_foreign_ones_refused(tmp_path):
     open_dir = tmp_path / "open"
     open_dir.mkdir()
     open_dir.chmod(0o777)
-    with pytest.raises(UserError, match="writable by other users"):
-        private_dir(open_dir)
+    for tighten in (False, True):
+        with pytest.raises(UserError, match="writable by other users"):
+            private_dir(open_dir, tighten)
+    readable = tmp_path / "readable"
+    readable.mkdir(mode=0o755)
+    readable.chmod(0o755)
+    private_dir(readable, tighten=True)  # the default folder as an earlier version made it: made private
+    assert (readable.stat().st_mode & 0o777) == 0o700
     if os.getuid() == 0:  # only root can give a folder away
         foreign = tmp_path / "foreign"
         foreign.mkdir(mode=0o700)

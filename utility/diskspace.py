@@ -8,8 +8,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from utility.errors import UserError
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -52,6 +50,8 @@ def no_space_error(path: Path, need_bytes: int, what: str, advice: str = "") -> 
 
 def tensor_bytes(obj: Any) -> int:
     """Bytes of every tensor in a nested dict/list (what torch.save writes, give or take)."""
+    import torch  # here: entry points import this module before they need torch
+
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, dict):

@@ -74,7 +74,7 @@ class SharedStore:
         self.meta = {"version": VERSION, "n": self.n, "shape": list(self.item_shape), "prep": prep_key,
                      "what": what}
         nbytes = self.n * int(np.prod(self.item_shape)) * 4
-        private_dir(self.cache_dir)
+        private_dir(self.cache_dir, tighten=cache_dir is None)
         with open(self.cache_dir / f".{self.key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not self._valid(nbytes):
@@ -112,7 +112,7 @@ class SharedStore:
             if is_no_space(exc):
                 raise no_space_error(self.cache_dir, nbytes, f"the cache of {what}",
                                      "use opmode: disk, a smaller shape_desired, or cache_dir on a larger "
-                                     "file system") from None
+                                     "file system (old stores: python -m utility.data.cache --clear)") from None
             raise UserError(f"cannot create the cache in {self.dir}: {exc.strerror or exc}") from None
         tmp = self.dir / "meta.json.tmp"
         tmp.write_text(json.dumps(self.meta))
@@ -162,10 +162,11 @@ class SharedStore:
         return bool(self.filled.all())
 
 
-def private_dir(folder: Path) -> None:
+def private_dir(folder: Path, tighten: bool = False) -> None:
     """Create ``folder`` readable only by this user, or check that an existing one is this user's and
     not writable by others: in a shared /dev/shm another user could create it first and feed this
-    run their images."""
+    run their images. ``tighten``: make an existing folder of ours 0700 (the default folder, which
+    earlier versions created readable by all; a cache_dir the user chose keeps its mode)."""
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         st = os.lstat(folder)
@@ -176,9 +177,11 @@ def private_dir(folder: Path) -> None:
     if st.st_uid != os.getuid():
         raise UserError(f"cache directory {folder} belongs to another user (uid {st.st_uid}); refusing to "
                         "use it (its content could be anything); set cache_dir to a folder of yours")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):  # others may have written into it already
         raise UserError(f"cache directory {folder} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
-                        f"refusing to use it: chmod 700 {folder}, or set cache_dir to a private folder")
+                        f"refusing to use it: remove it, or set cache_dir to a private folder")
+    if tighten and stat.S_IMODE(st.st_mode) != 0o700 and not stat.S_ISLNK(os.lstat(folder).st_mode):
+        os.chmod(folder, 0o700)
 
 
 def reserve(path: Path, size: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import sys
 import time
 from datetime import datetime
@@ -242,7 +243,7 @@ class Trainer:
         if not sync_point:
             return 0
         flag = all_reduce_sum(torch.tensor(float(local), device=self.amp.device))
-        return local or (15 if float(flag) > 0 else 0)
+        return local or (int(signal.SIGTERM) if float(flag) > 0 else 0)
 
     def _stopped(self, signum: int) -> Stopped:
         where = f"checkpoint saved at epoch {self.epoch + 1} step {self.batch_in_epoch}" if self.batch_in_epoch \
