@@ -3,7 +3,7 @@
 the job had ended here (repair_reverted, while running)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import os
 import time
@@ -32,6 +32,8 @@ class Active:
     kill_at: Optional[float] = None  # when to escalate to SIGKILL
     stopping: bool = False           # the queue is shutting down: reopen on exit
     exclusive: bool = False
+    after: List[int] = field(default_factory=list)   # tokens of the dependencies it was handed after
+    no_retry: bool = False           # ends failed without retries (its dependency failed)
 
 
 class Recovery:
