@@ -14,7 +14,7 @@ import numpy as np
 
 from utility.config.tasks import SIZE_VARIANTS, _VARIANT_RE
 from utility.study.plan import Plan
-from utility.study.results import RunState, as_float, read_rows
+from utility.study.results import PretrainState, RunState, as_float, read_rows
 
 
 def _fig_uri(fig) -> str:
@@ -50,8 +50,9 @@ def base_and_fraction(task: str) -> tuple[str, float]:
 
 class Report:
     def __init__(self, plan: Plan, states: list[RunState], summary: list[dict[str, Any]],
-                 metrics_of: dict[str, list[str]]) -> None:
+                 metrics_of: dict[str, list[str]], pre: Optional[list[PretrainState]] = None) -> None:
         self.plan, self.states, self.summary, self.metrics_of = plan, states, summary, metrics_of
+        self.pre = pre or []
         self.sources = list(plan.spec.pretrain)
         self.parts: list[str] = []
 
@@ -221,14 +222,24 @@ class Report:
                 self.parts.append(f"<img src='{_fig_uri(fig)}'>")
 
     def missing(self) -> None:
-        bad = [st for st in self.states if st.status != "completed"]
+        bad: list[Any] = [st for st in self.pre if st.status != "completed"]
+        bad += [st for st in self.states if st.status != "completed"]
         if not bad:
             self.parts.append("<h2>Runs</h2><p>All runs completed.</p>")
             return
-        items = "".join(f"<li>{html.escape(st.run.name)}: <b>{st.status}</b>"
-                        + (f" (crash log: {html.escape(str(st.crash_log))})" if st.crash_log else "") + "</li>"
-                        for st in bad)
-        self.parts.append(f"<h2>Runs not completed ({len(bad)})</h2><ul>{items}</ul>")
+        items = []
+        for st in bad:
+            name = st.run.name if isinstance(st, RunState) else f"pretraining {st.name}"
+            why = ""
+            if st.crash_log:
+                why = f"crash log: <code>{html.escape(str(st.crash_log))}</code>"
+            elif st.reason:
+                why = html.escape(st.reason)
+            if st.status == "failed" and not st.crash_log and st.queue_log:
+                why += ("; " if why else "") + f"queue log: <code>{html.escape(str(st.queue_log))}</code>"
+            cls = " class=failed" if st.status == "failed" else ""
+            items.append(f"<li{cls}>{html.escape(name)}: <b>{st.status}</b>" + (f" ({why})" if why else "") + "</li>")
+        self.parts.append(f"<h2>Runs not completed ({len(bad)})</h2><ul>{''.join(items)}</ul>")
 
     def render(self) -> str:
         for section in (self.header, self.table, self.bars, self.curves, self.convergence, self.data_size,
@@ -254,6 +265,6 @@ def _train_loss(path: Path) -> list[float]:
 
 
 def write_report(path: Path, plan: Plan, states: list[RunState], summary: list[dict[str, Any]],
-                 metrics_of: dict[str, list[str]], extra: Optional[str] = None) -> None:
-    page = Report(plan, states, summary, metrics_of).render()
+                 metrics_of: dict[str, list[str]], pre: Optional[list[PretrainState]] = None) -> None:
+    page = Report(plan, states, summary, metrics_of, pre).render()
     path.write_text(page)
