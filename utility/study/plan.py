@@ -85,8 +85,13 @@ def value_tag(v: Any) -> str:
     return "".join(c if c.isalnum() or c in "-.+" else "-" for c in text)
 
 
+def task_label(task: str) -> str:
+    """A preset name as it is (``digits-S``); a task given as a YAML path by its file name (``tiny``)."""
+    return Path(task).stem if task.endswith((".yaml", ".yml")) or "/" in task else task
+
+
 def run_name(study: str, source: str, task: str, mode: str, point: dict[str, Any], repeat: int) -> str:
-    name = f"PT_{source}_FT_{task}"
+    name = f"PT_{source}_FT_{task_label(task)}"
     if mode != "finetune":
         name += f"_{mode}"
     for key, v in point.items():
