@@ -58,18 +58,23 @@ def report(plan: Plan, quiet: bool = False) -> Path:
 
 
 def summary_text(plan: Plan, summary: list[dict[str, Any]]) -> str:
-    lines = []
-    # compare against the random-init source when there is one, else the first source
-    first = next((s for s, src in plan.spec.pretrain.items() if src is None), next(iter(plan.spec.pretrain)))
+    """The summary as aligned lines: per task/mode/grid point and metric, each source's mean ± 95 % CI
+    and, for the others, the change against the reference source with its p-value."""
+    ref = plan.spec.reference
+    width = max((len(r["source"]) for r in summary), default=0)
+    lines, last = [], None
     for row in summary:
         grid = "".join(f" {k}={row.get(k)}" for k in plan.spec.grid)
+        head = f"{row['task']} ({row['mode']}{grid}) {row['metric']}"
+        if head != last:
+            lines.append(f"{head}, test set, mean ± 95 % CI over repeats:")
+            last = head
         half = row["ci95_high"] - row["mean"]
-        text = (f"{row['task']} {row['mode']}{grid} {row['metric']}: {row['source']:<16} "
-                f"{row['mean']:.4f} ± {half:.4f} (95 % CI, n={row['n']})") if not math.isnan(half) else (
-                f"{row['task']} {row['mode']}{grid} {row['metric']}: {row['source']:<16} {row['mean']:.4f} (n={row['n']})")
-        p = row.get(f"p_vs_{first}")
-        if row["source"] != first and p is not None and not (isinstance(p, float) and math.isnan(p)):
-            text += f"  vs {first}: {row[f'pct_change_vs_{first}']:+.1f} %, p={p:.3g} ({row[f'test_vs_{first}']})"
+        text = f"  {row['source']:<{width}}  {row['mean']:.3f}" + ("" if math.isnan(half) else f" ± {half:.3f}")
+        text += f"  (n={row['n']})"
+        p = row.get(f"p_vs_{ref}")
+        if row["source"] != ref and isinstance(p, float) and not math.isnan(p):
+            text += f"  {row[f'pct_change_vs_{ref}']:+.1f} % vs {ref}, p = {p:.2g} ({row[f'test_vs_{ref}']})"
         lines.append(text)
     return "\n".join(lines) if lines else "no completed runs yet"
 
