@@ -226,3 +226,12 @@ def test_convergence_epoch_definition():
     assert convergence_epoch([0.9] * 5) == 1
     assert convergence_epoch([0.5, 0.9, 0.9, 0.9, 0.9, 0.9]) == 4
     assert convergence_epoch([float("nan")] * 3) is None
+
+
+def test_pretraining_with_a_given_name_is_shared_between_studies(setup):
+    setup["study"]["pretrain"]["SSL"]["overrides"] = {"epochs": 2, "name": "shared/SSL"}
+    write_yaml(setup["path"], setup["study"])
+    plan = plan_of(setup["path"])
+    enc = setup["tmp"] / "out" / "pretraining" / "shared" / "SSL" / "encoder_pretrained.tar"
+    assert plan.pretrain[0].name == "shared/SSL" and plan.pretrain[0].encoder == enc
+    assert {r.config["model_path"] for r in plan.runs if r.source == "SSL"} == {str(enc)}

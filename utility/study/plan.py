@@ -148,7 +148,7 @@ def _pretrain_job(spec: StudySpec, label: str, config: str, overrides: dict[str,
     path = resolve_user_path(config)
     raw = read_yaml(path)
     raw.update(overrides)
-    raw["name"] = f"{spec.name}/{label}"
+    raw["name"] = overrides.get("name") or f"{spec.name}/{label}"   # a name given: shared by studies
     if spec.output_root:
         raw["output_root"] = str(out_root)
     try:

@@ -17,12 +17,15 @@ from utility.study.plan import Plan
 from utility.study.results import PretrainState, RunState, as_float, read_rows
 
 
-def _fig_uri(fig) -> str:
+def _fig_uri(fig, save: Optional[Path] = None) -> str:
+    """The figure as a PNG data URI (the page stays one file); ``save`` also writes the PNG there."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+    if save is not None:
+        save.write_bytes(buf.getvalue())
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -277,7 +280,8 @@ class Report:
                 ax.minorticks_off()
                 ax.set(xlabel="fraction of training labels", ylabel=metric, title=f"{base} ({mode})")
                 ax.legend(fontsize=8)
-                self.parts.append(f"<img src='{_fig_uri(fig)}'>")
+                png = self.plan.study_dir / f"data_size_{base}_{mode}.png"   # also a file, for slides/README
+                self.parts.append(f"<img src='{_fig_uri(fig, png)}'>")
 
     def missing(self) -> None:
         bad: list[Any] = [st for st in self.pre if st.status != "completed"]
