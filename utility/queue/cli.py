@@ -73,9 +73,9 @@ def _fmt_dur(sec: Optional[float]) -> str:
 
 
 def status_table(jobs: str, log_dir: str) -> str:
-    lines = read_checked(jobs)
+    lines = jobsfile.read_jobs(jobs)
     graph = Graph(lines, jobs)
-    notes = []
+    notes = [f"error: {m.splitlines()[0]}" for m in graph.errors()]   # shown, not fatal, here
     latest = StateLog(log_dir, jobs).latest()
     rows = [("line", "status", "tries", "duration", "where", "exit", "log", "command")]
     now = time.time()

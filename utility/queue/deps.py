@@ -146,8 +146,9 @@ def read_checked(path: str, settle: float = 0.0) -> List[Line]:
 
 def waits_text(graph: Graph, ln: Line) -> str:
     """'waits for L3 (id=pre, running)' for the status table and the dry run."""
-    rest = [f"L{d.lineno} (id={d.options.id}, {d.status})" for d in graph.deps(ln)
-            if d.status != "completed"]
+    rest = [f"L{d.lineno} (id={d.options.id}, {d.status})" if d is not None else f"id={a} (no such job)"
+            for a, d in ((a, graph.by_id.get(a)) for a in ln.options.after)
+            if d is None or d.status != "completed"]
     return "waits for " + ", ".join(rest) if rest else "dependencies completed"
 
 
