@@ -131,7 +131,14 @@ def run_queue(plan: Plan, args: argparse.Namespace) -> int:
         cmd += ["--backend", args.backend]
     if not args.echo:
         cmd += ["--quiet"]
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            # the queue got the same Ctrl-C: it stops its jobs (they save checkpoints) and exits;
+            # killing it now would orphan them, so wait (a second Ctrl-C reaches it too)
+            continue
 
 
 def main(argv: list[str]) -> int:
@@ -168,6 +175,9 @@ def main(argv: list[str]) -> int:
     if again:
         print(f"reopened {len(again)} job(s) that failed or lost their output: lines {', '.join(map(str, again))}")
     rc = run_queue(plan, args)
+    if rc >= 128:
+        print(f"study {plan.spec.name} stopped (signal {rc - 128}); the same command resumes it")
+        return rc
     report(plan)
     if rc not in (0, 1):
         raise UserError(f"the job queue stopped with exit status {rc}; see {plan.study_dir / 'queue'}")
