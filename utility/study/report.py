@@ -152,7 +152,7 @@ class Report:
             tasks = list(dict.fromkeys(r["task"] for r in rows))
             series = list(dict.fromkeys((r["source"], *(str(r.get(k)) for k in grid)) for r in rows))
             width = 0.8 / len(series)
-            fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(tasks) * max(1, len(series)) / 2 + 2), 3.2))
+            fig, ax = plt.subplots(figsize=(min(14.0, max(4.0, 0.55 * len(tasks) * len(series) + 2)), 3.2))
             for i, ser in enumerate(series):
                 pts = {r["task"]: r for r in rows if (r["source"], *(str(r.get(k)) for k in grid)) == ser}
                 xs = [t_i + (i - (len(series) - 1) / 2) * width for t_i, t in enumerate(tasks) if t in pts]
@@ -162,7 +162,8 @@ class Report:
                 label = ser[0] + "".join(f" {k}={v}" for k, v in zip(grid, ser[1:]))
                 ax.bar(xs, means, width * 0.95, yerr=err, capsize=3, color=self.color(ser[0]), label=label,
                        alpha=1.0 if i == 0 or ser[0] != series[i - 1][0] else 0.7)
-            ax.set_xticks(range(len(tasks)), tasks)
+            ax.set_xticks(range(len(tasks)), tasks, rotation=30 if len(tasks) > 6 else 0,
+                          ha="right" if len(tasks) > 6 else "center")
             ax.set_ylabel(metric)
             ax.set_title(f"{mode}: test {metric}, mean and 95 % CI")
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
