@@ -142,3 +142,12 @@ def test_dry_run_shows_the_waves(tmp_path):
     assert "never: L6 waits for L5 (id=big, open), which cannot run" in out
     assert "skip L10 (open; would be marked failed: dependency L9 (id=bad) failed)" in out
     assert jobs.read_text() == text
+
+
+def test_slurm_dry_run_names_the_afterok_dependencies(tmp_path):
+    jobs = write_jobs(tmp_path, "true pre,open,gpus=1;id=pre\ntrue ft,open,gpus=1;after=pre\n"
+                                "true done,completed,id=d\ntrue x,open,gpus=0;after=d\n")
+    r = run_queue(tmp_path, jobs, "--backend", "slurm", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "submit L2 (sbatch --gres=gpu:1 --dependency=afterok:<job of L1>): true ft" in r.stdout
+    assert "submit L4 (sbatch): true x" in r.stdout                 # completed dependency: no flag
