@@ -166,6 +166,10 @@ class Dependants:
         for key, reason in g.doomed().items():
             if key not in self._dep_marked:
                 self._dep_fail(g.by_key[key], reason)
+        for act in list(self.active.values()):   # adopted from SLURM, its dependency failed meanwhile
+            bad = [g.by_id[a] for a in act.line.options.after if a in g.by_id and g.by_id[a].status == "failed"]
+            if act.adopted and bad and act.running and not act.kill_reason and not act.stopping:
+                self._dep_stop(act, bad[0])
         return g
 
     def _dep_fail(self, ln: Line, reason: str) -> None:
@@ -205,10 +209,16 @@ class Dependants:
 
     def dep_cancel(self, failed) -> None:
         """A dependency failed for good: its dependants handed to the backend's scheduler
-        are cancelled and end failed, without retries."""
+        (also those a restarted queue adopted from SLURM) are cancelled and end failed,
+        without retries."""
         for act in list(self.active.values()):
-            if failed.token in act.after and act.running and not act.stopping:
-                act.kill_reason = f"dependency {describe(failed.line)} failed"
-                act.no_retry = True
-                self.say(f"L{act.line.lineno}: {act.kill_reason}; cancelling it")
-                self.backend.signal(act.token, signal.SIGTERM)
+            mine = failed.token in act.after or (act.adopted and failed.line.options.id is not None
+                                                 and failed.line.options.id in act.line.options.after)
+            if mine and act.running and not act.stopping:
+                self._dep_stop(act, failed.line)
+
+    def _dep_stop(self, act, failed: Line) -> None:
+        act.kill_reason = f"dependency {describe(failed)} failed"
+        act.no_retry = True
+        self.say(f"L{act.line.lineno}: {act.kill_reason}; cancelling it")
+        self.backend.signal(act.token, signal.SIGTERM)

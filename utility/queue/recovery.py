@@ -34,6 +34,7 @@ class Active:
     exclusive: bool = False
     after: List[int] = field(default_factory=list)   # tokens of the dependencies it was handed after
     no_retry: bool = False           # ends failed without retries (its dependency failed)
+    adopted: bool = False            # started by an earlier queue instance (recover)
 
 
 class Recovery:
@@ -75,7 +76,7 @@ class Recovery:
         tok = self.next_token
         self.next_token += 1
         act = Active(tok, ln.key, ln, rec.get("attempt", 1), [], rec.get("log", ""),
-                     time.monotonic(), rec.get("start_time", time.time()), running=True)
+                     time.monotonic(), rec.get("start_time", time.time()), running=True, adopted=True)
         self.active[tok] = act
         self.backend.adopt(tok, rec, ln)
 
