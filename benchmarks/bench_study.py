@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utility.paths import REPO_ROOT  # noqa: E402
 from utility.study.cli import report  # noqa: E402
-from utility.study.plan import append_jobs, make_plan, write_configs  # noqa: E402
+from utility.study.jobs import append_jobs  # noqa: E402
+from utility.study.plan import make_plan, write_configs  # noqa: E402
 from utility.study.spec import load_study  # noqa: E402
 
 TASKS = ["digits", "digits-M", "digits-S", "digits-XS", "digits-XXS", "CX8", "CX8-M", "CX8-S", "CX8-XS",

@@ -113,3 +113,33 @@ def test_restart_after_queue_crash_tracks_submitted_job(tmp_path):
     assert f"tracking SLURM job {job_id} again" in r.stdout
     assert statuses(jobs) == ["completed"]                 # not submitted twice
     assert sum(1 for x in os.listdir(tmp_path / "logs") if x.endswith(".sbatch")) == 1
+
+
+def test_after_is_submitted_with_afterok_and_a_failed_dependency_cancels(tmp_path):
+    """The dependant of a submitted job is submitted at once with --dependency=afterok and
+    SLURM starts it after the dependency completed; the pending dependant of a failed job
+    is cancelled and marked failed without running."""
+    (tmp_path / "rec.py").write_text(
+        "import sys, time\nt0 = time.time()\ntime.sleep(float(sys.argv[2]))\n"
+        "open(sys.argv[1] + '.t', 'w').write(f'{t0} {time.time()}')\nsys.exit(int(sys.argv[3]))\n")
+    text = (f"{PY} rec.py pre 1.5 0,open,gpus=0;id=pre\n"
+            f"{PY} rec.py ft 0 0,open,gpus=0;after=pre\n"
+            f"{PY} rec.py bad 1.5 4,open,gpus=0;id=bad\n"
+            f"{PY} rec.py dep 0 0,open,gpus=0;after=bad\n")
+    jobs = write_jobs(tmp_path, text)
+    r = run_queue(tmp_path, jobs, "--backend", "slurm", "--poll", "0.3", timeout=40)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert statuses(jobs) == ["completed", "completed", "failed", "failed"], r.stdout
+    lt = latest(tmp_path, jobs)
+    pre, ft = lt[(f"{PY} rec.py pre 1.5 0", 0)], lt[(f"{PY} rec.py ft 0 0", 0)]
+    dep = lt[(f"{PY} rec.py dep 0 0", 0)]
+    bad = lt[(f"{PY} rec.py bad 1.5 4", 0)]
+    assert ft["dependency"] == f"afterok:{pre['slurm_id']}"
+    assert ft["start_time"] < pre["end_time"]              # submitted while pre ran
+    pre_t = [float(x) for x in (tmp_path / "pre.t").read_text().split()]
+    ft_t = [float(x) for x in (tmp_path / "ft.t").read_text().split()]
+    assert ft_t[0] >= pre_t[1] - 0.05                      # ... but started after it
+    assert dep.get("dependency") == f"afterok:{bad['slurm_id']}"
+    assert dep["reason"] == "dependency L3 (id=bad) failed" and dep["status"] == "failed"
+    assert not (tmp_path / "dep.t").exists()               # never ran
+    assert slurm_state(dep["slurm_id"]) in ("CANCELLED", None)

@@ -51,7 +51,7 @@ def test_plan_names_configs_jobs_and_dependencies(setup):
     proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     plan = plan_of(setup["path"])
-    task = str(setup["task"])
+    task = "tiny"  # a task given as a YAML path is named by its file name
     assert len(plan.runs) == 3 * 2 * 2 * 2 and len(plan.pretrain) == 1
     names = {r.name for r in plan.runs}
     assert f"S1/PT_Scratch_FT_{task}_lr0.001" in names
@@ -226,3 +226,12 @@ def test_convergence_epoch_definition():
     assert convergence_epoch([0.9] * 5) == 1
     assert convergence_epoch([0.5, 0.9, 0.9, 0.9, 0.9, 0.9]) == 4
     assert convergence_epoch([float("nan")] * 3) is None
+
+
+def test_pretraining_with_a_given_name_is_shared_between_studies(setup):
+    setup["study"]["pretrain"]["SSL"]["overrides"] = {"epochs": 2, "name": "shared/SSL"}
+    write_yaml(setup["path"], setup["study"])
+    plan = plan_of(setup["path"])
+    enc = setup["tmp"] / "out" / "pretraining" / "shared" / "SSL" / "encoder_pretrained.tar"
+    assert plan.pretrain[0].name == "shared/SSL" and plan.pretrain[0].encoder == enc
+    assert {r.config["model_path"] for r in plan.runs if r.source == "SSL"} == {str(enc)}

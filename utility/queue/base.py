@@ -142,6 +142,11 @@ class Backend(abc.ABC):
     def where(self, need: int, gpus: Sequence[str]) -> str:
         """How the start message describes where the job goes."""
 
+    def dependency_ref(self, token: int) -> Optional[str]:
+        """A reference the backend's own scheduler can order a later job after (SLURM: the
+        job id), or None: dependants then start only once their dependencies completed."""
+        return None
+
     def started_note(self, record: dict) -> Optional[str]:
         """An extra line after a start (e.g. the SLURM job id), or None."""
         return None

@@ -11,6 +11,7 @@ from typing import List, Optional
 from . import gpus as gpus_mod
 from . import jobsfile, scheduler
 from .base import Echo
+from .deps import Graph, read_checked, waits_text
 from .local_backend import local_argv
 from .errors import QueueError
 from .state import StateLog
@@ -73,6 +74,8 @@ def _fmt_dur(sec: Optional[float]) -> str:
 
 def status_table(jobs: str, log_dir: str) -> str:
     lines = jobsfile.read_jobs(jobs)
+    graph = Graph(lines, jobs)
+    notes = [f"error: {m.splitlines()[0]}" for m in graph.errors()]   # shown, not fatal, here
     latest = StateLog(log_dir, jobs).latest()
     rows = [("line", "status", "tries", "duration", "where", "exit", "log", "command")]
     now = time.time()
@@ -89,20 +92,23 @@ def status_table(jobs: str, log_dir: str) -> str:
                 if (ln.status == "running" or end) else None
         if rec.get("slurm_id"):
             where = f"slurm:{rec['slurm_id']}"
-        elif rec:
+        elif rec.get("attempts"):
             g = rec.get("gpus") or []
             where = f"{rec.get('host', '?')}:" + (",".join(g) if g else "cpu")
         else:
             where = "-"
         ec = rec.get("exit_code")
+        if ln.status == "failed" and rec.get("reason") and rec.get("reason") != f"exit code {ec}":
+            notes.append(f"L{ln.lineno} failed: {rec['reason']}")
+        elif ln.status == "open" and ln.options.after:
+            notes.append(f"L{ln.lineno} {waits_text(graph, ln)}")
         cmd = ln.command if len(ln.command) <= 60 else ln.command[:57] + "..."
         rows.append((str(ln.lineno), ln.status, str(rec.get("attempts", 0)), _fmt_dur(dur),
                      where, "-" if ec is None else str(ec), rec.get("log", "-") or "-", cmd))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     out = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
     summary = ", ".join(f"{counts[s]} {s}" for s in jobsfile.STATUSES if s in counts) or "no jobs"
-    out.append(f"{jobs}: {summary}")
-    return "\n".join(out)
+    return "\n".join(out + notes + [f"{jobs}: {summary}"])
 
 
 def make_backend(args, total: List[str], events=None, echo=None, check: bool = True):
@@ -118,23 +124,32 @@ def make_backend(args, total: List[str], events=None, echo=None, check: bool = T
 
 def dry_run(args, total: List[str], source: str) -> str:
     backend = make_backend(args, total, check=False)
-    lines = jobsfile.read_jobs(args.jobs)
+    lines = read_checked(args.jobs)
+    graph = Graph(lines, args.jobs)
     out = [f"jobs file: {args.jobs}", f"GPUs: {','.join(total) or 'none'} ({source})",
            f"backend: {args.backend}", f"working directory of jobs: {args.workdir}"]
-    cands = []
+    cands, by_key = [], {}
+    doomed = graph.doomed() if graph.used else {}
     for ln in lines:
         if ln.kind != "job":
             continue
-        if ln.status != "open":
-            out.append(f"  skip L{ln.lineno} ({ln.status}): {ln.command}")
+        if ln.status != "open" or ln.key in doomed:
+            why = f"; would be marked failed: {doomed[ln.key]}" if ln.key in doomed else ""
+            out.append(f"  skip L{ln.lineno} ({ln.status}{why}): {ln.command}")
             continue
         need, excl = backend.need_of(ln.options, len(total))
-        cands.append(scheduler.Candidate(ln, need, excl))
+        by_key[ln.key] = c = scheduler.Candidate(ln, need, excl)
+        deps = graph.deps(ln) if graph.used else []
+        c.after = tuple(by_key[d.key] for d in deps if d.key in by_key)
+        c.ready_wave = 1 if any(d.status == "running" for d in deps) else 0
+        cands.append(c)
     out.append(f"{len(cands)} open job(s); start order if every job took the same time:")
     if backend.name == "slurm":
         for c in cands:
             ln = c.ref
             extra = f" --gres=gpu:{c.need}" if c.need else ""
+            if c.after:
+                extra += " --dependency=afterok:" + ":".join(f"<job of L{a.ref.lineno}>" for a in c.after)
             out.append(f"  submit L{ln.lineno} (sbatch{extra}): {ln.command}")
         return "\n".join(out)
     plan = scheduler.simulate(cands, total, args.max_parallel)
@@ -144,10 +159,16 @@ def dry_run(args, total: List[str], source: str) -> str:
         argv = local_argv(ln.command, ln.options.shell)
         where = f"GPUs {','.join(g)}" if g else "no GPU"
         excl = ", alone" if c.exclusive else ""
+        if ln.options.after:
+            excl += ", after " + "+".join(f"L{d.lineno}" for d in graph.deps(ln))
         out.append(f"  wave {wave}: L{ln.lineno} on {where}{excl} "
                    f"(CUDA_VISIBLE_DEVICES={','.join(g)!s}): {argv}")
     for c in cands:
-        if id(c) not in planned:
+        if id(c) in planned:
+            continue
+        if backend.can_ever_run(c.need, c.exclusive, len(total)):
+            out.append(f"  never: L{c.ref.lineno} {waits_text(graph, c.ref)}, which cannot run")
+        else:
             out.append(f"  never: L{c.ref.lineno} needs {c.need} GPUs, only {len(total)} exist")
     return "\n".join(out)
 
@@ -170,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(dry_run(args, total, source))
             return 0
         # fail early on a malformed file, before anything starts
-        jobsfile.read_jobs(args.jobs, settle=1.0)
+        read_checked(args.jobs, settle=1.0)
         from .runner import Runner
         events = _queue.SimpleQueue()
         echo = Echo(enabled=not args.quiet)

@@ -83,6 +83,23 @@ def _parse_str(text: str) -> str:
     return text.strip()
 
 
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _parse_id(text: str) -> str:
+    t = text.strip()
+    if not _ID_RE.match(t):
+        raise ValueError(f"expected an id of letters, digits, '_', '-', '.', got {text!r}")
+    return t
+
+
+def _parse_after(text: str) -> Tuple[str, ...]:
+    ids = tuple(_parse_id(x) for x in text.split("+"))
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"an id is listed twice in {text.strip()!r}")
+    return ids
+
+
 OPTION_KEYS = {
     "gpus": _parse_gpus,               # 'all' (default: runs alone with every GPU) or N
     "retries": _parse_count,           # extra attempts after a failure (default 0)
@@ -92,6 +109,8 @@ OPTION_KEYS = {
     "shell": _parse_bool,              # run through /bin/sh -c (default: no shell)
     "partition": _parse_str,           # SLURM partition for this job
     "sbatch": _parse_str,              # extra sbatch arguments for this job
+    "id": _parse_id,                   # names the job for after= of other jobs (deps.py)
+    "after": _parse_after,             # start only when these jobs are completed: a+b+c
 }
 _ALIASES = {"idle_timeout": "no_output_timeout", "gpu": "gpus", "retry": "retries"}
 
@@ -106,6 +125,8 @@ class JobOptions:
     shell: bool = False
     partition: Optional[str] = None
     sbatch: Optional[str] = None
+    id: Optional[str] = None
+    after: Tuple[str, ...] = ()
 
     @property
     def exclusive(self) -> bool:

@@ -3,7 +3,7 @@
 the job had ended here (repair_reverted, while running)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import os
 import time
@@ -32,6 +32,9 @@ class Active:
     kill_at: Optional[float] = None  # when to escalate to SIGKILL
     stopping: bool = False           # the queue is shutting down: reopen on exit
     exclusive: bool = False
+    after: List[int] = field(default_factory=list)   # tokens of the dependencies it was handed after
+    no_retry: bool = False           # ends failed without retries (its dependency failed)
+    adopted: bool = False            # started by an earlier queue instance (recover)
 
 
 class Recovery:
@@ -73,7 +76,7 @@ class Recovery:
         tok = self.next_token
         self.next_token += 1
         act = Active(tok, ln.key, ln, rec.get("attempt", 1), [], rec.get("log", ""),
-                     time.monotonic(), rec.get("start_time", time.time()), running=True)
+                     time.monotonic(), rec.get("start_time", time.time()), running=True, adopted=True)
         self.active[tok] = act
         self.backend.adopt(tok, rec, ln)
 

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import jobsfile, scheduler
 from .base import Echo, Launch, LaunchError, slug
+from .deps import Dependants, read_checked
 from .errors import QueueError
 from .recovery import Active, Recovery
 from .jobsfile import Line
@@ -27,7 +28,7 @@ EXIT_QUIET = 0.3         # no exit while someone else changed the file this rece
 MISSING_GRACE = 10.0     # with nothing to supervise, wait this long for a missing file (s)
 
 
-class Runner(Recovery):
+class Runner(Recovery, Dependants):
     def __init__(self, jobs_path: str, log_dir: str, backend, gpus: List[str], echo: Echo,
                  watch: bool = False, max_parallel: Optional[int] = None,
                  kill_grace: float = 30.0, workdir: Optional[str] = None):
@@ -59,6 +60,7 @@ class Runner(Recovery):
         self._pending = True
         self.writer = StatusWriter(self.path, self.say)
         self._cache_lines: List[Line] = []
+        self._dep_marked: set = set()     # dependants this queue marked failed
 
     # -- small helpers ----------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -133,6 +135,13 @@ class Runner(Recovery):
         cands = []
         pending_work = False
         seen = {ln.key for ln in lines if ln.kind == "job"}
+        graph = self.dep_graph(lines)       # None: no line uses id=/after=
+        memo: dict = {}
+        after: dict = {}
+
+        def stuck(d: Line) -> bool:
+            return not self.backend.can_ever_run(*self.backend.need_of(d.options, len(self.total)),
+                                                 len(self.total))
         for act in list(self.active.values()):
             if not act.running and act.key not in seen:      # waiting for a retry, edited out
                 since = self._gone.setdefault(act.key, now)  # (or a save is half-way)
@@ -167,6 +176,11 @@ class Runner(Recovery):
                 self.warn_once(f"line {ln.lineno} needs {need} GPUs but only {len(self.total)} "
                                f"are available; not started")
                 continue
+            if graph is not None and act is None and ln.options.after:
+                ready, waiting, after[ln.key] = self.dep_gate(graph, ln, by_key, stuck, memo)
+                if not ready:
+                    pending_work = pending_work or waiting
+                    continue
             pending_work = True
             cands.append(c)
         if self.stop_signal is not None or not cands:
@@ -183,7 +197,7 @@ class Runner(Recovery):
                     continue            # edited or claimed by another queue meanwhile
                 tok = self.next_token
                 self.next_token += 1
-                act = Active(tok, ln.key, ln, 1, gpus)
+                act = Active(tok, ln.key, ln, 1, gpus, after=after.get(ln.key, []))
                 self.active[tok] = act
                 self.ended_here.pop(ln.key, None)
             else:
@@ -203,7 +217,8 @@ class Runner(Recovery):
         act.log_path = os.path.join(self.log_dir, name + ".log")
         launch = Launch(act.token, ln.command, ln.options, act.gpus,
                         self.backend.gpu_request(need, act.gpus),
-                        self.cwd, act.log_path, f"L{ln.lineno}", act.attempt)
+                        self.cwd, act.log_path, f"L{ln.lineno}", act.attempt,
+                        {"after": self.dep_refs(act.after)} if act.after else {})
         act.started, act.started_wall = time.monotonic(), time.time()
         act.retry_at, act.kill_reason, act.kill_at = None, None, None
         base = {"command": ln.command, "occurrence": ln.occurrence, "line": ln.lineno,
@@ -258,7 +273,7 @@ class Runner(Recovery):
             del self.active[act.token]
             return
         why = reason or f"exit code {rc}"
-        if act.attempt <= ln.options.retries:
+        if act.attempt <= ln.options.retries and not act.no_retry:
             delay = ln.options.backoff * (2 ** (act.attempt - 1))
             act.retry_at = time.monotonic() + delay
             act.gpus = []
@@ -272,6 +287,7 @@ class Runner(Recovery):
         self.failed_count += 1
         self.say(f"L{ln.lineno} failed ({why}) after {act.attempt} attempt(s); log: {act.log_path}")
         del self.active[act.token]
+        self.dep_cancel(act)
 
     # -- watchdogs --------------------------------------------------------------------------
     def watchdogs(self) -> Optional[float]:
@@ -345,7 +361,7 @@ class Runner(Recovery):
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
         os.makedirs(self.log_dir, exist_ok=True)
-        jobsfile.read_jobs(self.path, settle=1.0)  # strict: malformed files are reported up front
+        read_checked(self.path, settle=1.0)  # strict: malformed files are reported up front
         self.install_signals()
         self.recover()
         missing_since: Optional[float] = None

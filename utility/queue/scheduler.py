@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
 
-@dataclass
+@dataclass(eq=False)
 class Candidate:
     ref: Any                 # whatever the caller uses to identify the job
     need: int                # GPUs (ignored when exclusive)
     exclusive: bool
+    after: Tuple["Candidate", ...] = ()   # simulate(): starts once these have ended
+    ready_wave: int = 0      # simulate(): not before this wave (waits for a running job)
 
 
 def runnable(c: Candidate, total: int) -> bool:
@@ -62,22 +64,27 @@ def select(candidates: Sequence[Candidate], free: Sequence[str], total: Sequence
 def simulate(candidates: Sequence[Candidate], total: Sequence[str],
              max_parallel: Optional[int] = None) -> List[Tuple[int, Candidate, List[str]]]:
     """Start order for --dry-run, pretending every job takes the same time:
-    [(wave, candidate, gpus)]; unrunnable candidates are left out."""
+    [(wave, candidate, gpus)]; unrunnable candidates, and those waiting for them (after), are
+    left out. A candidate starts once every candidate it is after has ended."""
     pending = [c for c in candidates if runnable(c, len(total))]
     running: List[Tuple[int, Candidate, List[str]]] = []   # (end wave, cand, gpus)
+    ended: set = set()
     plan = []
     wave = 0
     while pending:
         busy = {g for _, _, gs in running for g in gs}
         free = [g for g in total if g not in busy]
         excl = any(c.exclusive for _, c, _ in running)
-        chosen = select(pending, free, total, len(running), excl, max_parallel)
+        ready = [p for p in pending if p.ready_wave <= wave and all(id(a) in ended for a in p.after)]
+        chosen = select(ready, free, total, len(running), excl, max_parallel)
         for c, gpus in chosen:
             plan.append((wave, c, gpus))
             running.append((wave + 1, c, gpus))
             pending = [p for p in pending if p is not c]
-        if not running:
-            break           # cannot happen with runnable candidates; guard anyway
-        wave = min(end for end, _, _ in running)
+        later = [p.ready_wave for p in pending if p.ready_wave > wave]
+        if not running and not later:
+            break           # the rest waits for jobs that never run
+        wave = min([end for end, _, _ in running] + later)
+        ended.update(id(c) for end, c, _ in running if end <= wave)
         running = [r for r in running if r[0] > wave]
     return plan

@@ -49,7 +49,10 @@ class SlurmHandle:
         self.state = "PENDING"
 
     def record(self) -> dict:
-        return {"backend": "slurm", "slurm_id": self.job_id, "host": HOST}
+        rec = {"backend": "slurm", "slurm_id": self.job_id, "host": HOST}
+        if self.launch.extra.get("after"):
+            rec["dependency"] = "afterok:" + ":".join(self.launch.extra["after"])
+        return rec
 
 
 class SlurmBackend(Backend):
@@ -99,7 +102,14 @@ class SlurmBackend(Backend):
         return f"sbatch --gres=gpu:{need}" if need else "sbatch"
 
     def started_note(self, record: dict) -> Optional[str]:
-        return f"submitted as SLURM job {record['slurm_id']}" if record.get("slurm_id") else None
+        if not record.get("slurm_id"):
+            return None
+        dep = f" (--dependency={record['dependency']})" if record.get("dependency") else ""
+        return f"submitted as SLURM job {record['slurm_id']}{dep}"
+
+    def dependency_ref(self, token: int) -> Optional[str]:
+        h = self.handles.get(token)
+        return h.job_id if h is not None else None
 
     def reconcile(self, rec: dict, lineno: int, my_pid: int) -> Reconcile:
         if rec.get("backend") == "slurm" and rec.get("slurm_id"):
@@ -131,6 +141,8 @@ class SlurmBackend(Backend):
                 f"--output={launch.log_path}", "--open-mode=append", f"--chdir={launch.cwd}"]
         if launch.gpu_count:
             argv.append(f"--gres=gpu:{launch.gpu_count}")
+        if launch.extra.get("after"):
+            argv.append("--dependency=afterok:" + ":".join(launch.extra["after"]))
         if o.timeout is not None:
             argv.append(f"--time={max(1, math.ceil(o.timeout / 60))}")
         elif self.time_limit:

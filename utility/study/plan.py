@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,10 +21,6 @@ from utility.config.tasks import load_task
 from utility.errors import UserError
 from utility.paths import DEFAULT_OUTPUT_ROOT, REPO_ROOT, resolve_user_path
 from utility.study.spec import StudySpec
-
-FINETUNE_ENTRY = "pkgs/FTE/finetune.py"
-PRETRAIN_ENTRY = "pkgs/SimCLR/main.py"
-
 
 @dataclass
 class PretrainJob:
@@ -69,9 +62,15 @@ class Plan:
     pretrain: list[PretrainJob] = field(default_factory=list)
     runs: list[FinetuneRun] = field(default_factory=list)
 
+    jobs_path: Optional[Path] = None   # --jobs: another jobs file than the study's own
+
     @property
     def jobs_file(self) -> Path:
-        return self.study_dir / "Jobs.csv"
+        return self.jobs_path or self.study_dir / "Jobs.csv"
+
+    @property
+    def queue_log_dir(self) -> Path:
+        return self.study_dir / "queue"
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -86,8 +85,13 @@ def value_tag(v: Any) -> str:
     return "".join(c if c.isalnum() or c in "-.+" else "-" for c in text)
 
 
+def task_label(task: str) -> str:
+    """A preset name as it is (``digits-S``); a task given as a YAML path by its file name (``tiny``)."""
+    return Path(task).stem if task.endswith((".yaml", ".yml")) or "/" in task else task
+
+
 def run_name(study: str, source: str, task: str, mode: str, point: dict[str, Any], repeat: int) -> str:
-    name = f"PT_{source}_FT_{task}"
+    name = f"PT_{source}_FT_{task_label(task)}"
     if mode != "finetune":
         name += f"_{mode}"
     for key, v in point.items():
@@ -144,7 +148,7 @@ def _pretrain_job(spec: StudySpec, label: str, config: str, overrides: dict[str,
     path = resolve_user_path(config)
     raw = read_yaml(path)
     raw.update(overrides)
-    raw["name"] = f"{spec.name}/{label}"
+    raw["name"] = overrides.get("name") or f"{spec.name}/{label}"   # a name given: shared by studies
     if spec.output_root:
         raw["output_root"] = str(out_root)
     try:
@@ -210,53 +214,9 @@ def write_configs(plan: Plan) -> int:
     return new
 
 
-def job_lines(plan: Plan) -> list[str]:
-    """Queue lines: pretraining first, each finetuning run waits for its source's pretraining."""
-    gpus = plan.spec.gpus_per_job
-    lines = []
-    for j in plan.pretrain:
-        entry = "pkgs/SSL/pretrain.py" if "method" in j.config else PRETRAIN_ENTRY
-        lines.append(f"python {entry} -c {_q(j.config_path)},open,gpus={gpus};id={j.job_id}")
-    for r in plan.runs:
-        opts = f"gpus={gpus};id={r.job_id}" + (f";after={r.after}" if r.after else "")
-        lines.append(f"python {FINETUNE_ENTRY} -c {_q(r.config_path)},open,{opts}")
-    return lines
-
-
 def portable(path: Path) -> str:
     """A path inside the repository relative to it (configs keep working in another clone), else absolute."""
     try:
         return str(path.relative_to(REPO_ROOT))
     except ValueError:
         return str(path)
-
-
-def _q(path: Path) -> str:
-    """Paths inside the repository relative to it (readable lines), others absolute; shell-quoted."""
-    return shlex.quote(portable(path))
-
-
-_ID = re.compile(r"(?:^|[,;])id=([0-9a-f]+)")
-
-
-def append_jobs(plan: Plan) -> int:
-    """Add the lines whose job id is not in the jobs file yet (appends only: an edited or running
-    file keeps every byte it has). Returns how many lines were added."""
-    path = plan.jobs_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    have = set(_ID.findall(path.read_text())) if path.exists() else set()
-    new = [ln for ln in job_lines(plan) if _ID.search(ln) and _ID.search(ln).group(1) not in have]  # type: ignore[union-attr]
-    if not new:
-        return 0
-    text = ""
-    if not path.exists() or path.stat().st_size == 0:
-        text = f"## study {plan.spec.name}: written by pkgs/Study/study.py (new lines are appended on re-plans)\n"
-    elif not path.read_bytes().endswith(b"\n"):
-        text = "\n"
-    text += "\n".join(new) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    return len(new)

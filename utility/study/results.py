@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from utility.paths import REPO_ROOT
-from utility.study.plan import FinetuneRun, Plan
+from utility.study.jobs import JobInfo, job_table
+from utility.study.plan import FinetuneRun, Plan, PretrainJob
 
 CONVERGENCE_WINDOW = 3
 CONVERGENCE_TOLERANCE = 0.005
@@ -69,22 +70,59 @@ def git_commit() -> str:
 class RunState:
     run: FinetuneRun
     run_dir: Path
-    status: str               # completed, failed, running (started, unfinished), missing
+    status: str               # completed, running, failed, interrupted (started, not running), missing
     crash_log: Optional[Path]
+    reason: str = ""          # why it failed, when the queue knows (e.g. its pretraining failed)
+    queue_log: Optional[str] = None
 
 
-def run_state(plan: Plan, run: FinetuneRun) -> RunState:
-    rd = plan.output_root / "finetuning" / run.run_subdir
+@dataclass
+class PretrainState:
+    job: PretrainJob
+    run_dir: Path
+    status: str
+    crash_log: Optional[Path]
+    reason: str = ""
+    queue_log: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+
+def _status(done: bool, rd: Path, info: Optional[JobInfo]) -> tuple[str, Optional[Path], str, Optional[str]]:
+    """(status, crash log, reason, queue log) from the run directory and the run's queue line."""
     crash = rd / "crash.log"
-    if (rd / "test.log").is_file():
-        status = "completed"
-    elif crash.is_file():
-        status = "failed"
-    elif (rd / "train.log").is_file() or (rd / "checkpoint_last.pt").is_file():
-        status = "running"
-    else:
-        status = "missing"
-    return RunState(run, rd, status, crash if crash.is_file() else None)
+    crash_log = crash if crash.is_file() else None
+    line = info.line.status if info else None
+    log = info.log if info else None
+    if done:
+        return "completed", None, "", log
+    if line == "running":
+        return "running", crash_log, "", log
+    if crash_log is not None or line == "failed":
+        return "failed", crash_log, (info.reason if info and line == "failed" else ""), log
+    if (rd / "train.log").is_file() or (rd / "checkpoint_last.pt").is_file():
+        return "interrupted", None, "", log
+    return "missing", None, "", log
+
+
+def run_state(plan: Plan, run: FinetuneRun, table: Optional[dict[str, JobInfo]] = None) -> RunState:
+    rd = plan.output_root / "finetuning" / run.run_subdir
+    status, crash, reason, log = _status((rd / "test.log").is_file(), rd, (table or {}).get(run.job_id))
+    if reason.startswith("dependency"):
+        pre = next((j for j in plan.pretrain if j.job_id == run.after), None)
+        reason = f"not started: its pretraining {pre.name if pre else run.after} failed"
+    return RunState(run, rd, status, crash, reason, log)
+
+
+def pretrain_states(plan: Plan, table: Optional[dict[str, JobInfo]] = None) -> list[PretrainState]:
+    table = job_table(plan) if table is None else table
+    out = []
+    for j in plan.pretrain:
+        rd = j.encoder.parent
+        out.append(PretrainState(j, rd, *_status(j.encoder.is_file(), rd, table.get(j.job_id))))
+    return out
 
 
 def primary_metric(task: str) -> tuple[str, str]:
@@ -101,7 +139,7 @@ def result_row(plan: Plan, st: RunState, commit: str) -> dict[str, Any]:
         row[key] = r.grid.get(key)
     row.update({"repeat": r.repeat, "seed": "" if r.seed is None else r.seed,
                 "fold": "" if r.fold is None else r.fold, "status": st.status,
-                "crash_log": str(st.crash_log) if st.crash_log else ""})
+                "crash_log": str(st.crash_log) if st.crash_log else "", "reason": st.reason})
     last = read_rows(st.run_dir / "test.log")
     best = read_rows(st.run_dir / "test_best.log")
     for prefix, rows in (("last", last), ("best", best)):
@@ -122,9 +160,10 @@ def result_row(plan: Plan, st: RunState, commit: str) -> dict[str, Any]:
     return row
 
 
-def collect(plan: Plan) -> tuple[list[RunState], list[dict[str, Any]]]:
+def collect(plan: Plan, table: Optional[dict[str, JobInfo]] = None) -> tuple[list[RunState], list[dict[str, Any]]]:
     commit = git_commit()
-    states = [run_state(plan, r) for r in plan.runs]
+    table = job_table(plan) if table is None else table
+    states = [run_state(plan, r, table) for r in plan.runs]
     return states, [result_row(plan, st, commit) for st in states]
 
 

@@ -74,6 +74,12 @@ class StudySpec(Strict):
     output_root: Optional[str] = Field(None, description="runs, studies/ and the jobs file; default logs_and_checkpoints")
     config_dir: Optional[str] = Field(None, description="generated configs; default pkgs/FTE/config/<name>/")
 
+    @property
+    def reference(self) -> str:
+        """The source others are compared against in the printed summary and the report: the
+        random-init one when there is one, else the first."""
+        return next((k for k, v in self.pretrain.items() if v is None), next(iter(self.pretrain)))
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:

@@ -56,7 +56,8 @@ def summarize(rows: list[dict[str, Any]], metrics_of: dict[str, list[str]], sour
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for r in done:
         groups.setdefault(group_key(r, grid_keys), {}).setdefault(r["source"], []).append(r)
-    for key in sorted(groups, key=str):
+    order = {t: i for i, t in enumerate(metrics_of)}       # the study's task order
+    for key in sorted(groups, key=lambda k: (order.get(k[0], len(order)), str(k))):
         task, mode, *grid = key
         by_source = groups[key]
         for metric in metrics_of.get(task, []):
