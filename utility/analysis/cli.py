@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from utility.analysis.probe import C_GRID, PROBES
 
 COMMANDS: dict[str, tuple[str, str]] = {  # name -> (module:function, one-line help)
     "embed": ("cmd_embed:embed", "pooled encoder embeddings of splits as .npz (cached by weights/task/split/preprocessing)"),
@@ -59,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps["knn"].add_argument("--splits", nargs="+", default=["val", "test"], help="query splits (default val test)")
     _knn_opts(ps["knn"], [20, 200])
     _cache(ps["knn"])
-    ps["probe"].add_argument("--probes", nargs="+", choices=PROBES, default=list(PROBES))
-    ps["probe"].add_argument("--C", type=float, nargs="+", default=list(C_GRID), help="grid of C values")
+    ps["probe"].add_argument("--probes", nargs="+", choices=("logreg", "svm"), default=["logreg", "svm"])
+    ps["probe"].add_argument("--C", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0],
+                             help="grid of C values (default 0.001 ... 100)")
     _cache(ps["probe"])
     for name in ("curves", "predict", "gradcam", "cka", "layer-knn", "importance"):
         ps[name].add_argument("--split", default="test", help="train, val or test (default test)")
@@ -91,5 +91,8 @@ def command(name: str) -> Callable[[Any], int]:
 
 
 def main(argv: list[str]) -> int:
+    from utility.entry import CrashLog
+
+    CrashLog.path = None  # analysis never writes crash.log into the run it reads
     args = build_parser().parse_args(argv)
     return command(args.command)(args)
