@@ -50,6 +50,7 @@ def knn_rows(train: dict, queries: dict[str, dict], ks: Sequence[int], temperatu
         for k in ks:
             probs = weighted_knn(train["features"], train["targets"], q["features"], k, temperature,
                                  len(classes), multilabel)
-            rows.append({"split": split, "k": int(k), "temperature": temperature,
+            rows.append({"split": split, "k": int(k), "k_used": min(int(k), len(train["features"])),
+                         "temperature": temperature,
                          **task_metrics(probs, q["targets"], classes, multilabel)})
     return rows
