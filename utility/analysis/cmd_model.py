@@ -75,7 +75,7 @@ def layer_knn(args: Any) -> int:
     written = [write_csv(out / "layer_knn.csv", rows)]
     series = [(np.arange(len(names)), np.array([r[metric] for r in rows if r["k"] == k]), f"k={k}") for k in args.k]
     written.append(plots.lines(out / "layer_knn.png", series, "block", f"kNN {metric} on {args.split}",
-                               "kNN per block: " + ", ".join(n.split(".")[-1] for n in names)))
+                               "kNN on each block's pooled output", xticks=[n.split(".", 1)[-1] for n in names]))
     announce("layer-knn", written)
     return 0
 

@@ -33,12 +33,24 @@ def encoder_core(model: nn.Module) -> nn.Module:
     return getattr(model, "encoder_core", None) or model.encoder  # type: ignore[return-value]
 
 
+STAGE_LISTS = ("stages", "blocks", "layers", "features")  # timm containers whose children are the blocks
+
+
 def block_names(model: nn.Module) -> list[str]:
-    """Names (in ``model.named_modules()``) of the encoder's top-level blocks with parameters, input to
-    output: ResNet ``encoder.conv1, encoder.bn1, encoder.layer1 .. encoder.layer4``."""
+    """Names (in ``model.named_modules()``) of the encoder's blocks with parameters, input to output:
+    its top-level children (ResNet ``encoder.conv1, encoder.bn1, encoder.layer1 .. encoder.layer4``),
+    a timm ``stages``/``blocks`` list opened into its members (``encoder.blocks.0`` ...)."""
     enc = encoder_core(model)
     prefix = next(n for n, m in model.named_modules() if m is enc)
-    return [f"{prefix}.{n}" for n, m in enc.named_children() if any(True for _ in m.parameters())]
+    names = []
+    for n, m in enc.named_children():
+        if not any(True for _ in m.parameters()):
+            continue
+        if n in STAGE_LISTS and isinstance(m, (nn.Sequential, nn.ModuleList)):
+            names += [f"{prefix}.{n}.{c}" for c, sub in m.named_children() if any(True for _ in sub.parameters())]
+        else:
+            names.append(f"{prefix}.{n}")
+    return names
 
 
 def batches(loader: Any, device: torch.device, in_channels: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:

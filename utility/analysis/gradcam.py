@@ -4,7 +4,8 @@ Classification: for every class, the first N test images of that class (multi-la
 positive, so an image gets one map per positive label), each explained for its class. Segmentation:
 for every foreground class, the first N test images whose mask holds the class, explained by the
 summed class score over the predicted pixels of the class (the true pixels when none is predicted).
-The target layer defaults to the encoder's last block (ResNet: ``encoder.layer4``).
+The target layer defaults to the encoder's last block with a spatial output (ResNet: ``encoder.layer4``);
+CNN encoders (ViTs' token outputs would need a reshape, not provided).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from utility.data.preprocess import conform_channels
 from utility.errors import UserError
 
 METHODS = ("gradcam", "gradcam++", "eigencam")
+NOT_MAPS = ("head", "norm", "fc_norm", "pre_logits")  # final blocks of timm encoders that output vectors
 
 
 def cam_class(method: str) -> type:
@@ -31,7 +33,8 @@ def cam_class(method: str) -> type:
 def target_layer(model: nn.Module, name: Optional[str]) -> tuple[str, nn.Module]:
     """The named module, or the encoder's last block; an unknown name lists the valid ones."""
     blocks = block_names(model)
-    name = name or blocks[-1]
+    maps = [b for b in blocks if b.split(".")[-1] not in NOT_MAPS] or blocks
+    name = name or maps[-1]
     modules = dict(model.named_modules())
     if name not in modules or name == "":
         near = [n for n in modules if n.count(".") <= blocks[-1].count(".") + 1 and n.startswith(tuple(blocks))]

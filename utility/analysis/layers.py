@@ -35,8 +35,9 @@ def l2_rows(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[lis
     and the floating-point keys found in only one file (reported, never silently dropped)."""
     a, b = as_model_keys(a), as_model_keys(b)
     floats = lambda sd: {k for k, v in sd.items() if v.is_floating_point()}  # noqa: E731
-    common = sorted(floats(a) & floats(b))
-    only = sorted(floats(a) ^ floats(b))
+    fa, fb = floats(a), floats(b)
+    common = [k for k in a if k in fa and k in fb]  # the network's order: blocks input to output
+    only = sorted(fa ^ fb)
     shape_bad = [k for k in common if a[k].shape != b[k].shape]
     if shape_bad:
         k = shape_bad[0]

@@ -22,8 +22,11 @@ def _save(fig, path: Path) -> Path:
 
 
 def lines(path: Path, series: Sequence[tuple[np.ndarray, np.ndarray, str]], xlabel: str, ylabel: str, title: str,
-          logx: bool = False, diagonal: bool = False, marker: Optional[tuple[float, float, str]] = None) -> Path:
+          logx: bool = False, diagonal: bool = False, marker: Optional[tuple[float, float, str]] = None,
+          xticks: Optional[Sequence[str]] = None) -> Path:
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    if xticks is not None:
+        ax.set_xticks(range(len(xticks)), xticks, rotation=45, ha="right", fontsize=7)
     for x, y, label in series:
         ax.plot(x, y, label=label, lw=1.3)
     if diagonal:
