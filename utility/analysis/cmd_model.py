@@ -161,15 +161,16 @@ def lr_find(args: Any) -> int:
     rows = sweep(model, method, opt, subject.loader("train"), ctx, args.steps, args.start_lr, args.end_lr)
     if len(rows) < 2:
         raise UserError("the sweep stopped before two steps; lower --start_lr")
-    lrs, sm = np.array([r["lr"] for r in rows]), np.array([r["smoothed"] for r in rows])
+    lrs, sm, raw = (np.array([r[k] for r in rows]) for k in ("lr", "smoothed", "loss"))
     best = suggest(lrs, sm)
     out = subject.out_dir("lr-find", args.out)
     written = [write_csv(out / "lr_find.csv", rows), write_csv(out / "suggestion.csv", [{"suggested_lr": best,
                                                                                          "config_lr": cfg.lr}])]
-    written.append(plots.lines(out / "lr_find.png", [(lrs, np.array([r["loss"] for r in rows]), "loss"), (lrs, sm, "smoothed")],
+    written.append(plots.lines(out / "lr_find.png", [(lrs, raw, "loss"), (lrs, sm, "smoothed")],
                                "learning rate", "training loss", "LR range test", logx=True,
                                marker=(best, float(np.interp(best, lrs, sm)) if np.isfinite(best) else float("nan"),
-                                       f"suggested {best:.2g}")))
+                                       f"suggested {best:.2g}"),
+                               ylim=(0.9 * float(min(np.nanmin(raw), np.nanmin(sm))), 1.5 * float(sm[0]))))  # divergence off the top
     announce("lr-find", written)
     print(f"lr-find: suggested lr {best:.3g} (steepest descent of the smoothed loss); config lr {cfg.lr:g}")
     return 0

@@ -23,7 +23,7 @@ def _save(fig, path: Path) -> Path:
 
 def lines(path: Path, series: Sequence[tuple[np.ndarray, np.ndarray, str]], xlabel: str, ylabel: str, title: str,
           logx: bool = False, diagonal: bool = False, marker: Optional[tuple[float, float, str]] = None,
-          xticks: Optional[Sequence[str]] = None) -> Path:
+          xticks: Optional[Sequence[str]] = None, ylim: Optional[tuple[float, float]] = None) -> Path:
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     if xticks is not None:
         ax.set_xticks(range(len(xticks)), xticks, rotation=45, ha="right", fontsize=7)
@@ -37,6 +37,8 @@ def lines(path: Path, series: Sequence[tuple[np.ndarray, np.ndarray, str]], xlab
     if logx:
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     if series and (len(series) <= MAX_LEGEND or marker is not None):
         ax.legend(fontsize=7, loc="best")
     return _save(fig, path)
