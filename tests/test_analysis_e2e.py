@@ -82,6 +82,10 @@ def test_probe_and_knn_equal_sklearn_on_the_saved_embeddings(run):
     assert float(test["accuracy"]) == pytest.approx(accuracy_score(emb["test"]["targets"], pred))
 
     before = snapshot(run["dir"] / "analysis" / "embed")
+    assert inproc("embed", "--run", run["dir"], "--weights", "random", "--splits", "test") == 0
+    after = snapshot(run["dir"] / "analysis" / "embed")
+    assert len(after) == len(before) + 1 and all(after[k] == v for k, v in before.items())  # other weights, other key
+    before = after
     assert inproc("knn", "--run", run["dir"], "--k", "3", "7", "--temperature", "0.1") == 0
     assert snapshot(run["dir"] / "analysis" / "embed") == before  # served from the cache
     rows = read_rows(run["dir"] / "analysis" / "knn" / "knn.csv")

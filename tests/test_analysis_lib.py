@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from utility.analysis import curves as cv  # noqa: E402
 from utility.analysis.cka import cka  # noqa: E402
-from utility.analysis.gradcam import class_target, compute_cams, target_layer  # noqa: E402
+from utility.analysis.gradcam import class_target, compute_cams, display, target_layer  # noqa: E402
 from utility.analysis.knn import weighted_knn  # noqa: E402
 from utility.analysis.layers import importance_rows, l2_rows  # noqa: E402
 from utility.analysis.lrfind import lr_at, smooth, suggest  # noqa: E402
@@ -262,6 +262,9 @@ def test_gradcam_maximum_lies_in_the_bright_patch():
     assert inside >= 0.8 * len(pos)
     with pytest.raises(UserError, match="encoder.0"):
         target_layer(model, "encoder.layer9")
+    rgb = display(xt[pos[0]])  # a grayscale input is shown as gray RGB in [0, 1]
+    assert rgb.shape == (20, 20, 3) and rgb.min() == 0 and rgb.max() == 1
+    assert np.array_equal(rgb[..., 0], rgb[..., 2])
 
 
 def test_lr_finder_schedule_smoothing_and_suggestion():

@@ -15,7 +15,7 @@ from utility.analysis.layers import importance_rows, l2_rows, layer_knn_rows, re
 from utility.analysis.outputs import announce, write_csv
 from utility.analysis.source import check_split, open_subject, other_subject, resolve_weights
 from utility.errors import UserError
-from utility.paths import resolve_user_path
+from utility.paths import output_root, resolve_user_path
 
 
 def gradcam(args: Any) -> int:
@@ -163,7 +163,8 @@ def lr_find(args: Any) -> int:
         raise UserError("the sweep stopped before two steps; lower --start_lr")
     lrs, sm, raw = (np.array([r[k] for r in rows]) for k in ("lr", "smoothed", "loss"))
     best = suggest(lrs, sm)
-    out = subject.out_dir("lr-find", args.out)
+    # never inside a run directory, also with --run: <output root>/analysis/<name>/lr-find/
+    out = Path(args.out).resolve() if args.out else output_root(cfg.output_root) / "analysis" / cfg.name / "lr-find"
     written = [write_csv(out / "lr_find.csv", rows), write_csv(out / "suggestion.csv", [{"suggested_lr": best,
                                                                                          "config_lr": cfg.lr}])]
     written.append(plots.lines(out / "lr_find.png", [(lrs, raw, "loss"), (lrs, sm, "smoothed")],
