@@ -82,6 +82,9 @@ class SimCLRMethod(SSLMethod):
                                settings.projection_head)
         return SimCLRModel(encoder, head)
 
+    def objective(self, out) -> torch.Tensor:
+        return nt_xent(out[0], out[1], self.temperature, self.gather)
+
     def train_loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext):
         got = self.two_views(batch, ctx)
         if got is None:
