@@ -217,3 +217,47 @@ def test_every_methods_encoder_file_loads_into_get_model(tmp_path):
     net = get_model("resnet18", tmp_path / "byol.tar", classes=3)
     own = net.state_dict()
     assert all(torch.equal(own[f"encoder.{k}"] if f"encoder.{k}" in own else own[k], v) for k, v in enc.state_dict().items())
+
+
+def test_engine_calls_after_step_once_per_optimizer_step_and_keeps_method_state(tmp_path):
+    """The hook sees the plain model after each optimizer step (the weights already updated) with the
+    1-based step and the planned total; the method's state_dict goes into checkpoint_last.pt and back."""
+    from torch.utils.data import DataLoader
+
+    from utility.methods.base import NoEvaluation
+    from utility.training.engine import Amp, Trainer, TrainerOptions
+
+    class Hooked(NoEvaluation):
+        def __init__(self):
+            self.calls, self.counter = [], 0
+
+        def train_loss(self, model, batch, ctx):
+            return model(batch.float()).pow(2).mean(), batch.shape[0]
+
+        def after_step(self, model, step, total):
+            self.calls.append((step, total, model.weight.detach().clone()))
+            self.counter += 1
+
+        def state_dict(self):
+            return {"counter": self.counter}
+
+        def load_state_dict(self, state):
+            self.counter = state["counter"]
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    method = Hooked()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(torch.randn(12, 3), batch_size=4)
+    tr = Trainer(model, method, opt, None, Amp(torch.device("cpu")), tmp_path,
+                 TrainerOptions(epochs=2, seed=0, verbose=False))
+    tr.fit(loader, None)
+    assert [(s, t) for s, t, _ in method.calls] == [(k, 6) for k in range(1, 7)]
+    assert torch.equal(method.calls[-1][2], model.weight.detach())  # after the last update
+    assert not torch.equal(method.calls[0][2], method.calls[1][2])
+    tr.close()
+    again = Hooked()
+    tr2 = Trainer(nn.Linear(3, 1), again, torch.optim.SGD(nn.Linear(3, 1).parameters(), lr=0.1), None,
+                  Amp(torch.device("cpu")), tmp_path, TrainerOptions(epochs=2, seed=0, verbose=False))
+    assert tr2.resume() and again.counter == 6
+    tr2.close()
