@@ -1,7 +1,8 @@
 """Typed config schemas. Each field is one YAML key; the predecessor's keys keep their meaning."""
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+import difflib
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -186,8 +187,35 @@ FTE_DEPRECATED: dict[str, str] = {
 }
 
 
+class MonitorConfig(BaseModel):
+    """Online monitor of a pretraining run: weighted kNN accuracy (and optionally a linear probe) of the
+    current encoder on a labelled task's train -> val split, every ``every`` epochs (and the last one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(description="a task preset or task YAML with train and val splits")
+    every: PositiveInt = 5
+    knn_k: PositiveInt = 20
+    knn_t: Annotated[float, Field(gt=0)] = 0.07
+    linear: bool = Field(False, description="also a logistic-regression probe on the frozen features")
+    batch_size: Optional[PositiveInt] = Field(None, description="feature extraction batch; default batch_size")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return {"task": v}
+        for key in v if isinstance(v, dict) else ():
+            if key not in cls.model_fields:
+                hint = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.5)
+                raise ValueError(f"unknown monitor key '{key}'" + (f"; did you mean '{hint[0]}'?" if hint else
+                                 f" (valid: {', '.join(cls.model_fields)})"))
+        return v
+
+
 class SimCLRConfig(RunBase, DataKeys):
-    """SimCLR pretraining (``pkgs/SimCLR/main.py``); the predecessor's keys keep their meaning."""
+    """Self-supervised pretraining (``pkgs/SSL/pretrain.py``, ``pkgs/SimCLR/main.py``); the predecessor's
+    SimCLR keys keep their meaning."""
 
     dataset: Literal["Custom_2D"] = Field("Custom_2D", description="images found recursively in folders")
     dataset_base_dir: list[str] = Field(description="folder(s) of unlabeled images (recursive)")
@@ -232,6 +260,12 @@ class SimCLRConfig(RunBase, DataKeys):
     nodes: PositiveInt = 1
     gpus: Optional[NonNegInt] = None
     nr: NonNegInt = 0
+    method: str = Field("simclr", description="simclr, barlow_twins, byol, vicreg, mocov2 "
+                                              "(utility/methods/ssl_registry.py)")
+    method_settings: dict[str, Any] = Field(
+        default_factory=dict, description="the method's own settings (SimCLR's are the top-level keys "
+                                          "temperature, projection_*, loss_device); validated per method")
+    monitor: Optional[MonitorConfig] = None
 
     @field_validator("dataset_base_dir", mode="before")
     @classmethod
@@ -267,3 +301,5 @@ SIMCLR_DEPRECATED: dict[str, str] = {
     "epoch_num": "resume is automatic and continues from the last checkpoint",
     "start_epoch": "resume is automatic and continues from the last checkpoint",
 }
+
+PretrainConfig = SimCLRConfig  # every method's pretraining config (the name SimCLRConfig is kept)

@@ -2,19 +2,22 @@
 per-sample parameters, and the step the shared engine runs (NT-Xent over all ranks' views)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
-import kornia.augmentation as K
 import torch
 from torch import nn
 
-from utility.data.badfiles import BadFiles, drop_invalid
-from utility.data.preprocess import conform_channels
-from utility.methods.base import NoEvaluation
-from utility.training.engine import StepContext
+from utility.data.badfiles import BadFiles
+from utility.methods.heads import mlp
 from utility.methods.ntxent import nt_xent
-from utility.training.checkpoint import atomic_save
+from utility.methods.ssl_base import JointEmbedding, MethodSettings, SSLMethod, save_encoder
+from utility.methods.views import TwoViews
+from utility.training.engine import StepContext
+
+PER_REPLICA = ("per_replica", "gpu")  # loss_device values: one NT-Xent per GPU replica
+
+__all__ = ["SimCLRMethod", "SimCLRModel", "SimCLRSettings", "SimCLRViews", "projection_head", "save_encoder",
+           "per_replica_nt_xent", "PER_REPLICA"]
 
 
 def projection_head(width: int, hidden: int, out: int, kind: str) -> nn.Module:
@@ -24,49 +27,11 @@ def projection_head(width: int, hidden: int, out: int, kind: str) -> nn.Module:
         return nn.Sequential(nn.Linear(width, hidden, bias=False), nn.ReLU(),
                              nn.Linear(hidden, hidden, bias=False), nn.Sigmoid(),
                              nn.Linear(hidden, out, bias=False))
-    return nn.Sequential(nn.Linear(width, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),
-                         nn.Linear(hidden, out))
+    return mlp([width, hidden, out], bn=True)
 
 
-class SimCLRModel(nn.Module):
-    """Returns projections of both views; the encoder alone is what pretraining hands on."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.projector = head
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.projector(self.encoder(torch.cat([x1, x2])))
-        return z[: x1.shape[0]], z[x1.shape[0]:]
-
-
-class SimCLRViews(nn.Module):
-    """RandomResizedCrop(image_size), flip (hflip_p, 0.5), colour jitter (strength s, probability p), grayscale
-    0.2 (off for grayscale data), optional Gaussian blur: each image its own parameters."""
-
-    def __init__(self, image_size: int, jitter_strength: float = 1.0, jitter_p: float = 0.8,
-                 grayscale_data: bool = False, blur_p: float = 0.0, crop_scale=(0.08, 1.0),
-                 hflip_p: float = 0.5) -> None:
-        super().__init__()
-        s = jitter_strength
-        ops: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=tuple(crop_scale))]
-        if hflip_p > 0:
-            ops.append(K.RandomHorizontalFlip(p=hflip_p))
-        if grayscale_data:
-            ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.0, 0.0, p=jitter_p))
-        else:
-            ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=jitter_p))
-            ops.append(K.RandomGrayscale(p=0.2))
-        if blur_p > 0:
-            k = max(3, (image_size // 10) | 1)
-            ops.append(K.RandomGaussianBlur((k, k), (0.1, 2.0), p=blur_p))
-        self.ops = K.AugmentationSequential(*ops, same_on_batch=False)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.clamp(0, 1)
-        return self.ops(x), self.ops(x)
+SimCLRModel = JointEmbedding  # encoder + projector, projections of both views
+SimCLRViews = TwoViews  # its old name; the augmentation is every method's (utility/methods/views.py)
 
 
 def dp_replicas(model: nn.Module) -> int:
@@ -83,33 +48,50 @@ def per_replica_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, 
     return torch.stack(parts).mean()
 
 
-class SimCLRMethod(NoEvaluation):
+class SimCLRSettings(MethodSettings):
+    """SimCLR's settings are top-level config keys (the predecessor's), not ``method_settings``."""
+
+    temperature: float = 0.5
+    projection_head: str = "predecessor"
+    projection_hidden: Optional[int] = None
+    projection_dim: int = 256
+    loss_device: str = "gather"
+
+
+class SimCLRMethod(SSLMethod):
     """One SimCLR step for the engine. ``gather``: negatives from every rank (DDP); off gives the
     predecessor's per-replica loss (``loss_device: per_replica`` or ``gpu``): per DDP rank, and per
     GPU replica under DataParallel."""
 
-    def __init__(self, views: SimCLRViews, temperature: float, in_channels: int = 3, gather: bool = True,
+    name, label, Settings = "simclr", "SimCLR", SimCLRSettings
+    TOP_LEVEL_KEYS = tuple(SimCLRSettings.model_fields)
+
+    def __init__(self, views: TwoViews, temperature: float, in_channels: int = 3, gather: bool = True,
                  bad: Optional[BadFiles] = None) -> None:
-        self.views, self.temperature, self.in_channels, self.gather = views, temperature, in_channels, gather
-        self.bad = bad
+        super().__init__(views, None, in_channels, bad)
+        self.temperature, self.gather = temperature, gather
+
+    @classmethod
+    def create(cls, views: TwoViews, settings: SimCLRSettings, in_channels: int,
+               bad: Optional[BadFiles]) -> "SimCLRMethod":
+        return cls(views, settings.temperature, in_channels, settings.loss_device not in PER_REPLICA, bad)
+
+    @classmethod
+    def build_model(cls, encoder: nn.Module, width: int, settings: SimCLRSettings) -> nn.Module:
+        head = projection_head(width, settings.projection_hidden or width, settings.projection_dim,
+                               settings.projection_head)
+        return SimCLRModel(encoder, head)
+
+    def objective(self, out) -> torch.Tensor:
+        return nt_xent(out[0], out[1], self.temperature, self.gather)
 
     def train_loss(self, model: nn.Module, batch: dict[str, Any], ctx: StepContext):
-        batch = drop_invalid(batch, "train", self.bad)
-        if batch is None or batch["image"].shape[0] < 2:
+        got = self.two_views(batch, ctx)
+        if got is None:
             return None, 0
-        x = batch["image"]
-        x = conform_channels(x.to(ctx.device, non_blocking=True), 3)
-        with torch.autocast(ctx.device.type, enabled=False):
-            v1, v2 = self.views(x.float())
-        if self.in_channels == 1:
-            v1, v2 = conform_channels(v1, 1), conform_channels(v2, 1)
+        v1, v2, n = got
         z1, z2 = model(v1, v2)
         replicas = dp_replicas(model)
         if not self.gather and replicas > 1:
-            return per_replica_nt_xent(z1, z2, self.temperature, replicas), int(x.shape[0])
-        return nt_xent(z1, z2, self.temperature, self.gather), int(x.shape[0])
-
-
-def save_encoder(model: SimCLRModel, path: Path) -> None:
-    """Encoder state dict only, no ``module.`` prefix: what finetuning's model_path and get_model read."""
-    atomic_save({k: v.detach().cpu() for k, v in model.encoder.state_dict().items()}, path)
+            return per_replica_nt_xent(z1, z2, self.temperature, replicas), n
+        return nt_xent(z1, z2, self.temperature, self.gather), n

@@ -1,9 +1,12 @@
-"""SimCLR pretraining: config -> unlabeled images -> encoder + projector -> the shared engine.
+"""Self-supervised pretraining: config -> unlabeled images -> the method's network (encoder + heads)
+-> the shared engine. The method (``method``: simclr, barlow_twins, byol, vicreg, mocov2) comes from
+utility/methods/ssl_registry.py.
 
-``pkgs/SimCLR/main.py`` is a thin wrapper around :func:`main`. Outputs in
+``pkgs/SSL/pretrain.py`` and ``pkgs/SimCLR/main.py`` are thin wrappers around :func:`main`. Outputs in
 logs_and_checkpoints/pretraining/<name>/: config.yaml, train.log (epoch, step, loss, lr, datetime),
-TensorBoard, encoder_<epoch>.tar every enc_save_frequency epochs, checkpoint_last.pt (resume),
-encoder_pretrained.tar at the end. The LR rule and the batch checks: utility/runs/simclr_config.py.
+TensorBoard, encoder_<epoch>.tar every enc_save_frequency epochs, checkpoint_last.pt (resume; with EMA
+targets and MoCo's queue), monitor.log (with ``monitor``), encoder_pretrained.tar at the end. The LR rule:
+utility/runs/simclr_config.py; the method and the batch checks: utility/runs/ssl_config.py.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import numpy as np
 
 from utility.config.loader import load_config
 from utility.config.schemas import SIMCLR_DEPRECATED, SimCLRConfig
+from utility.config.tasks import load_task
 from utility.data.badfiles import BadFiles
 from utility.data.cache import SharedStore
 from utility.data.dataset import ImageDataset, Preprocess
@@ -21,13 +25,15 @@ from utility.data.index import Split
 from utility.data.index_cache import IndexCache, cached_listing
 from utility.data.loader import build_loader, fill_cache
 from utility.errors import UserError, user_errors
-from utility.methods.simclr import SimCLRMethod, SimCLRModel, SimCLRViews, projection_head, save_encoder
+from utility.methods.ssl_base import save_encoder
+from utility.methods.views import TwoViews
 from utility.models import build_encoder, count_parameters
 from utility.paths import output_root, resolve_user_path
 from utility.runs.evaluation import report_bad_files
+from utility.runs.monitor import Monitor
+from utility.runs.simclr_config import PROG, build_lr_schedule, lr_plan, raw_config, resolve_lr_rule
+from utility.runs.ssl_config import check_batch_size, check_image_count, resolve_method
 from utility.runs.startup import Startup, index_cache_for
-from utility.runs.simclr_config import (MIN_BATCH, PER_REPLICA, PROG, build_lr_schedule, check_batch_size,
-                                        check_image_count, lr_plan, raw_config, resolve_lr_rule)
 from utility.training.distributed import is_dist, is_main, main_decides, shutdown
 from utility.training.engine import Trainer, TrainerOptions
 from utility.training.optim import build_optimizer
@@ -58,21 +64,24 @@ def unlabeled_split(cfg: SimCLRConfig, cache: IndexCache | None = None) -> Split
     return Split("train", paths, np.zeros(len(paths), np.int64))
 
 
-def main(argv: list[str]) -> int:
-    cfg, _ = load_config(SimCLRConfig, argv, PROG, SIMCLR_DEPRECATED)
-    rule, why = resolve_lr_rule(cfg, raw_config(argv))
+def main(argv: list[str], prog: str = PROG) -> int:
+    cfg, _ = load_config(SimCLRConfig, argv, prog, SIMCLR_DEPRECATED)
+    method_cls, settings = resolve_method(cfg)
+    if cfg.monitor is not None:
+        load_task(cfg.monitor.task)  # an unknown task is refused before any work
+    rule, why = resolve_lr_rule(cfg, raw_config(argv, prog))
     cfg.lr_rule = rule  # config.yaml records the rule in force
     lr = lr_plan(cfg, rule, why)
     run_dir = output_root(cfg.output_root) / "pretraining" / cfg.name
     requested = "dp" if (cfg.dataparallel and cfg.parallel == "auto") else cfg.parallel
-    check_batch_size(cfg)
+    check_batch_size(cfg, method_cls)
     session = RunSession.open(cfg, run_dir, requested, FREE_KEYS)
     if session.done:
         print(f"run {run_dir} is already complete: {run_dir / 'encoder_pretrained.tar'}")
         return 0
     if is_main():
         print(lr.line, flush=True)
-    check_batch_size(cfg)  # again now that the process group (and its size) is known
+    check_batch_size(cfg, method_cls)  # again now that the process group (and its size) is known
     startup = Startup(cfg.verbose)
     startup.attach(run_dir)
     index_cache = index_cache_for(cfg)
@@ -80,12 +89,12 @@ def main(argv: list[str]) -> int:
         if is_dist() and index_cache is not None:  # rank 0 lists (and writes the cache) first
             main_decides(lambda: len(unlabeled_split(cfg, index_cache)))
         split = unlabeled_split(cfg, index_cache)
-    check_image_count(cfg, split)
+    check_image_count(cfg, split, method_cls, settings)
     shape = tuple(cfg.shape_desired or (cfg.image_size, cfg.image_size))
     prep = Preprocess(channels=1 if cfg.grayscale else 3, shape=shape,  # type: ignore[arg-type]
                       normalizer=cfg.normalizer or "naive", window=tuple(cfg.window) if cfg.window else None)
     if prep.normalizer == "imagenet":
-        raise UserError("normalizer 'imagenet' standardises intensities, but SimCLR's colour jitter needs "
+        raise UserError("normalizer 'imagenet' standardises intensities, but the views' colour jitter needs "
                         "[0, 1] images; use naive, 01_clipped_CT or windowed")
     cache = None
     with startup.phase("cache planning", f"opmode {cfg.opmode}"):
@@ -101,19 +110,25 @@ def main(argv: list[str]) -> int:
                           pin_memory=session.device.type == "cuda")
 
     encoder, width = build_encoder(cfg.resnet, cfg.in_channels)
-    head = projection_head(width, cfg.projection_hidden or width, cfg.projection_dim, cfg.projection_head)
-    model = SimCLRModel(encoder, head)
+    model = method_cls.build_model(encoder, width, settings)
     train_module = session.place(model, cfg.syncbn, cfg.gpus)
-    views = SimCLRViews(cfg.image_size, cfg.jitter_strength, cfg.jitter_p, cfg.grayscale, cfg.blur_p,
-                        cfg.crop_scale, cfg.hflip_p).to(session.device)
+    views = TwoViews(cfg.image_size, cfg.jitter_strength, cfg.jitter_p, cfg.grayscale, cfg.blur_p,
+                     cfg.crop_scale, cfg.hflip_p).to(session.device)
     bad = BadFiles({"train": split.paths}, cfg.max_bad_fraction, run_dir)
-    method = SimCLRMethod(views, cfg.temperature, cfg.in_channels, gather=cfg.loss_device not in PER_REPLICA, bad=bad)
+    method = method_cls.create(views, settings, cfg.in_channels, bad)
+    monitor = None
+    if cfg.monitor is not None and is_main():
+        mprep = Preprocess(channels=cfg.in_channels, shape=shape, normalizer=prep.normalizer, window=prep.window)
+        monitor = Monitor(cfg.monitor, mprep, cfg.data_root, cfg.seed, cfg.batch_size, workers, cfg.in_channels,
+                          session.device, run_dir, cfg.epochs)
     optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum)
     interval = lr.interval
     scheduler = build_lr_schedule(optimizer, lr, cfg, len(loader))
 
     def snapshot(tr: Trainer) -> None:
         report_bad_files(bad, tr.epoch)
+        if monitor is not None:
+            monitor(model.encoder, tr.epoch, tr.tb)
         if cfg.enc_save_frequency and tr.epoch % cfg.enc_save_frequency == 0:
             save_encoder(model, run_dir / f"encoder_{tr.epoch}.tar")
 
@@ -125,13 +140,13 @@ def main(argv: list[str]) -> int:
     trainer = session.trainer(model, method, optimizer, scheduler, opts, train_module)
     if cfg.verbose and is_main():
         p = count_parameters(model)
-        print(f"SimCLR: {len(ds)} images, encoder {cfg.resnet} ({p['total']:,} parameters with the projector), "
+        print(f"{method_cls.label}: {len(ds)} images, encoder {cfg.resnet} ({p['total']:,} parameters with the heads), "
               f"lr {lr.lr0:.4g}, device {session.device}; run dir {run_dir}")
 
     def finish(tr: Trainer) -> None:
         if tr.global_step == 0:  # never an untrained encoder under the name of a pretrained one
-            raise UserError(f"no SimCLR step was taken in {cfg.epochs} epoch(s) (every batch had fewer than "
-                            f"{MIN_BATCH} valid images); encoder_pretrained.tar not written")
+            raise UserError(f"no {method_cls.label} step was taken in {cfg.epochs} epoch(s) (every batch had fewer "
+                            f"than {method_cls.min_batch} valid images); encoder_pretrained.tar not written")
         if is_main():
             save_encoder(model, run_dir / "encoder_pretrained.tar")
 

@@ -1,4 +1,5 @@
-"""What a SimCLR config means beyond its schema: the learning-rate rule in force and the batch checks.
+"""What a SimCLR config means beyond its schema: the learning-rate rule in force (batch and method
+checks: utility/runs/ssl_config.py).
 
 The learning-rate rule (``lr_rule``, printed once at the start of every run):
 
@@ -23,10 +24,8 @@ import torch
 
 from utility.config.loader import parse_argv, read_yaml
 from utility.config.schemas import SIMCLR_DEPRECATED, SimCLRConfig
-from utility.data.index import Split
 from utility.errors import UserError, user_errors
-from utility.paths import resolve_user_path
-from utility.training.distributed import world_size
+from utility.methods.simclr import PER_REPLICA  # noqa: F401  (re-exported: loss_device values, one NT-Xent per replica)
 from utility.training.schedulers import ResumableLambdaLR, build_epoch_times_step_scheduler, build_scheduler
 
 PROG = "pkgs/SimCLR/main.py"
@@ -39,34 +38,6 @@ PREDECESSOR_ONLY_KEYS = ("stepwise_scheduler", "nodes", "nr", "model_save_freque
 PREDECESSOR_LOSS_DEVICES = ("gpu", "cpu")
 # this tool's LR keys, which the predecessor's rule has no place for
 OWN_LR_KEYS = ("scheduler", "base_lr", "lr_scaling", "warmup_epochs", "scheduling_interval")
-PER_REPLICA = ("per_replica", "gpu")  # loss_device values: one NT-Xent per GPU replica
-MIN_BATCH = 2  # NT-Xent contrasts every image with the others of its batch: one image has nothing
-
-
-def check_batch_size(cfg: SimCLRConfig) -> None:
-    """Refuse, before any work, a batch size with which no SimCLR step can ever be taken."""
-    if cfg.batch_size < MIN_BATCH:
-        raise UserError(f"batch_size {cfg.batch_size}: a SimCLR batch needs at least {MIN_BATCH} images "
-                        f"(NT-Xent contrasts each image with the others in its batch); no step could be taken")
-    w = world_size()
-    if w > 1 and cfg.batch_size // w < MIN_BATCH:
-        raise UserError(f"batch_size {cfg.batch_size} over {w} processes is {cfg.batch_size // w} image(s) per "
-                        f"process; SimCLR needs at least {MIN_BATCH} per process (batch_size >= {MIN_BATCH * w})")
-
-
-def check_image_count(cfg: SimCLRConfig, split: Split) -> None:
-    """Refuse data that can never fill one batch (a one-image folder, batch_size above the image count)."""
-    where = ", ".join(str(resolve_user_path(d)) for d in cfg.dataset_base_dir)
-    subset = f" after random_subset {cfg.random_subset}" if cfg.random_subset < 1 else ""
-    n = len(split)
-    if n < MIN_BATCH:
-        raise UserError(f"dataset_base_dir {where}: {n} image{'s' if n != 1 else ''}{subset}; SimCLR needs at "
-                        f"least {MIN_BATCH} images to form a batch")
-    if cfg.batch_size > n:
-        raise UserError(f"batch_size {cfg.batch_size} is larger than the {n} images found{subset} in "
-                        f"dataset_base_dir {where}")
-
-
 def learning_rate(cfg: SimCLRConfig) -> float:
     if cfg.lr is not None:
         return cfg.lr
@@ -76,9 +47,9 @@ def learning_rate(cfg: SimCLRConfig) -> float:
     return 0.075 * math.sqrt(cfg.batch_size) if cfg.optimizer == "LARS" else 1e-3
 
 
-def raw_config(argv: list[str]) -> dict[str, Any]:
+def raw_config(argv: list[str], prog: str = PROG) -> dict[str, Any]:
     """The keys as the user wrote them (file, then overrides), deprecated ones included."""
-    path, overrides = parse_argv(argv, PROG)
+    path, overrides = parse_argv(argv, prog)
     raw = read_yaml(path) if path is not None else {}
     raw.update(overrides)
     return raw

@@ -49,6 +49,10 @@ class Method(Protocol):
     def eval_artifacts(self, out_dir: Path, tag: str) -> None:
         """Write per-evaluation files (confusion matrix, predictions) named by ``tag``."""
 
+    # optional: ``after_step(model, step, total_steps)``, called after every optimizer step with the plain
+    # model (EMA/momentum targets); ``state_dict()``/``load_state_dict(d)``: method state outside the model
+    # (a MoCo queue) that checkpoint_last.pt keeps for resume.
+
 
 @dataclass
 class StepContext:
@@ -161,6 +165,8 @@ class Trainer:
         self.val_log: Optional[CsvLog] = None
         self.tb = TensorBoard(run_dir / "tensorboard")
         self.stop: Optional[StopOnSignal] = None  # set while fit runs: SIGTERM/SIGINT -> save and stop
+        self.after_step: Optional[Callable[[nn.Module, int, int], None]] = getattr(method, "after_step", None)
+        self.total_steps = 0  # optimizer steps planned over all epochs (set by fit; EMA schedules)
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -179,6 +185,7 @@ class Trainer:
             "global_step": self.global_step, "best_value": self.best_value, "best_epoch": self.best_epoch,
             "finished": self.finished, "rng": rng_state(), "config": self.opts.config,
             "epoch_loss": list(self.epoch_loss),
+            **({"method": self.method.state_dict()} if hasattr(self.method, "state_dict") else {}),
         }
 
     def save(self) -> None:
@@ -201,6 +208,8 @@ class Trainer:
         self.best_value, self.best_epoch = ck["best_value"], ck["best_epoch"]
         self.finished = ck.get("finished", False)
         self.epoch_loss = list(ck.get("epoch_loss", [0.0, 0]))
+        if "method" in ck and hasattr(self.method, "load_state_dict"):
+            self.method.load_state_dict(ck["method"])
         set_rng_state(ck["rng"])
         e, b = self.epoch + 1, self.batch_in_epoch  # log rows are 1-based
         self.train_log.keep_rows(lambda r: int(r["epoch"]) < e or (int(r["epoch"]) == e and int(r["step"]) <= b))
@@ -253,6 +262,7 @@ class Trainer:
     def _fit(self, train_loader: DataLoader, val_loader: Optional[DataLoader]) -> None:
         sampler = train_loader.sampler if isinstance(train_loader.sampler, EpochSampler) else None
         batch_size = train_loader.batch_size or 1
+        self.total_steps = self.opts.epochs * (1 if self.opts.short_training else len(train_loader))
         while self.epoch < self.opts.epochs:
             if hasattr(train_loader, "set_epoch"):  # order, worker and augmentation seeds (CacheAwareLoader)
                 train_loader.set_epoch(self.epoch, self.batch_in_epoch * batch_size)
@@ -327,6 +337,8 @@ class Trainer:
                 self.scheduler.step()
             self.batch_in_epoch += 1
             self.global_step += 1
+            if self.after_step is not None:
+                self.after_step(self.model, self.global_step, self.total_steps)
             n_batches += 1
             detached = loss.detach()
             loss_sum += detached
