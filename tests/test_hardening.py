@@ -153,7 +153,7 @@ def failures(setup, runs):
 def hold_lock(run_dir: Path) -> subprocess.Popen:
     """A process holding ``run_dir``'s lock until it is killed."""
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from utility.training.runlock import RunLock; RunLock(Path(sys.argv[1])).acquire(); "
+                               "from utility.training.runlock import RunLock; RunLock(Path(sys.argv[1])).acquire().claim(); "
                                "print('held', flush=True); time.sleep(3600)", str(run_dir)],
                               cwd=str(REPO), env=ENV, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -222,6 +222,7 @@ def test_stale_lock_is_taken_over(tmp_path, capfd):
     holder.kill()  # SIGKILL: nothing cleans up; the flock dies with the process, its pid stays in the file
     holder.wait()
     lock = RunLock(tmp_path).acquire()
+    lock.claim()
     assert f"taking over the lock of process {holder.pid}" in capfd.readouterr().err
     assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
     lock.release()

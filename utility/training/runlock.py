@@ -28,8 +28,10 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK_NAME
         self._fh: Optional[IO[str]] = None
+        self._claimed = False
 
     def acquire(self) -> "RunLock":
+        """Lock (the file is not changed yet: a finished run, looked at again, stays untouched)."""
         try:
             fh = open(self.path, "a+")
         except OSError as exc:
@@ -41,6 +43,15 @@ class RunLock:
             fh.close()
             raise UserError(f"run directory {self.path.parent} is in use by {holder}; wait for it to end, "
                             "stop it, or choose another name (nothing was touched)") from None
+        self._fh = fh
+        atexit.register(self.release)  # any ordinary end empties it; only a killed process leaves it
+        return self
+
+    def claim(self) -> None:
+        """Write this process's pid and host (for the message another run gets); a lock left by a
+        killed process is taken over, and said so."""
+        assert self._fh is not None, "claim() after acquire()"
+        fh = self._fh
         previous = _read(fh)
         if previous:
             print(f"note: taking over the lock of {_describe(previous)}, which is no longer running",
@@ -50,17 +61,16 @@ class RunLock:
         fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                              "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
         fh.flush()
-        self._fh = fh
-        atexit.register(self.release)  # any ordinary end empties it; only a killed process leaves it
-        return self
+        self._claimed = True
 
     def release(self) -> None:
         """Empty the file (a clean end leaves nothing to take over) and unlock."""
         if self._fh is None:
             return
         try:
-            self._fh.seek(0)
-            self._fh.truncate()
+            if self._claimed:
+                self._fh.seek(0)
+                self._fh.truncate()
         except OSError:
             pass
         self._fh.close()  # closing drops the flock

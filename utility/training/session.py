@@ -57,6 +57,8 @@ def lock_and_decide(run_dir: Path, new: dict[str, Any], epochs: int, free_keys: 
     except BaseException:
         lock.release()
         raise
+    if state != "done":  # a finished run looked at again stays untouched, run.lock included
+        lock.claim()
     return state, lock
 
 
