@@ -143,7 +143,8 @@ def line(name: str, ours: float, base: float | None, unit: str, note: str = "") 
     if base is None:
         print(f"{name}: ours {ours:.3g} {unit}{note}")
     else:
-        print(f"{name}: ours {ours:.3g} {unit}, baseline {base:.3g} {unit}, ratio {base / max(ours, 1e-9):.1f}{note}")
+        ratio = f"{base / ours:.1f}" if ours > 0 else "n/a (ours <= 0)"
+        print(f"{name}: ours {ours:.3g} {unit}, baseline {base:.3g} {unit}, ratio {ratio}{note}")
 
 
 def main() -> None:

@@ -291,6 +291,9 @@ def test_cache_reused_invalidated_and_rebuilt_when_corrupt(tmp_path, capsys):
     assert "changed" in gone.how and len(gone.splits["train"]) + len(gone.splits["val"]) == 11
     # damaged cache files are never trusted: rebuilt with a warning, same result
     (cache_file,) = list((tmp_path / "cache").glob("task-*.npz"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert cache_file.stat().st_mode & 0o777 == 0o666 & ~umask  # a plain file others may read (shared cache)
     good = snapshot(index_task(folder_task(), tmp_path, seed=0, cache=cache))
     raw = bytearray(cache_file.read_bytes())
     for damage in (lambda b: b[: len(b) // 2], lambda b: b[:200] + bytes([b[200] ^ 0xFF]) + b[201:], lambda b: b"junk"):

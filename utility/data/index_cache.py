@@ -104,6 +104,9 @@ class IndexCache:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.folder)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)  # readable by the other users of a shared cache, as a plain file
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, **arrays, **{META: blob})
                 fh.flush()

@@ -14,7 +14,8 @@ from utility.data.loader import CacheAwareLoader, build_loader, fill_cache
 from utility.errors import UserError
 from utility.methods.registry import Pipeline
 from utility.paths import DEFAULT_DATA_ROOT, resolve_user_path
-from utility.runs.startup import Startup, index_cache_for
+from utility.data.index_cache import IndexCache
+from utility.runs.startup import Startup
 from utility.training.distributed import is_dist, main_decides
 
 
@@ -25,11 +26,10 @@ class Data:
     datasets: dict[str, Any]
 
 
-def index_with_cache(cfg: FTEConfig, task: TaskSpec) -> IndexedTask:
-    """Index the task through the persistent index cache; under DDP rank 0 indexes (and writes the
-    cache) first, then the other ranks read it, so a cold cache is listed once per node."""
+def index_with_cache(cfg: FTEConfig, task: TaskSpec, cache: Optional[IndexCache]) -> IndexedTask:
+    """Index the task (through the persistent index cache if given); under DDP rank 0 indexes (and
+    writes the cache) first, then the other ranks read it, so a cold cache is listed once per node."""
     data_root = resolve_user_path(cfg.data_root) if cfg.data_root else DEFAULT_DATA_ROOT
-    cache = index_cache_for(cfg)
 
     def run() -> IndexedTask:
         return index_task(task, data_root, cfg.seed, cfg.data_format, cfg.folds, cfg.fold, cfg.train_fraction,
@@ -56,11 +56,12 @@ def check_folds(cfg: FTEConfig, task: TaskSpec) -> None:
 
 
 def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device, pipe: Pipeline,
-               startup: Optional[Startup] = None) -> Data:
+               startup: Optional[Startup] = None, index_cache: Optional[IndexCache] = None) -> Data:
+    """``index_cache``: the run's (see :func:`utility.runs.startup.index_cache_for`); None indexes anew."""
     startup = startup or Startup(verbose=False)
     with startup.phase("index", lambda: f"{', '.join(f'{k} {len(s)}' for k, s in indexed.splits.items())}; "
                                         f"{indexed.how}"):
-        indexed = index_with_cache(cfg, task)
+        indexed = index_with_cache(cfg, task, index_cache)
     shape = tuple(cfg.shape_desired or task.shape_desired)
     prep = Preprocess(channels=3 if (cfg.in_channels or 3) == 3 else 1, shape=shape,  # type: ignore[arg-type]
                       normalizer=cfg.normalizer or task.normalizer,
