@@ -114,7 +114,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
 def run_folds(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> None:
     """k-fold cross-validation: each fold in run_dir/fold_<i>/, then folds_summary.csv (mean, std)."""
     folds = cfg.folds or 0
-    check_folds(cfg, task)
+    check_folds(cfg, task, index_cache_for(cfg))
     which = [cfg.fold] if cfg.fold is not None else list(range(folds))
     results = []
     for i in which:

@@ -43,12 +43,12 @@ def index_with_cache(cfg: FTEConfig, task: TaskSpec, cache: Optional[IndexCache]
     return run()
 
 
-def check_folds(cfg: FTEConfig, task: TaskSpec) -> None:
+def check_folds(cfg: FTEConfig, task: TaskSpec, cache: Optional[IndexCache] = None) -> None:
     """k folds need at least k samples in train + val (each fold validates on a share of them);
     checked once before the first fold, not after hundreds of folds."""
     if not cfg.folds:
         return
-    splits = index_with_cache(cfg.model_copy(update={"folds": None, "fold": None, "train_fraction": None}), task).splits
+    splits = index_with_cache(cfg.model_copy(update={"folds": None, "fold": None, "train_fraction": None}), task, cache).splits
     n = len(splits["train"]) + len(splits["val"])
     if cfg.folds > n:
         raise UserError(f"config key 'folds': {cfg.folds} folds but task {task.name} has only {n} "
