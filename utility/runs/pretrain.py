@@ -10,31 +10,23 @@ utility/runs/simclr_config.py; the method and the batch checks: utility/runs/ssl
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
 from utility.config.loader import load_config
 from utility.config.schemas import SIMCLR_DEPRECATED, SimCLRConfig
 from utility.config.tasks import load_task
 from utility.data.badfiles import BadFiles
-from utility.data.cache import SharedStore
-from utility.data.dataset import ImageDataset, Preprocess
-from utility.data.compact import concat, take
-from utility.data.index import Split
-from utility.data.index_cache import IndexCache, cached_listing
-from utility.data.loader import build_loader, fill_cache
+from utility.data.dataset import Preprocess
 from utility.errors import UserError, user_errors
 from utility.methods.ssl_base import save_encoder
 from utility.methods.views import TwoViews
 from utility.models import build_encoder, count_parameters
-from utility.paths import output_root, resolve_user_path
+from utility.paths import output_root
 from utility.runs.evaluation import report_bad_files
 from utility.runs.monitor import Monitor
 from utility.runs.simclr_config import PROG, build_lr_schedule, lr_plan, raw_config, resolve_lr_rule
-from utility.runs.ssl_config import check_batch_size, check_image_count, resolve_method
-from utility.runs.startup import Startup, index_cache_for
-from utility.training.distributed import is_dist, is_main, main_decides, shutdown
+from utility.runs.pretrain_data import build_pretrain_data
+from utility.runs.ssl_config import check_batch_size, resolve_method
+from utility.runs.startup import Startup
+from utility.training.distributed import is_main, shutdown
 from utility.training.engine import Trainer, TrainerOptions
 from utility.training.optim import build_optimizer
 from utility.training.session import RESUME_FREE_KEYS, RunSession
@@ -42,26 +34,6 @@ from utility.training.session import RESUME_FREE_KEYS, RunSession
 # tf_device has no effect here (SimCLR's views always run batched on the device)
 FREE_KEYS = RESUME_FREE_KEYS | {"low_verbosity", "enc_save_frequency", "index_cache_dir", "reindex", "tf_device"}
 PRETRAIN_COLUMNS = ["epoch", "step", "loss", "datetime", "lr", "global_step"]
-
-
-def unlabeled_split(cfg: SimCLRConfig, cache: IndexCache | None = None) -> Split:
-    """Every image under the dataset_base_dir folders (listed once per folder state with a cache)."""
-    formats = cfg.data_format or [".png", ".jpg", ".jpeg", ".npy"]
-    parts = []
-    for d in cfg.dataset_base_dir:
-        folder = resolve_user_path(d)
-        if not folder.is_dir():
-            raise UserError(f"dataset_base_dir not found: {folder}")
-        found = cached_listing(folder, formats, cfg.slice_axis, cache)
-        if not found:
-            raise UserError(f"no {', '.join(formats)} images under {folder} (data_format)")
-        parts.append(found)
-    paths = concat(parts)
-    if cfg.random_subset < 1:
-        rng = np.random.default_rng(cfg.seed)
-        k = max(1, int(round(cfg.random_subset * len(paths))))
-        paths = take(paths, np.sort(rng.choice(len(paths), size=k, replace=False)))
-    return Split("train", paths, np.zeros(len(paths), np.int64))
 
 
 def main(argv: list[str], prog: str = PROG) -> int:
@@ -84,30 +56,8 @@ def main(argv: list[str], prog: str = PROG) -> int:
     check_batch_size(cfg, method_cls)  # again now that the process group (and its size) is known
     startup = Startup(cfg.verbose)
     startup.attach(run_dir)
-    index_cache = index_cache_for(cfg)
-    with startup.phase("index", lambda: f"{len(split)} images; {index_cache.last if index_cache else 'built'}"):
-        if is_dist() and index_cache is not None:  # rank 0 lists (and writes the cache) first
-            main_decides(lambda: len(unlabeled_split(cfg, index_cache)))
-        split = unlabeled_split(cfg, index_cache)
-    check_image_count(cfg, split, method_cls, settings)
-    shape = tuple(cfg.shape_desired or (cfg.image_size, cfg.image_size))
-    prep = Preprocess(channels=1 if cfg.grayscale else 3, shape=shape,  # type: ignore[arg-type]
-                      normalizer=cfg.normalizer or "naive", window=tuple(cfg.window) if cfg.window else None)
-    if prep.normalizer == "imagenet":
-        raise UserError("normalizer 'imagenet' standardises intensities, but the views' colour jitter needs "
-                        "[0, 1] images; use naive, 01_clipped_CT or windowed")
-    cache = None
-    with startup.phase("cache planning", f"opmode {cfg.opmode}"):
-        if cfg.opmode != "disk":
-            cache = SharedStore(split.paths, prep.channels, shape, repr(prep),  # type: ignore[arg-type]
-                                resolve_user_path(cfg.cache_dir) if cfg.cache_dir else None, "pretraining images")
-    ds = ImageDataset(split, prep, False, 1, cache, debug=cfg.debug, test_nan_inf=cfg.test_nan_inf)
-    workers = 0 if cfg.debug else cfg.num_workers
-    if cfg.opmode == "pre_cache":
-        with startup.phase("cache fill", "pre_cache"):
-            fill_cache(ds, workers, cfg.batch_size)
-    loader = build_loader(ds, cfg.batch_size, cfg.seed, True, workers, cfg.prefetch_factor,
-                          pin_memory=session.device.type == "cuda")
+    split, prep, ds, loader, workers = build_pretrain_data(cfg, session.device, startup, method_cls, settings)
+    shape = prep.shape
 
     encoder, width = build_encoder(cfg.resnet, cfg.in_channels)
     model = method_cls.build_model(encoder, width, settings)
