@@ -229,6 +229,30 @@ def test_stale_lock_is_taken_over(tmp_path, capfd):
     assert (tmp_path / "run.lock").read_text() == ""  # a clean end leaves nothing to take over
 
 
+def test_lock_is_free_once_its_process_dies_even_if_forked_children_live_on(tmp_path):
+    """DataLoader workers (forked) outlive a SIGKILLed run for seconds; the lock must not."""
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import os, sys, time; from pathlib import Path; "
+                               "from utility.training.runlock import RunLock; RunLock(Path(sys.argv[1])).acquire().claim(); "
+                               "child = os.fork()\n"
+                               "if child == 0: time.sleep(60); os._exit(0)\n"
+                               "print(child, flush=True); time.sleep(3600)", str(tmp_path)],
+                              cwd=str(REPO), env=ENV, stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(UserError, match=f"in use by process {holder.pid}"):
+            RunLock(tmp_path).acquire()
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # the forked child still runs
+        RunLock(tmp_path).acquire().release()
+    finally:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 # ----------------------------------------------------------------------------- items 10, 12: config checks
 
 def _load(tmp_path, file_keys: dict, argv: list[str], schema=FTEConfig):

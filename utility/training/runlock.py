@@ -1,8 +1,10 @@
 """One run directory, one process: a second run with the same name stops at once instead of
 writing into the first one's logs.
 
-The lock is ``flock`` on ``run.lock`` in the run directory, so it dies with its process: a lock
-left by a killed run is free and taken over (and said so). The file holds the holder's pid, host
+The lock is a POSIX record lock (``lockf``) on ``run.lock`` in the run directory, so it dies with its
+process: a lock left by a killed run is free and taken over (and said so). Not ``flock``: a flock is
+shared with forked children, so DataLoader workers that outlive a SIGKILLed run for a few seconds would
+keep its directory locked and the resume (or the queue's retry) would be refused. The file holds the holder's pid, host
 and start time for the message; a run that ends cleanly empties it.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ class RunLock:
         except OSError as exc:
             raise UserError(f"cannot create {self.path}: {exc.strerror}; check output_root") from None
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = _describe(_read(fh))
             fh.close()
@@ -73,7 +75,7 @@ class RunLock:
                 self._fh.truncate()
         except OSError:
             pass
-        self._fh.close()  # closing drops the flock
+        self._fh.close()  # closing drops the lock
         self._fh = None
 
 
