@@ -141,6 +141,9 @@ class FTEConfig(RunBase, DataKeys):
 
     optimizer: str = "AdamW"
     lr: Annotated[float, Field(gt=0)] = 1e-3
+    layer_decay: Optional[Annotated[float, Field(gt=0, le=1)]] = Field(
+        None, description="ViT encoders: layer-wise lr decay (block i of L gets lr x decay^(L+1-(i+1)); MAE "
+                          "finetuning uses 0.65-0.75); null = one lr")
     weight_decay: Annotated[float, Field(ge=0)] = 1e-5
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     scheduler: Optional[Literal["decay", "cosine", "decaying_cosine", "cosine_total"]] = "decay"

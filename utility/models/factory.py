@@ -46,8 +46,16 @@ def build_network(model_name: str, classes: int, in_channels: int = 3, weights: 
                                                      predecessor_unet_state)
         from utility.models.unet import UNet, encoder_of, load_into_unet  # smp only when needed
 
+        from utility.models.vit import is_vit_name
+
         pred_state = predecessor_unet_state(sd) if sd is not None else None
-        if unet_decoder == "predecessor" or (unet_decoder == "auto" and pred_state is not None):
+        if is_vit_name(encoder_of(model_name)):  # a ViT: the multi-level decoder on its blocks
+            from utility.models.vit_seg import ViTSegNet
+
+            model = ViTSegNet(encoder_of(model_name), classes, in_channels)
+            if sd is not None:
+                notes = load_into_unet(model, Path(weights), allow_partial, sd)  # type: ignore[arg-type]
+        elif unet_decoder == "predecessor" or (unet_decoder == "auto" and pred_state is not None):
             decoder = decoder_of(pred_state) if pred_state is not None else {}
             model = PredecessorUNet(encoder_of(model_name), classes, in_channels, **decoder)
             if sd is not None:

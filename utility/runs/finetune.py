@@ -18,6 +18,7 @@ from utility.entry import CrashLog
 from utility.errors import UserError, user_errors
 from utility.methods.registry import pipeline_for
 from utility.models import build_network, count_parameters
+from utility.models.vit import lr_scales_of
 from utility.paths import output_root, resolve_user_path
 from utility.runs.startup import Startup, augmentation_path, index_cache_for, resolve_tf_device
 from utility.runs.supervised_data import build_data, check_folds
@@ -81,7 +82,8 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     data.datasets["train"].transform = cpu_augment  # per-sample, in the loader workers
     bad = BadFiles({k: s.paths for k, s in data.indexed.splits.items()}, cfg.max_bad_fraction, run_dir)
     method = pipe.method(cfg, task, data.indexed, augment, bad)
-    optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
+                            lr_scales=lr_scales_of(model, cfg.layer_decay, cfg.model_name))
     steps = 1 if cfg.short_training else len(data.loaders["train"])
     scheduler = user_errors(build_scheduler, optimizer, cfg.scheduler, interval=cfg.scheduling_interval,
                             steps_per_epoch=steps, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
