@@ -102,12 +102,15 @@ def squares(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_vit_segmentation_learns_generated_masks():
     """20-px inputs (not a multiple of the 16-px encoder's grid, nor its size): the network pads, the
     embedding is interpolated, and after training the foreground IoU is far above a blank prediction's 0."""
+    from utility.models.vit_seg import ViTSegNet
+
+    assert isinstance(build_network("unet_" + TINY, 2, 1, segmentation=True)[0], ViTSegNet)
     torch.manual_seed(0)
-    model, _ = build_network("unet_" + TINY, 2, 1, segmentation=True)
-    x, y = squares(32, 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model = ViTSegNet(TINY, 2, 1, channels=16)
+    x, y = squares(16, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(60):
+    for _ in range(30):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
@@ -117,4 +120,4 @@ def test_vit_segmentation_learns_generated_masks():
         pred = model(xt).argmax(1)
     assert pred.shape == yt.shape
     iou = ((pred == 1) & (yt == 1)).sum() / ((pred == 1) | (yt == 1)).sum()
-    assert iou > 0.6
+    assert iou > 0.8

@@ -13,13 +13,15 @@ from pydantic import ValidationError
 from utility.errors import UserError
 from utility.methods.barlow_twins import BarlowTwinsMethod
 from utility.methods.byol import BYOLMethod
+from utility.methods.dino import DINOMethod
+from utility.methods.mae import MAEMethod
 from utility.methods.mocov2 import MoCoV2Method
 from utility.methods.simclr import SimCLRMethod
 from utility.methods.ssl_base import MethodSettings, SSLMethod
 from utility.methods.vicreg import VICRegMethod
 
 METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (
-    SimCLRMethod, BarlowTwinsMethod, BYOLMethod, VICRegMethod, MoCoV2Method)}
+    SimCLRMethod, BarlowTwinsMethod, BYOLMethod, VICRegMethod, MoCoV2Method, DINOMethod, MAEMethod)}
 SIMCLR_KEYS = SimCLRMethod.TOP_LEVEL_KEYS  # SimCLR's settings: top-level config keys (the predecessor's)
 
 
