@@ -190,6 +190,25 @@ FTE_DEPRECATED: dict[str, str] = {
 }
 
 
+class Milestone(BaseModel):
+    """A collapse guard: by ``epoch`` (the first monitor measurement at or after it) each given value must
+    be reached, else the pretraining stops with this reason (exit 3, no encoder_pretrained.tar)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: PositiveInt
+    knn_accuracy: Optional[Annotated[float, Field(ge=0, le=1)]] = None
+    linear_accuracy: Optional[Annotated[float, Field(ge=0, le=1)]] = None
+    rankme: Optional[Annotated[float, Field(ge=1)]] = Field(None, description="effective rank of the embeddings")
+
+    @model_validator(mode="after")
+    def _some(self) -> "Milestone":
+        if self.knn_accuracy is None and self.linear_accuracy is None and self.rankme is None:
+            raise ValueError(f"milestone at epoch {self.epoch} sets no value: give knn_accuracy, linear_accuracy "
+                             "or rankme")
+        return self
+
+
 class MonitorConfig(BaseModel):
     """Online monitor of a pretraining run: weighted kNN accuracy (and optionally a linear probe) of the
     current encoder on a labelled task's train -> val split, every ``every`` epochs (and the last one)."""
@@ -202,6 +221,13 @@ class MonitorConfig(BaseModel):
     knn_t: Annotated[float, Field(gt=0)] = 0.07
     linear: bool = Field(False, description="also a logistic-regression probe on the frozen features")
     batch_size: Optional[PositiveInt] = Field(None, description="feature extraction batch; default batch_size")
+    milestones: list[Milestone] = Field([], description="collapse guard: values to reach by an epoch")
+
+    @model_validator(mode="after")
+    def _linear_for_milestones(self) -> "MonitorConfig":
+        if any(m.linear_accuracy is not None for m in self.milestones) and not self.linear:
+            raise ValueError("a milestone sets linear_accuracy but the monitor has linear: false; set linear: true")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -293,6 +319,10 @@ class SimCLRConfig(RunBase, DataKeys):
 
         if self.nodes > 1:
             raise ValueError("nodes > 1: launch with torchrun --nnodes (see README, multi-node)")
+        late = [m.epoch for m in (self.monitor.milestones if self.monitor else []) if m.epoch > self.epochs]
+        if late:
+            raise keys_error(("monitor", "epochs"), f"milestone epoch {late[0]} is after the last epoch "
+                             f"({self.epochs}); it would never be checked")
         return self
 
 
