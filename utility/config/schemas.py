@@ -129,6 +129,8 @@ class FTEConfig(RunBase, DataKeys):
     model_name: str = "resnet50"
     in_channels: Optional[Literal[1, 3]] = Field(None, description="encoder input channels; default 3")
     model_path: Optional[str] = Field(None, description="weights to start from; null = random init")
+    model_path_format: Literal["auto", "timm", "dinov2", "radimagenet_resnet50"] = Field(
+        "auto", description="layout of a released model's model_path (utility/models/external.py); auto = ours")
     allow_partial_load: bool = Field(False, description="load what fits from model_path and list the keys "
                                                          "not loaded (else any mismatch stops the run)")
     unet_decoder: Literal["auto", "smp", "predecessor"] = Field(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,11 +29,17 @@ class PretrainSource(Strict):
     config: Optional[str] = None
     overrides: dict[str, Any] = Field(default_factory=dict)
     encoder: Optional[str] = None
+    format: Literal["auto", "timm", "dinov2", "radimagenet_resnet50"] = Field(
+        "auto", description="with encoder: a released model's file layout (finetuning's model_path_format)")
+    model_name: Optional[str] = Field(None, description="with encoder: its architecture, when not the finetune "
+                                                        "config's (a foundation model: vit_small_patch14_dinov2)")
 
     @model_validator(mode="after")
     def _one(self) -> "PretrainSource":
         if (self.config is None) == (self.encoder is None):
             raise ValueError("give either 'config' (pretrained by the study) or 'encoder' (an existing file)")
+        if self.config is not None and (self.format != "auto" or self.model_name is not None):
+            raise ValueError("'format' and 'model_name' go with 'encoder' (a file); a pretraining config has its own")
         if self.encoder is not None and self.overrides:
             raise ValueError("'overrides' only go with 'config'")
         return self
