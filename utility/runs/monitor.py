@@ -100,12 +100,13 @@ def extract_features(encoder: nn.Module, loader: DataLoader, device: torch.devic
 
 def linear_probe_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, query_f: torch.Tensor,
                           query_y: torch.Tensor) -> float:
-    """Logistic regression (lbfgs, deterministic) on standardised frozen features."""
+    """Logistic regression (lbfgs converged: tol 1e-8, deterministic) on standardised frozen features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(train_f.cpu().double().numpy())
-    clf = LogisticRegression(max_iter=1000).fit(scaler.transform(train_f.cpu().double().numpy()), train_y.cpu().numpy())
+    clf = LogisticRegression(max_iter=10000, tol=1e-8).fit(scaler.transform(train_f.cpu().double().numpy()),
+                                                           train_y.cpu().numpy())
     pred = clf.predict(scaler.transform(query_f.cpu().double().numpy()))
     return float((pred == query_y.cpu().numpy()).mean())
 
