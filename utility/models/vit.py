@@ -2,7 +2,8 @@
 
 A ViT is named like any encoder: a timm name (``vit_small_patch16_224``, ``timm:vit_base_patch14_dinov2``)
 or a small one spelled out, ``vit:img=16,patch=4,dim=64,depth=4,heads=4`` (``img`` default 224, ``heads``
-default dim // 32 or 1, ``mlp`` ratio default 4). Every ViT is built with ``dynamic_img_size``: an input
+default dim // 32 or 1, ``mlp`` ratio default 4, ``pool=token`` (class token, default) or ``pool=avg`` (mean
+of the patch tokens, MAE's choice: its class token gets no loss of its own)). Every ViT is built with ``dynamic_img_size``: an input
 whose grid differs from the position embedding's (another shape_desired, DINO's local crops) gets the
 embedding bilinearly interpolated to its grid, so one encoder serves every input size whose sides are
 multiples of the patch. The encoder returns the class token after the final norm (``[B, dim]``), as
@@ -21,7 +22,8 @@ from torch import nn
 from utility.errors import UserError
 
 SPEC_KEYS = {"img": "img_size", "patch": "patch_size", "dim": "embed_dim", "depth": "depth", "heads": "num_heads",
-             "mlp": "mlp_ratio"}
+             "mlp": "mlp_ratio", "pool": "global_pool"}
+POOLS = ("token", "avg")
 
 
 def parse_vit_spec(name: str) -> dict:
@@ -33,6 +35,12 @@ def parse_vit_spec(name: str) -> dict:
         if key not in SPEC_KEYS or not value:
             raise UserError(f"model name '{name}': '{item}' is not one of "
                             f"{', '.join(k + '=<n>' for k in SPEC_KEYS)}")
+        if key == "pool":
+            if value not in POOLS:
+                raise UserError(f"model name '{name}': pool must be token (the class token) or avg (mean of the "
+                                f"patch tokens), got '{value}'")
+            kw["global_pool"] = value
+            continue
         try:
             kw[SPEC_KEYS[key]] = float(value) if key == "mlp" else int(value)
         except ValueError:
