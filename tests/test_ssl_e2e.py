@@ -120,7 +120,8 @@ def test_run_directory_and_resolved_settings(runs):
     rows = read_rows(d / "monitor.log")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert list(rows[0]) == ["epoch", "knn_accuracy", "linear_accuracy", "knn_k", "knn_t", "n_train", "n_val",
-                             "seconds"]
+                             "seconds", "rankme"]
+    assert all(1 <= float(r["rankme"]) <= int(r["n_train"]) for r in rows)  # the collapse guard's measure
     assert rows[0]["n_train"] == "18" and rows[0]["n_val"] == "6"
     assert all(0 <= float(r["knn_accuracy"]) <= 1 for r in rows)
     events = b"".join(p.read_bytes() for p in (d / "tensorboard").iterdir())
