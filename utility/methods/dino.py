@@ -108,7 +108,7 @@ def teacher_temperature(s: DINOSettings, step: int, total_steps: int) -> float:
 
 class DINOMethod(SSLMethod):
     name, label, Settings = "dino", "DINO", DINOSettings
-    min_batch = 1  # no BatchNorm in the head and a per-image loss
+    min_batch = 2  # a ResNet encoder's BatchNorm needs 2 images (the head has none; the loss is per image)
 
     def __init__(self, views, settings: DINOSettings, in_channels: int = 3, bad=None) -> None:
         super().__init__(views, settings, in_channels, bad)
