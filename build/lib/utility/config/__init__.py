@@ -1,0 +1,1 @@
+"""Configs: YAML + CLI loading, the run schemas, task specs."""

@@ -1,0 +1,175 @@
+"""Run configuration: YAML file + ``--key value`` overrides, validated against a typed schema.
+
+Values on the command line are parsed as YAML, so ``--frozen_encoder false`` is a boolean,
+``--w_l "[1,5,5,5]"`` a list and ``--scheduler null`` None (the predecessor typed overrides by
+their default value and got all three wrong).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from utility.errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
+
+USAGE = "usage: {prog} -c CONFIG.yaml [--key value ...]"
+
+
+def parse_argv(argv: list[str], prog: str) -> tuple[Path | None, dict[str, Any]]:
+    """Split ``argv`` into the config file and a dict of overrides (values parsed as YAML)."""
+    config_path: Path | None = None
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(USAGE.format(prog=prog))
+            print("Any key of the config can be overridden; values are YAML (true, null, [1,2]).")
+            raise SystemExit(0)
+        if arg in ("-c", "--config"):
+            if i + 1 >= len(argv):
+                raise UserError(f"{arg} needs a file name. " + USAGE.format(prog=prog))
+            config_path = Path(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config_path = Path(arg.split("=", 1)[1])
+            i += 1
+            continue
+        if not arg.startswith("--") or len(arg) < 3:
+            raise UserError(f"unexpected argument {arg!r}. " + USAGE.format(prog=prog))
+        key = arg[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise UserError(f"--{key} needs a value (use --{key} null for none).")
+            raw = argv[i + 1]
+            i += 2
+        key = key.replace("-", "_")
+        overrides[key] = parse_value(raw)
+    return config_path, overrides
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value read as YAML; text YAML cannot read stays a string."""
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with a clear error for a missing or malformed file."""
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of key: value, not {type(data).__name__}")
+    return data
+
+
+# Common spellings of a key that string similarity cannot find (learning_rate -> annealing_time).
+KEY_SYNONYMS: dict[str, str] = {
+    "learning_rate": "lr", "wd": "weight_decay", "bs": "batch_size", "n_epochs": "epochs",
+    "num_epochs": "epochs", "workers": "num_workers", "arch": "model_name", "model": "model_name",
+}
+
+
+def closest_key(key: str, valid: list[str]) -> str | None:
+    synonym = KEY_SYNONYMS.get(key.lower())
+    if synonym in valid:
+        return synonym
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return match[0] if match else None
+
+
+def _warn(line: str) -> None:
+    """One stderr line, from rank 0 only (formerly also a Python warning: the same news twice)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)
+
+
+def _nul_keys(raw: dict[str, Any]) -> list[str]:
+    """Keys whose value (or an item of it) holds a NUL character (no path or name can)."""
+    def has_nul(v: Any) -> bool:
+        if isinstance(v, str):
+            return "\x00" in v
+        if isinstance(v, (list, tuple)):
+            return any(has_nul(x) for x in v)
+        if isinstance(v, dict):
+            return any(has_nul(x) for x in v.values())
+        return False
+    return [k for k, v in raw.items() if has_nul(v)]
+
+
+def validate(schema: type[M], raw: dict[str, Any], source: str,
+             deprecated: dict[str, str] | None = None, cli_keys: frozenset[str] = frozenset()) -> M:
+    """Build ``schema`` from ``raw``; unknown keys, wrong types and ranges become UserErrors.
+
+    ``deprecated`` maps keys that are accepted but do nothing to a one-line explanation;
+    ``cli_keys`` are the keys given on the command line (messages say so instead of ``source``).
+    """
+    deprecated = deprecated or {}
+    valid = list(schema.model_fields)
+
+    def where(key: str) -> str:
+        return "on the command line" if key in cli_keys else f"in {source}"
+
+    data = {}
+    for key, value in raw.items():
+        if key in deprecated:
+            _warn(f"warning: config key '{key}' has no effect: {deprecated[key]}")
+            continue
+        if key not in schema.model_fields:
+            hint = closest_key(key, valid)
+            msg = f"unknown config key '{key}' " + ("(--" + key + ") " if key in cli_keys else "") + where(key)
+            raise UserError(msg + (f"; did you mean '{hint}'?" if hint else "."))
+        data[key] = value
+    for key in _nul_keys(data):
+        raise UserError(f"config key '{key}' {where(key)} holds a NUL character; no name or path can")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            given = err.get("input")
+            expected = err["msg"]
+            if not key:  # a model-level check involving several keys: its message names them
+                text = expected.removeprefix("Value error, ")
+                lines.append(text if text.startswith("config key") else f"config: {text}")
+            elif err["type"] == "missing":
+                lines.append(f"config key '{key}' is required but missing from {source}")
+            else:
+                lines.append(f"config key '{key}': value {given!r} is invalid: {expected}")
+        raise UserError("\n".join(dict.fromkeys(lines))) from None
+
+
+def load_config(schema: type[M], argv: list[str], prog: str,
+                deprecated: dict[str, str] | None = None) -> tuple[M, Path | None]:
+    """YAML file + overrides -> validated config object. Overrides win over the file."""
+    path, overrides = parse_argv(argv, prog)
+    raw: dict[str, Any] = read_yaml(path) if path is not None else {}
+    raw.update(overrides)
+    source = str(path) if path else "the command line"
+    return validate(schema, raw, source, deprecated, frozenset(overrides)), path
+
+
+def dump_config(cfg: BaseModel, path: Path) -> None:
+    """Write the resolved config so the run can be repeated exactly."""
+    data = cfg.model_dump(mode="json")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))

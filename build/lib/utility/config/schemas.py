@@ -1,0 +1,305 @@
+"""Typed config schemas. Each field is one YAML key; the predecessor's keys keep their meaning."""
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+# numpy seeds are 32-bit; larger seeds overflowed deep inside torch after the run had started
+Seed = Annotated[int, Field(ge=-(2**32 - 1), le=2**32 - 1)]
+
+
+def keys_error(keys: tuple[str, ...], what: str) -> ValueError:
+    """A mistake that involves several keys: the message names every one of them (a model-level
+    error has no single key for the loader to name)."""
+    return ValueError(f"config key{'s' if len(keys) > 1 else ''} {' and '.join(repr(k) for k in keys)}: {what}")
+
+
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "lars": "LARS"}
+
+
+def optimizer_name(v: str) -> str:
+    """Case-insensitive optimizer name -> its canonical spelling."""
+    if str(v).lower() not in OPTIMIZERS:
+        raise ValueError("expected one of Adam, AdamW, SGD, LARS")
+    return OPTIMIZERS[str(v).lower()]
+
+
+class RunBase(BaseModel):
+    """Keys every training entry point shares (loop sizes, device, precision, outputs)."""
+
+    # inf/nan are never a setting (lr: .inf trained with NaN losses)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    name: str = Field(description="run directory under logs_and_checkpoints/<kind>/")
+    seed: Seed = 42
+    num_workers: NonNegInt = 4
+    prefetch_factor: Optional[PositiveInt] = 2
+    batch_size: PositiveInt = 32
+    epochs: PositiveInt = 10
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:<index>")
+    amp: Literal["auto", "fp16", "bf16", "off"] = Field(
+        "auto", description="auto: fp16 with GradScaler on CUDA, float32 on CPU")
+    parallel: Literal["auto", "none", "dp", "ddp"] = Field(
+        "auto", description="ddp under torchrun, dp with several visible GPUs, else none")
+    verbose: bool = True
+    debug: bool = False
+    log_losses: bool = True
+    output_root: Optional[str] = Field(None, description="default: logs_and_checkpoints/ in the repo")
+    data_root: Optional[str] = Field(None, description="default: datasets/ in the repo")
+    checkpoint_every_steps: Optional[PositiveInt] = Field(
+        None, description="also save a resume checkpoint every N steps (long epochs)")
+    trackers: list[Literal["wandb", "mlflow"]] = Field(
+        [], description="also log the run to these experiment trackers (requirements-trackers.txt)")
+    tracker_project: Optional[str] = Field(None, description="wandb project / MLflow experiment; "
+                                           "default: the run name's first folder, else finetuning/pretraining")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v in ("auto", "cpu", "cuda", "gpu") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return "cuda" if v == "gpu" else v
+        raise ValueError("expected auto, cpu, cuda or cuda:<index>")
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _trackers(cls, v):  # one name or a list, any case, each once
+        items = [] if v is None else [v] if isinstance(v, str) else list(v)
+        return list(dict.fromkeys(str(t).strip().lower() for t in items))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        v = v.strip().strip("/")
+        if not v or ".." in v.split("/"):
+            raise ValueError("expected a non-empty relative run name without '..'")
+        if any(ord(c) < 32 for c in v):
+            raise ValueError("a run name cannot hold control characters (NUL, newline, tab, ...)")
+        return v
+
+
+class DataKeys(BaseModel):
+    """Keys of the data pipeline (shared by finetuning and pretraining)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    opmode: Literal["disk", "pre_cache", "live_cache"] = "disk"
+    data_format: Optional[list[str]] = Field(None, description="file extensions; default from the task")
+    normalizer: Optional[Literal["naive", "01_clipped_CT", "imagenet", "windowed"]] = None
+    window: Optional[tuple[float, float]] = Field(None, description="[low, high] for normalizer windowed")
+    shape_desired: Optional[tuple[PositiveInt, PositiveInt]] = None
+    tf_device: Literal["auto", "gpu", "cpu"] = Field(
+        "auto", description="auto: batched on the device with CUDA, per sample in the loader workers otherwise")
+    no_augs: bool = False
+    noise_injection: Optional[tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0, le=1)]]] = None
+    test_nan_inf: bool = True
+    cache_dir: Optional[str] = Field(None, description="where cached images live; default /dev/shm/<user>-mi-cache")
+    index_cache_dir: Optional[str] = Field(
+        None, description="where file indexes are cached; default <output_root>/index_cache; off disables")
+    reindex: bool = Field(False, description="index the data anew (file systems with unreliable directory mtimes)")
+    slice_axis: Optional[Annotated[int, Field(ge=0, le=2)]] = Field(
+        None, description="read NIfTI volumes as 2-D slices along this axis")
+    max_bad_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.05, description="stop when more than this fraction of a split is unreadable")
+
+    @field_validator("data_format", mode="before")
+    @classmethod
+    def _formats(cls, v):  # one extension or a list, with or without the dot
+        if v is None:
+            return None
+        if not isinstance(v, (str, list, tuple)) or not all(isinstance(s, str) for s in ([v] if isinstance(v, str) else v)):
+            raise ValueError("expected a file extension such as .png, or a list of them")
+        items = [v] if isinstance(v, str) else list(v)
+        return [s if str(s).startswith(".") else f".{s}" for s in map(str, items)]
+
+    @field_validator("shape_desired", mode="before")
+    @classmethod
+    def _shape(cls, v):
+        return (v, v) if isinstance(v, int) else v
+
+
+class FTEConfig(RunBase, DataKeys):
+    """Finetuning (``pkgs/FTE/finetune.py``)."""
+
+    task: str = Field(description="task preset name (config/tasks/*.yaml) or a path to a task YAML")
+    model_name: str = "resnet50"
+    in_channels: Optional[Literal[1, 3]] = Field(None, description="encoder input channels; default 3")
+    model_path: Optional[str] = Field(None, description="weights to start from; null = random init")
+    allow_partial_load: bool = Field(False, description="load what fits from model_path and list the keys "
+                                                         "not loaded (else any mismatch stops the run)")
+    unet_decoder: Literal["auto", "smp", "predecessor"] = Field(
+        "auto", description="segmentation decoder: smp, or the predecessor's backboned_unet; auto = predecessor "
+                            "when model_path is a predecessor U-Net file")
+    frozen_encoder: bool = False
+    unfreeze_last_n: NonNegInt = Field(0, description="with frozen_encoder: train the last N encoder blocks")
+    head_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    syncbn: bool = False
+
+    optimizer: str = "AdamW"
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-5
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    scheduler: Optional[Literal["decay", "cosine", "decaying_cosine", "cosine_total"]] = "decay"
+    decay_per_epoch: Annotated[float, Field(gt=0, le=1)] = 0.95
+    scheduling_interval: Literal["epoch", "step"] = "epoch"
+    annealing_time: Optional[Annotated[float, Field(gt=0)]] = None
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
+    w_l: Optional[list[Annotated[float, Field(ge=0)]]] = None
+
+    best_metric: Optional[str] = Field(None, description="val metric that picks the best checkpoint")
+    best_mode: Optional[Literal["max", "min"]] = None
+    short_training: bool = False
+    train_fraction: Optional[Annotated[float, Field(gt=0, le=1)]] = Field(
+        None, description="seeded stratified fraction of the training set (size variants -M/-S/...)")
+    folds: Optional[Annotated[int, Field(ge=2)]] = Field(None, description="k-fold cross-validation")
+    fold: Optional[NonNegInt] = Field(None, description="run only this fold (0-based) of `folds`")
+    save_predictions: bool = Field(True, description="write per-image test predictions")
+
+    _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler(cls, v):
+        return None if isinstance(v, str) and v.lower() in ("none", "null", "") else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FTEConfig":
+        if self.normalizer == "windowed" and self.window is None:
+            raise keys_error(("normalizer", "window"), "normalizer 'windowed' needs window: [low, high]")
+        if self.window is not None and self.window[0] >= self.window[1]:
+            raise keys_error(("window",), f"{list(self.window)} must be [low, high] with low < high")
+        if self.fold is not None and self.folds is None:
+            raise keys_error(("fold", "folds"), f"fold {self.fold} is one fold of a k-fold split, but folds "
+                             "(the number of folds) is not set; set folds too, or remove fold")
+        if self.fold is not None and self.folds is not None and self.fold >= self.folds:
+            raise keys_error(("fold", "folds"), f"fold {self.fold} is outside 0..{self.folds - 1} "
+                             f"(folds {self.folds}; fold counts from 0)")
+        return self
+
+
+# Keys the predecessor had that are accepted but no longer do anything.
+FTE_DEPRECATED: dict[str, str] = {
+    "w_m": "per-class metric weights never had an effect; metrics are reported per class and as means",
+}
+
+
+class MonitorConfig(BaseModel):
+    """Online monitor of a pretraining run: weighted kNN accuracy (and optionally a linear probe) of the
+    current encoder on a labelled task's train -> val split, every ``every`` epochs (and the last one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(description="a task preset or task YAML with train and val splits")
+    every: PositiveInt = 5
+    knn_k: PositiveInt = 20
+    knn_t: Annotated[float, Field(gt=0)] = 0.07
+    linear: bool = Field(False, description="also a logistic-regression probe on the frozen features")
+    batch_size: Optional[PositiveInt] = Field(None, description="feature extraction batch; default batch_size")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return {"task": v}
+        for key in v if isinstance(v, dict) else ():
+            if key not in cls.model_fields:
+                hint = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.5)
+                raise ValueError(f"unknown monitor key '{key}'" + (f"; did you mean '{hint[0]}'?" if hint else
+                                 f" (valid: {', '.join(cls.model_fields)})"))
+        return v
+
+
+class SimCLRConfig(RunBase, DataKeys):
+    """Self-supervised pretraining (``pkgs/SSL/pretrain.py``, ``pkgs/SimCLR/main.py``); the predecessor's
+    SimCLR keys keep their meaning."""
+
+    dataset: Literal["Custom_2D"] = Field("Custom_2D", description="images found recursively in folders")
+    dataset_base_dir: list[str] = Field(description="folder(s) of unlabeled images (recursive)")
+    random_subset: Annotated[float, Field(gt=0, le=1)] = 1.0
+    grayscale: bool = False
+    image_size: PositiveInt = Field(224, description="crop size of the views")
+    resnet: str = Field("resnet50", description="encoder name (any backbone finetuning supports)")
+    in_channels: Literal[1, 3] = 3
+    projection_head: Literal["predecessor", "mlp"] = "predecessor"
+    projection_hidden: Optional[PositiveInt] = Field(None, description="default: the encoder width")
+    projection_dim: PositiveInt = 256
+    temperature: Annotated[float, Field(gt=0)] = 0.5
+    loss_device: Literal["gather", "per_replica", "gpu", "cpu", "cuda"] = Field(
+        "gather", description="gather: negatives from all ranks; per_replica: one NT-Xent per GPU replica, "
+                              "averaged; the predecessor's gpu = per_replica, cpu = gather")
+    jitter_strength: Annotated[float, Field(ge=0)] = 1.0
+    jitter_p: Annotated[float, Field(ge=0, le=1)] = 0.8
+    blur_p: Annotated[float, Field(ge=0, le=1)] = 0.0
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip_p: Annotated[float, Field(ge=0, le=1)] = Field(0.5, description="0 where mirror images differ (digits, text)")
+    optimizer: str = "LARS"
+    lr: Optional[Annotated[float, Field(gt=0)]] = Field(None, description="default 0.075*sqrt(batch) for LARS")
+    base_lr: Optional[Annotated[float, Field(gt=0)]] = Field(None, description="lr = base_lr x scaling(batch)")
+    lr_scaling: Literal["linear", "sqrt", "none"] = "sqrt"
+    lr_rule: Literal["auto", "predecessor", "config"] = Field(
+        "auto", description="predecessor: LARS ignores lr (0.075*sqrt(batch), cosine over epochs per epoch, "
+                            "stepwise_scheduler on top); config: lr/base_lr and scheduler as given; auto: "
+                            "predecessor when the config carries predecessor-only keys (utility/runs/pretrain.py)")
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-6
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    stepwise_scheduler: Optional[Literal["None", "CosineAnnealing", "Exponential", "DecayingCosine"]] = None
+    scheduler: Optional[Literal["decay", "cosine", "decaying_cosine", "cosine_total"]] = "cosine_total"
+    scheduling_interval: Literal["epoch", "step"] = "step"
+    decay_per_epoch: Annotated[float, Field(gt=0, le=1)] = 0.95
+    annealing_time: Optional[Annotated[float, Field(gt=0)]] = None
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
+    enc_save_frequency: Optional[PositiveInt] = Field(10, description="epochs between encoder_<epoch>.tar")
+    model_save_frequency: Optional[PositiveInt] = Field(None, description="resume checkpoints are saved every epoch")
+    low_verbosity: bool = False
+    dataparallel: bool = False
+    syncbn: bool = False
+    nodes: PositiveInt = 1
+    gpus: Optional[NonNegInt] = None
+    nr: NonNegInt = 0
+    method: str = Field("simclr", description="simclr, barlow_twins, byol, vicreg, mocov2 "
+                                              "(utility/methods/ssl_registry.py)")
+    method_settings: dict[str, Any] = Field(
+        default_factory=dict, description="the method's own settings (SimCLR's are the top-level keys "
+                                          "temperature, projection_*, loss_device); validated per method")
+    monitor: Optional[MonitorConfig] = None
+
+    @field_validator("dataset_base_dir", mode="before")
+    @classmethod
+    def _dirs(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("expected [min, max] with 0 < min <= max <= 1 (fractions of the image area)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SimCLRConfig":
+        shape = self.shape_desired
+        if shape is not None and (self.image_size > shape[0] or self.image_size > shape[1]):
+            raise keys_error(("image_size", "shape_desired"),
+                             f"image_size {self.image_size} is larger than shape_desired {list(shape)}")
+
+        if self.nodes > 1:
+            raise ValueError("nodes > 1: launch with torchrun --nnodes (see README, multi-node)")
+        return self
+
+
+SIMCLR_DEPRECATED: dict[str, str] = {
+    "pretrain": "unused by the predecessor too", "dataset_dir": "use dataset_base_dir",
+    "checkpoint_epoch": "unused by the predecessor too", "model_path": "unused by the predecessor too",
+    "logistic_batch_size": "unused by the predecessor too", "logistic_epochs": "unused by the predecessor too",
+    "reload": "resume is automatic: start the same command again",
+    "epoch_num": "resume is automatic and continues from the last checkpoint",
+    "start_epoch": "resume is automatic and continues from the last checkpoint",
+}
+
+PretrainConfig = SimCLRConfig  # every method's pretraining config (the name SimCLRConfig is kept)

@@ -1,0 +1,283 @@
+"""Turn a TaskSpec + data root into indexed samples per split (paths and encoded targets).
+
+Order of operations, each step seeded: base splits (dirs / lists / CSV rows) -> carve-outs
+(``from: train, fraction: 0.1``) -> k-fold re-split of train+val (``folds``) -> size variant
+(seeded stratified fraction of the training set).
+
+The base splits are what the persistent index cache (utility/data/index_cache.py) keeps: listing
+and targets; the seeded steps after it are cheap and run every time. A split holds its paths and
+targets as compact numpy columns (utility/data/compact.py), not one Python object per sample.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+import utility.data.body_part  # noqa: F401  (registers the body_part reader)
+from utility.config.tasks import TaskSpec
+from utility.data.batch_targets import Labels, batch_reader_of, factorize
+from utility.data.compact import MaskTargets, PathArray, as_targets, concat, join_root, take
+from utility.data.encode import encode_multiclass, encode_multilabel
+from utility.data.index_cache import IndexCache
+from utility.data.labeltable import posix, read_table, rows_with
+from utility.data.listing import Stamp, expand_volumes, find_images, stamp
+from utility.data.splits import kfold_indices, stratified_fraction
+from utility.data.targets import _READERS, ReaderContext, get_target_reader, read_synsets
+from utility.errors import UserError
+
+__all__ = ["Split", "IndexedTask", "index_task", "find_images", "expand_volumes"]
+
+
+class Split:
+    """One split: file paths (a :class:`PathArray`) and targets (int64 class indices, a uint8
+    multi-hot matrix, or :class:`MaskTargets`); built from lists too (converted)."""
+
+    def __init__(self, name: str, paths: Any = (), targets: Any = ()) -> None:
+        self.name = name
+        self.paths: PathArray = PathArray.from_paths(paths)
+        self.targets: Any = as_targets(targets)
+        if len(self.targets) != len(self.paths):
+            raise ValueError(f"split {name}: {len(self.paths)} paths but {len(self.targets)} targets")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return f"Split({self.name!r}, {len(self)} samples)"
+
+    def subset(self, idx: Sequence[int], name: str | None = None) -> "Split":
+        return Split(name or self.name, take(self.paths, idx), take(self.targets, idx))
+
+    def strata(self) -> np.ndarray:
+        """Stratification key per sample: the class, or the label combination ('0101...')."""
+        t = self.targets
+        if isinstance(t, MaskTargets):
+            return np.asarray(["1" * int(c) for c in t.counts()], dtype=object)
+        if t.ndim == 1:
+            return t
+        width = t.shape[1]
+        chars = np.ascontiguousarray((t != 0).astype(np.uint8) + ord("0"))
+        return chars.view(f"S{width}").reshape(-1).astype(f"U{width}")
+
+    @property
+    def nbytes(self) -> int:
+        return self.paths.nbytes + int(self.targets.nbytes)
+
+
+@dataclass
+class IndexedTask:
+    task: TaskSpec
+    data_dir: Path
+    classes: list[str]
+    splits: dict[str, Split]
+    how: str = ""  # how the base index was obtained (built / from cache), for the start-up line
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def index_task(task: TaskSpec, data_root: Path, seed: int, formats: Sequence[str] | None = None,
+               folds: int | None = None, fold: int | None = None,
+               train_fraction: float | None = None, slice_axis: int | None = None,
+               cache: Optional[IndexCache] = None) -> IndexedTask:
+    """Index every split of ``task``; raises UserError for missing folders, empty splits, bad labels."""
+    data_dir = data_root / task.root
+    if not data_dir.is_dir():
+        raise UserError(f"task {task.name}: data folder not found: {data_dir} "
+                        f"(data root {data_root}; set data_root to change it)")
+    formats = list(formats or task.data_format)
+    if task.type == "segmentation":
+        import utility.data.mask_readers  # noqa: F401  (registers the mask readers)
+    classes, splits, how = _base(task, data_dir, formats, slice_axis, cache)
+    # carve-outs, in dependency order
+    pending = {n: s for n, s in task.splits.items() if s.from_ is not None}
+    while pending:
+        ready = [n for n, s in pending.items() if s.from_ in splits]
+        if not ready:
+            raise UserError(f"task {task.name}: splits {sorted(pending)} are carved from each other")
+        for n in ready:
+            spec = pending.pop(n)
+            src = splits[spec.from_]
+            take_idx = stratified_fraction(src.strata(), spec.fraction, seed)
+            keep = np.ones(len(src), bool)
+            keep[take_idx] = False
+            splits[n] = src.subset(take_idx, n)
+            splits[spec.from_] = src.subset(np.flatnonzero(keep))
+    if folds:
+        pool = Split("pool", concat([splits["train"].paths, splits["val"].paths]),
+                     concat([splits["train"].targets, splits["val"].targets]))
+        tr, va = kfold_indices(pool.strata(), folds, fold or 0, seed)
+        splits["train"], splits["val"] = pool.subset(tr, "train"), pool.subset(va, "val")
+    frac = train_fraction if train_fraction is not None else task.train_fraction
+    if frac is not None and frac < 1:
+        splits["train"] = splits["train"].subset(stratified_fraction(splits["train"].strata(), frac, seed))
+    for name, s in splits.items():
+        if len(s) == 0:
+            raise UserError(f"task {task.name}: split '{name}' is empty (no {', '.join(formats)} files; "
+                            f"see {task.source_file})")
+    return IndexedTask(task, data_dir, classes, splits, how)
+
+
+# ----------------------------------------------------------------------------- base splits (cached)
+
+def _cacheable(reader_name: str) -> bool:
+    """Built-in readers depend only on paths and the files the index stamps; a user's reader may
+    read anything, so its targets are not cached."""
+    fn = _READERS.get(reader_name)
+    return fn is not None and fn.__module__ in ("utility.data.targets", "utility.data.mask_readers")
+
+
+def _base(task: TaskSpec, data_dir: Path, formats: list[str], slice_axis: Optional[int],
+          cache: Optional[IndexCache]) -> tuple[list[str], dict[str, Split], str]:
+    if cache is None or not _cacheable(task.layout.reader):
+        classes, splits, _ = _build_base(task, data_dir, formats, slice_axis)
+        why = "" if cache is None else f" (not cached: reader '{task.layout.reader}' is not built in)"
+        return classes, splits, "built" + why
+    key = {"data_dir": str(data_dir.resolve()), "formats": formats, "slice_axis": slice_axis,
+           "task": task.model_dump(mode="json", include={"type", "root", "data_format", "classes", "layout",
+                                                         "splits"}, by_alias=True)}
+
+    def build():
+        classes, splits, stamps = _build_base(task, data_dir, formats, slice_axis)
+        arrays, info = _pack(splits)
+        info["classes"] = classes
+        return arrays, info, stamps
+
+    arrays, info = cache.get_or_build("task", key, build)
+    return info["classes"], _unpack(arrays, info), cache.last
+
+
+def _pack(splits: dict[str, Split]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    arrays: dict[str, np.ndarray] = {}
+    info: dict[str, Any] = {"splits": {}}
+    for name, s in splits.items():
+        arrays[f"{name}.blob"], arrays[f"{name}.offsets"] = s.paths.blob, s.paths.offsets
+        entry = {"root": s.paths.root, "masks": isinstance(s.targets, MaskTargets)}
+        if isinstance(s.targets, MaskTargets):
+            arrays[f"{name}.mblob"], arrays[f"{name}.moffsets"] = s.targets.flat.blob, s.targets.flat.offsets
+            arrays[f"{name}.mgroups"] = s.targets.groups
+            entry["mroot"] = s.targets.flat.root
+        else:
+            arrays[f"{name}.targets"] = s.targets
+        info["splits"][name] = entry
+    return arrays, info
+
+
+def _unpack(arrays: dict[str, np.ndarray], info: dict[str, Any]) -> dict[str, Split]:
+    out = {}
+    for name, e in info["splits"].items():
+        paths = PathArray(e["root"], arrays[f"{name}.blob"], arrays[f"{name}.offsets"])
+        if e["masks"]:
+            targets: Any = MaskTargets(PathArray(e["mroot"], arrays[f"{name}.mblob"], arrays[f"{name}.moffsets"]),
+                                       arrays[f"{name}.mgroups"])
+        else:
+            targets = arrays[f"{name}.targets"]
+        out[name] = Split(name, paths, targets)
+    return out
+
+
+def _build_base(task: TaskSpec, data_dir: Path, formats: list[str], slice_axis: Optional[int]
+                ) -> tuple[list[str], dict[str, Split], list[Stamp]]:
+    stamps: list[Stamp] = []
+    for f in (task.layout.labels_file, task.layout.synset_file, task.layout.solution_file):
+        if f is not None:
+            stamps.append(stamp(str(data_dir / f)))
+    classes = _class_list(task, data_dir)
+    reader = get_target_reader(task.layout.reader, task.source_file)
+    batch = batch_reader_of(task.layout.reader)
+    raw: dict[str, tuple[PathArray, Any]] = {}
+    for name, spec in task.splits.items():
+        if spec.from_ is not None:
+            continue
+        ctx_dir, files = _split_files(task, data_dir, name, spec, slice_axis, formats, stamps)
+        if spec.dir is None:
+            files = expand_volumes(files, slice_axis, stamps)
+        if task.layout.image_channels:  # multi-file images: index the first channel's files only
+            first = task.layout.image_channels[0]
+            files = take(files, [i for i, r in enumerate(files.rel_strings()) if r.endswith(first)])
+        ctx = ReaderContext(task=task, data_dir=data_dir, split_dir=ctx_dir)
+        try:
+            labels = batch(files, ctx) if batch is not None and task.type != "segmentation" else None
+            if labels is None:
+                labels = [reader(f, ctx) for f in files]
+        except LookupError as exc:
+            raise UserError(f"task {task.name}, split {name}: {exc}") from None
+        raw[name] = (files, labels)
+    if classes is None:  # folders layout without a class list: sorted class folders of train
+        lab = raw.get("train", (None, []))[1]
+        values = lab.values if isinstance(lab, Labels) else lab
+        classes = sorted({str(t) for t in values})
+    splits = {name: _encode(task, name, files, labels, classes) for name, (files, labels) in raw.items()}
+    return classes, splits, stamps
+
+
+def _class_list(task: TaskSpec, data_dir: Path) -> list[str] | None:
+    if task.layout.synset_file:
+        wnids = read_synsets(data_dir / task.layout.synset_file)
+        return wnids[:: task.layout.class_stride]
+    if task.classes is not None:
+        return list(task.classes)[:: task.layout.class_stride]
+    return None
+
+
+def _under_data_dir(data_dir: Path, names: Sequence[str]) -> list[str]:
+    """``str(data_dir / name)`` of each name."""
+    root = str(data_dir)
+    out = []
+    for s in posix(names):
+        out.append(s if s.startswith("/") else (root if s == "." else join_root(root, s)))
+    return out
+
+
+def _existing(task: TaskSpec, files: list[str], source: Path, how: str, stamps: list[Stamp]) -> PathArray:
+    missing = [f for f in files if not os.path.exists(f)]
+    if missing:
+        raise UserError(f"task {task.name}: {len(missing)} file(s) {how} in {source} do not exist, "
+                        f"e.g. {missing[0]}")
+    stamps.append(stamp(str(source)))
+    stamps.extend(stamp(d) for d in sorted({f.rpartition("/")[0] or "." for f in files}))
+    return PathArray.from_strings(files)
+
+
+def _split_files(task: TaskSpec, data_dir: Path, name: str, spec, slice_axis: Optional[int],
+                 formats: Sequence[str], stamps: list[Stamp]) -> tuple[Path, PathArray]:
+    if spec.dir is not None:
+        d = data_dir / spec.dir
+        if not d.is_dir():
+            raise UserError(f"task {task.name}: folder of split '{name}' not found: {d}")
+        return d, find_images(d, formats, slice_axis, stamps)
+    if spec.list is not None:
+        lst = data_dir / spec.list
+        if not lst.is_file():
+            raise UserError(f"task {task.name}: list file of split '{name}' not found: {lst}")
+        lines = [line.strip() for line in lst.read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+        return data_dir, _existing(task, _under_data_dir(data_dir, lines), lst, "listed", stamps)
+    # csv_rows: every row of the labels file (optionally filtered by a split column)
+    if task.layout.labels_file is None:
+        raise UserError(f"task {task.name}: split '{name}' uses csv_rows but layout.labels_file is unset")
+    lf = data_dir / task.layout.labels_file
+    table = read_table(lf, task.layout.model_dump_json())
+    if spec.split_column is not None:
+        keys = rows_with(lf, task.layout, spec.split_column, spec.split_value)
+    else:
+        keys = table.keys.tolist()
+    files = _under_data_dir(data_dir, keys)
+    table.check_unique(keys, files)
+    return data_dir, _existing(task, files, lf, "named", stamps)
+
+
+def _encode(task: TaskSpec, split: str, files: PathArray, labels: Any, classes: list[str]) -> Split:
+    """Per-file reader results or :class:`Labels` -> a Split with encoded targets."""
+    if task.type == "segmentation":  # mask path(s), read per sample by the dataset
+        return Split(split, files, MaskTargets.from_tuples(labels))
+    lab = labels if isinstance(labels, Labels) else factorize(labels)
+    if task.type == "multilabel":
+        return Split(split, files, encode_multilabel(files, lab, classes))
+    files, targets = encode_multiclass(files, lab, classes, task.layout.class_stride > 1)
+    return Split(split, files, targets)

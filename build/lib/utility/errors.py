@@ -1,0 +1,28 @@
+"""User-facing errors: a mistake by the user ends with one short message and a non-zero exit."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad key, missing folder, wrong checkpoint).
+
+    Entry points print only the message (no traceback) and exit with code 2.
+    """
+
+    exit_code = 2
+
+
+def user_errors(fn, *args, **kwargs):
+    """Call a builder whose ValueErrors describe bad settings (optimizer, scheduler) as UserErrors."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as exc:
+        raise UserError(f"{getattr(fn, '__name__', 'setting')}: {exc}") from None
+
+
+class Stopped(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; entry points exit 128+signal."""
+
+    def __init__(self, signum: int, where: str) -> None:
+        super().__init__(where)
+        self.signum = signum
+        self.exit_code = 128 + signum

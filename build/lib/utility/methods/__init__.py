@@ -1,0 +1,1 @@
+"""Training methods the engine runs: supervised (classification, segmentation) and self-supervised."""

@@ -1,0 +1,69 @@
+"""Self-supervised methods by name (the config key ``method``) and the validation of their settings.
+
+Adding a method: one module in utility/methods/ with a subclass of ``ssl_base.SSLMethod`` (see its
+docstring), and its class in :data:`METHODS` below (docs/ARCHITECTURE.md, "Adding a method").
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from pydantic import ValidationError
+
+from utility.errors import UserError
+from utility.methods.barlow_twins import BarlowTwinsMethod
+from utility.methods.byol import BYOLMethod
+from utility.methods.mocov2 import MoCoV2Method
+from utility.methods.simclr import SimCLRMethod
+from utility.methods.ssl_base import MethodSettings, SSLMethod
+from utility.methods.vicreg import VICRegMethod
+
+METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (
+    SimCLRMethod, BarlowTwinsMethod, BYOLMethod, VICRegMethod, MoCoV2Method)}
+SIMCLR_KEYS = SimCLRMethod.TOP_LEVEL_KEYS  # SimCLR's settings: top-level config keys (the predecessor's)
+
+
+def method_class(name: str) -> type[SSLMethod]:
+    if name in METHODS:
+        return METHODS[name]
+    hint = difflib.get_close_matches(str(name).lower().replace("-", "_"), list(METHODS), n=1, cutoff=0.4)
+    raise UserError(f"unknown method '{name}'" + (f"; did you mean '{hint[0]}'?" if hint else "")
+                    + f" (methods: {', '.join(METHODS)})")
+
+
+def _owners(key: str, but: str) -> list[str]:
+    return [n for n, m in METHODS.items() if n != but and n != "simclr" and key in m.Settings.model_fields]
+
+
+def resolve_settings(name: str, given: dict[str, Any], top_level_set: set[str]) -> MethodSettings:
+    """The method's settings from ``method_settings`` (SimCLR: from the top-level keys, passed in as
+    ``given``), defaults filled in. Refused: an unknown setting (the closest valid one named), another
+    method's setting, SimCLR's top-level keys with another method."""
+    cls = method_class(name)
+    fields = list(cls.Settings.model_fields)
+    if name != "simclr":
+        stray = sorted(set(SIMCLR_KEYS) & top_level_set)
+        if stray:
+            own = [k for k in stray if k in fields]
+            hint = f"; for {name} write method_settings: {{{own[0]}: ...}}" if own else ""
+            raise UserError(f"{', '.join(stray)}: SimCLR setting(s), but method is {name}{hint}")
+    for key in given:
+        if key in fields:
+            continue
+        owners = _owners(key, name)
+        if name == "simclr":
+            raise UserError(f"method_settings.{key}: SimCLR takes its settings as top-level keys "
+                            f"({', '.join(SIMCLR_KEYS)})" + (f"; {key} is a setting of {', '.join(owners)}"
+                                                             if owners else ""))
+        if owners:
+            raise UserError(f"method_settings.{key} is a setting of {', '.join(owners)}, not of {name} "
+                            f"({name}'s settings: {', '.join(fields)})")
+        hint = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
+        raise UserError(f"unknown setting method_settings.{key} of {name}"
+                        + (f"; did you mean '{hint[0]}'?" if hint else f" ({name}'s settings: {', '.join(fields)})"))
+    try:
+        return cls.Settings.model_validate(given)
+    except ValidationError as exc:
+        lines = [f"method_settings.{'.'.join(map(str, e['loc']))} of {name}: value {e.get('input')!r} is invalid: "
+                 f"{e['msg']}" for e in exc.errors()]
+        raise UserError("\n".join(lines)) from None

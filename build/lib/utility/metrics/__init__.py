@@ -1,0 +1,1 @@
+"""Split-level metrics (classification, segmentation) and run summaries."""

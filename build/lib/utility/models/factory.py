@@ -1,0 +1,83 @@
+"""The one place a network is built from a name: construct, load a weights file, freeze the encoder.
+
+Finetuning (classification and segmentation) and ``get_model`` all come through
+:func:`build_network`, so loading rules and freezing behave the same everywhere.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from utility.errors import UserError
+from utility.models.encoders import Classifier, build_encoder
+from utility.models.weights import load_into_classifier, read_state_dict
+
+_UNET_NAME = re.compile(r"^unet", re.IGNORECASE)
+
+
+def is_unet_name(model_name: str) -> bool:
+    return bool(_UNET_NAME.match(model_name.strip()))
+
+
+UNET_DECODERS = ("auto", "smp", "predecessor")
+
+
+def build_network(model_name: str, classes: int, in_channels: int = 3, weights: str | Path | None = None,
+                  allow_partial: bool = False, frozen_encoder: bool = False, unfreeze_last_n: int = 0,
+                  segmentation: bool | None = None, head_dropout: float = 0.0,
+                  unet_decoder: str = "auto") -> tuple[nn.Module, list[str]]:
+    """(network, notes about what did not load). ``segmentation``: a U-Net whose encoder is
+    ``model_name`` (None: decided by a ``unet_`` name); else an encoder + linear head classifier.
+    ``unet_decoder``: ``smp`` (ours), ``predecessor`` (the predecessor's backboned_unet layout) or
+    ``auto`` (predecessor when ``weights`` is a predecessor U-Net file, else smp).
+    ``frozen_encoder`` freezes the encoder's blocks but the last ``unfreeze_last_n`` (BN included)."""
+    if segmentation is None:
+        segmentation = is_unet_name(model_name)
+    if unet_decoder not in UNET_DECODERS:
+        raise UserError(f"unet_decoder '{unet_decoder}' is not one of {', '.join(UNET_DECODERS)}")
+    sd = read_state_dict(Path(weights)) if weights is not None else None
+    model: nn.Module
+    notes: list[str] = []
+    if segmentation:
+        from utility.models.predecessor_unet import (PredecessorUNet, decoder_of, load_into_predecessor_unet,
+                                                     predecessor_unet_state)
+        from utility.models.unet import UNet, encoder_of, load_into_unet  # smp only when needed
+
+        pred_state = predecessor_unet_state(sd) if sd is not None else None
+        if unet_decoder == "predecessor" or (unet_decoder == "auto" and pred_state is not None):
+            decoder = decoder_of(pred_state) if pred_state is not None else {}
+            model = PredecessorUNet(encoder_of(model_name), classes, in_channels, **decoder)
+            if sd is not None:
+                notes = load_into_predecessor_unet(model, Path(weights), sd, allow_partial)
+        else:
+            model = UNet(encoder_of(model_name), classes, in_channels)
+            if sd is not None:
+                notes = load_into_unet(model, Path(weights), allow_partial, sd)
+    else:
+        encoder, width = build_encoder(model_name, in_channels)
+        model = Classifier(encoder, width, classes, head_dropout)
+        if weights is not None:
+            notes = load_into_classifier(model, Path(weights), allow_partial, sd)
+    if frozen_encoder:
+        model.freeze_encoder(unfreeze_last_n)  # type: ignore[operator]
+    return model, notes
+
+
+def get_model(model_name: str, enc_weights: str | Path | None, classes: int,
+              frozen_encoder: bool = False, in_channels: int = 3, allow_partial_load: bool = False,
+              unet_decoder: str = "auto") -> nn.Module:
+    """A plain network (no loss, no augmentation) from a pretraining encoder file or a finetuned
+    model file (ours or the predecessor's). ``model_name`` is an encoder name (``resnet50``) or
+    ``unet_<encoder>_backbone``; ``enc_weights=None`` gives random initialisation. Any weight that
+    does not load is an error naming the keys; with ``allow_partial_load=True`` what fits is
+    loaded and the keys not loaded are printed."""
+    model, notes = build_network(model_name, classes, in_channels, enc_weights, allow_partial_load,
+                                 frozen_encoder, unet_decoder=unet_decoder)
+    if notes and not allow_partial_load:
+        raise UserError(f"{enc_weights}: " + "; ".join(notes) + " (allow_partial_load=True loads what fits)")
+    for note in notes:
+        print(f"warning: loading {enc_weights}: {note}", file=sys.stderr)
+    return model

@@ -1,0 +1,445 @@
+"""The queue loop: read Jobs.csv, start what may start, watch, write every change at once.
+
+The loop blocks on an event queue (child exits, signals) with a timeout that is the nearest
+watchdog deadline / retry time / file re-read (0.5 s, to notice edits).  Every status change
+is a compare-and-swap on the one line of the job (jobsfile.update_many), so edits made while
+the queue runs are never overwritten.
+"""
+from __future__ import annotations
+
+import os
+import queue as _queue
+import signal
+import time
+
+from typing import Dict, List, Optional, Tuple
+
+from . import jobsfile, scheduler
+from .base import Echo, Launch, LaunchError, slug
+from .deps import Dependants, read_checked
+from .errors import QueueError
+from .recovery import Active, Recovery
+from .jobsfile import Line
+from .state import HOST, StateLog, proc_start_ticks
+from .writes import SETTLE, StatusWriter
+
+FILE_POLL = 0.02         # seconds between stat() checks of the jobs file (new lines, edits)
+EXIT_QUIET = 0.3         # no exit while someone else changed the file this recently (s)
+MISSING_GRACE = 10.0     # with nothing to supervise, wait this long for a missing file (s)
+
+
+class Runner(Recovery, Dependants):
+    def __init__(self, jobs_path: str, log_dir: str, backend, gpus: List[str], echo: Echo,
+                 watch: bool = False, max_parallel: Optional[int] = None,
+                 kill_grace: float = 30.0, workdir: Optional[str] = None):
+        self.path = os.path.abspath(jobs_path)
+        self.cwd = os.path.abspath(workdir) if workdir else os.path.dirname(self.path)
+        self.log_dir = os.path.abspath(log_dir)
+        self.backend = backend
+        self.events = backend.events
+        self.total = list(gpus)
+        self.echo = echo
+        self.watch = watch
+        self.max_parallel = max_parallel
+        self.kill_grace = kill_grace
+        self.state = StateLog(self.log_dir, self.path)
+        self.active: Dict[int, Active] = {}
+        self.next_token = 1
+        self.stop_signal: Optional[int] = None
+        self.force_kill = False
+        self.failed_count = 0
+        self.completed_count = 0
+        self.warned: set = set()
+        self.unrunnable: set = set()     # keys of jobs reported as needing too many GPUs
+        self.my_start = proc_start_ticks(os.getpid())
+        self._gone: Dict[Tuple[str, int], float] = {}   # retry-waiting jobs absent since
+        self.ended_here: Dict[Tuple[str, int], str] = {}  # final statuses this queue wrote
+        self._reverted: Dict[Tuple[str, int], float] = {}
+        self._cache_sig = None
+        self._dirty = True               # dispatch() needs to look at the file again
+        self._pending = True
+        self.writer = StatusWriter(self.path, self.say)
+        self._cache_lines: List[Line] = []
+        self._dep_marked: set = set()     # dependants this queue marked failed
+
+    # -- small helpers ----------------------------------------------------------------------
+    def say(self, msg: str) -> None:
+        self.echo.message(f"[queue] {msg}")
+
+    def warn_once(self, msg: str) -> None:
+        if msg not in self.warned:
+            self.warned.add(msg)
+            self.say(msg)
+
+    def read_lines(self) -> Optional[List[Line]]:
+        """Tolerant read while running: a line the user is half-way through editing is
+        reported and skipped, not fatal. None while the file is missing or unreadable."""
+        try:
+            st = os.stat(self.path)
+        except OSError as e:
+            self.writer.note_missing("" if isinstance(e, FileNotFoundError) else f" ({e})")
+            return None
+        sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if sig == self._cache_sig:
+            self.writer.note_back()
+            return self._cache_lines          # unchanged since the last parse
+        self._dirty = True
+        try:
+            text, st = jobsfile.read_text(self.path)
+        except QueueError as e:
+            self.writer.note_missing(f" or unreadable ({e})")
+            return None
+        self.writer.note_back()
+        errors: List[str] = []
+        lines = self.writer.file.cache.parse(text, errors)
+        for e in errors:
+            self.warn_once(f"skipping a line: {e}")
+        self._cache_sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+        self._cache_lines = lines
+        return lines
+
+    def set_status(self, key, new, expect=("running",)) -> None:
+        """Write one status change now (together with anything queued)."""
+        self.writer.queue(key, new, expect)
+        self.writer.flush()
+
+    def queue_status(self, key, new, expect=("running",)) -> None:
+        """A status change for the next flush, which comes in this loop iteration, together
+        with the claims of the jobs that start next: one locked write instead of several."""
+        self.writer.queue(key, new, expect)
+
+    def flush(self, claims=()) -> List[bool]:
+        return self.writer.flush(claims)
+
+    # -- signals ----------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        def handler(signum, frame):
+            self.events.put(("signal", signum))     # SimpleQueue.put is signal-safe
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, handler)
+
+    # -- starting ---------------------------------------------------------------------------
+    def _busy(self) -> Tuple[List[str], bool, int]:
+        busy, excl, n = set(), False, 0
+        for a in self.active.values():
+            if a.running:
+                busy.update(a.gpus)
+                excl = excl or a.exclusive
+                n += 1
+        return [g for g in self.total if g not in busy], excl, n
+
+    def dispatch(self, lines: List[Line]) -> bool:
+        """Start what may start. Returns True when open work remains in the file."""
+        now = time.monotonic()
+        by_key = {a.key: a for a in self.active.values()}
+        cands = []
+        pending_work = False
+        seen = {ln.key for ln in lines if ln.kind == "job"}
+        graph = self.dep_graph(lines)       # None: no line uses id=/after=
+        memo: dict = {}
+        after: dict = {}
+
+        def stuck(d: Line) -> bool:
+            return not self.backend.can_ever_run(*self.backend.need_of(d.options, len(self.total)),
+                                                 len(self.total))
+        for act in list(self.active.values()):
+            if not act.running and act.key not in seen:      # waiting for a retry, edited out
+                since = self._gone.setdefault(act.key, now)  # (or a save is half-way)
+                if now - since < SETTLE:
+                    pending_work = True
+                    continue
+                self.say(f"L{act.line.lineno} was removed from the file; no more retries")
+                del self.active[act.token]
+            self._gone.pop(act.key, None)
+        for ln in lines:
+            if ln.kind != "job":
+                continue
+            act = by_key.get(ln.key)
+            if act is not None:
+                if act.running:
+                    continue
+                if ln.status != "running":          # user edited a job waiting for a retry
+                    self.active.pop(act.token, None)
+                    if ln.status != "open":
+                        continue
+                    act = None
+                else:
+                    pending_work = True
+                    if act.retry_at is not None and act.retry_at > now:
+                        continue
+            elif ln.status != "open":
+                continue
+            need, excl = self.backend.need_of(ln.options, len(self.total))
+            c = scheduler.Candidate((ln, act), need, excl)
+            if not self.backend.can_ever_run(need, excl, len(self.total)):
+                self.unrunnable.add(ln.key)
+                self.warn_once(f"line {ln.lineno} needs {need} GPUs but only {len(self.total)} "
+                               f"are available; not started")
+                continue
+            if graph is not None and act is None and ln.options.after:
+                ready, waiting, after[ln.key] = self.dep_gate(graph, ln, by_key, stuck, memo)
+                if not ready:
+                    pending_work = pending_work or waiting
+                    continue
+            pending_work = True
+            cands.append(c)
+        if self.stop_signal is not None or not cands:
+            self.flush()
+            return pending_work
+        free, excl, n = self._busy()
+        chosen = self.backend.select(cands, free, self.total, n, excl, self.max_parallel)
+        fresh = [c.ref[0].key for c, _ in chosen if c.ref[1] is None]
+        claimed = dict(zip(fresh, self.flush(fresh)))     # one write for all of them
+        for c, gpus in chosen:
+            ln, act = c.ref
+            if act is None:
+                if not claimed.get(ln.key):
+                    continue            # edited or claimed by another queue meanwhile
+                tok = self.next_token
+                self.next_token += 1
+                act = Active(tok, ln.key, ln, 1, gpus, after=after.get(ln.key, []))
+                self.active[tok] = act
+                self.ended_here.pop(ln.key, None)
+            else:
+                act.attempt += 1
+                act.line = ln
+                act.gpus = gpus
+            act.exclusive = c.exclusive
+            self._launch(act, c.need)
+        return pending_work
+
+    def _launch(self, act: Active, need: int) -> None:
+        ln = act.line
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = f"{stamp}_L{ln.lineno}_{slug(ln.command)}"
+        if act.attempt > 1:
+            name += f"_try{act.attempt}"
+        act.log_path = os.path.join(self.log_dir, name + ".log")
+        launch = Launch(act.token, ln.command, ln.options, act.gpus,
+                        self.backend.gpu_request(need, act.gpus),
+                        self.cwd, act.log_path, f"L{ln.lineno}", act.attempt,
+                        {"after": self.dep_refs(act.after)} if act.after else {})
+        act.started, act.started_wall = time.monotonic(), time.time()
+        act.retry_at, act.kill_reason, act.kill_at = None, None, None
+        base = {"command": ln.command, "occurrence": ln.occurrence, "line": ln.lineno,
+                "attempt": act.attempt, "gpus": act.gpus, "log": act.log_path,
+                "start_time": act.started_wall, "queue_pid": os.getpid(),
+                "queue_proc_start": self.my_start, "host": HOST}
+        where = self.backend.where(need, act.gpus)
+        self.say(f"start L{ln.lineno} (attempt {act.attempt}, {where}): {ln.command}  "
+                 f"-> {act.log_path}")
+        try:
+            handle = self.backend.start(launch)
+        except LaunchError as e:
+            self.say(f"line {ln.lineno}: {e}")
+            self.state.append(dict(base, event="start", backend=self.backend.name))
+            act.running = True
+            self._finished(act, 127, "could not start")
+            return
+        hrec = handle.record()
+        self.state.append(dict(base, event="start", **hrec))
+        act.running = True
+        note = self.backend.started_note(hrec)
+        if note:
+            self.say(f"L{ln.lineno} {note}")
+
+    # -- finishing --------------------------------------------------------------------------
+    def on_exit(self, token: int, rc: int, reason: Optional[str]) -> None:
+        act = self.active.get(token)
+        if act is None:
+            return
+        self.backend.forget(token)
+        self._finished(act, rc, reason)
+
+    def _finished(self, act: Active, rc: int, reason: Optional[str]) -> None:
+        act.running = False
+        ln = act.line
+        dur = time.time() - act.started_wall
+        reason = act.kill_reason or reason
+        rec = {"event": "end", "command": ln.command, "occurrence": ln.occurrence,
+               "attempt": act.attempt, "exit_code": rc, "end_time": time.time()}
+        if act.stopping:
+            self.state.append(dict(rec, status="open", reason="queue stopped"))
+            self.queue_status(act.key, "open")
+            self.say(f"L{ln.lineno} stopped (exit {rc}); marked open again")
+            del self.active[act.token]
+            return
+        if rc == 0 and not act.kill_reason and not reason:
+            self.state.append(dict(rec, status="completed", reason="exit 0"))
+            self.queue_status(act.key, "completed")
+            self.ended_here[act.key] = "completed"
+            self.completed_count += 1
+            self.say(f"L{ln.lineno} completed in {dur:.1f} s")
+            del self.active[act.token]
+            return
+        why = reason or f"exit code {rc}"
+        if act.attempt <= ln.options.retries and not act.no_retry:
+            delay = ln.options.backoff * (2 ** (act.attempt - 1))
+            act.retry_at = time.monotonic() + delay
+            act.gpus = []
+            self.state.append(dict(rec, status="retry", reason=why))
+            self.say(f"L{ln.lineno} failed ({why}); retry {act.attempt}/{ln.options.retries} "
+                     f"in {delay:g} s")
+            return
+        self.state.append(dict(rec, status="failed", reason=why))
+        self.queue_status(act.key, "failed")
+        self.ended_here[act.key] = "failed"
+        self.failed_count += 1
+        self.say(f"L{ln.lineno} failed ({why}) after {act.attempt} attempt(s); log: {act.log_path}")
+        del self.active[act.token]
+        self.dep_cancel(act)
+
+    # -- watchdogs --------------------------------------------------------------------------
+    def watchdogs(self) -> Optional[float]:
+        """Enforce timeouts; return the nearest future deadline (monotonic) or None."""
+        now = time.monotonic()
+        nearest: Optional[float] = None
+
+        def near(t):
+            nonlocal nearest
+            nearest = t if nearest is None else min(nearest, t)
+
+        for act in list(self.active.values()):
+            if not act.running:
+                if act.retry_at is not None:
+                    near(act.retry_at)
+                continue
+            if act.kill_at is not None:
+                if now >= act.kill_at:
+                    self.backend.kill(act.token)
+                    act.kill_at = now + 5.0
+                near(act.kill_at)
+                continue
+            if act.stopping:
+                continue
+            o = act.line.options
+            if o.timeout is not None and not self.backend.enforces_timeout:
+                if now - act.started >= o.timeout:
+                    self._kill(act, f"timeout after {o.timeout:g} s")
+                    continue
+                near(act.started + o.timeout)
+            if o.no_output_timeout is not None:
+                last = max(self.backend.last_output(act.token), act.started)
+                if now - last >= o.no_output_timeout:
+                    self._kill(act, f"no output for {o.no_output_timeout:g} s")
+                    continue
+                near(last + o.no_output_timeout)
+        return nearest
+
+    def _kill(self, act: Active, reason: str) -> None:
+        self.say(f"L{act.line.lineno}: {reason}; stopping it")
+        act.kill_reason = reason
+        self.backend.signal(act.token, signal.SIGTERM)
+        act.kill_at = time.monotonic() + self.kill_grace
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def begin_stop(self, signum: int) -> None:
+        if self.stop_signal is not None:
+            if not self.force_kill:
+                self.force_kill = True
+                self.say("second signal: killing the jobs")
+                for act in self.active.values():
+                    if act.running:
+                        self.backend.kill(act.token)
+            return
+        self.stop_signal = signum
+        name = signal.Signals(signum).name
+        running = [a for a in self.active.values() if a.running]
+        self.say(f"{name}: forwarding it to {len(running)} running job(s) and waiting for them "
+                 f"(send it again to kill them)")
+        for act in list(self.active.values()):
+            act.stopping = True
+            if act.running:
+                self.backend.signal(act.token, signum)
+            else:                                   # waiting for a retry
+                self.state.append({"event": "end", "command": act.line.command,
+                                   "occurrence": act.line.occurrence, "status": "open",
+                                   "reason": "queue stopped", "end_time": time.time()})
+                self.queue_status(act.key, "open")
+                del self.active[act.token]
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        os.makedirs(self.log_dir, exist_ok=True)
+        read_checked(self.path, settle=1.0)  # strict: malformed files are reported up front
+        self.install_signals()
+        self.recover()
+        missing_since: Optional[float] = None
+        while True:
+            self.writer.drain()             # lines appended to a file the queue replaced
+            now = time.monotonic()
+            if self.stop_signal is None:
+                lines = self.read_lines()
+                if lines is None:           # missing: start nothing, keep supervising
+                    missing_since = missing_since or now
+                    if self.writer.due():
+                        self.flush()
+                    pending = True
+                else:
+                    missing_since = None
+                    if self._dirty or self._reverted:
+                        self.repair_reverted(lines, now)
+                    if self._dirty or self.writer.due() or self.writer.claims_failed or \
+                            self._gone or any(a.retry_at is not None and a.retry_at <= now
+                                              for a in self.active.values()):
+                        # something changed: the file, a job ended, a retry is due
+                        self._dirty = False
+                        self._pending = self.dispatch(lines)
+                    pending = self._pending
+            else:
+                if self.writer.due():
+                    self.flush()
+                pending = False
+            if not self.active:
+                if self.stop_signal is not None:
+                    return self._stopped()
+                if missing_since is not None and not self.writer.outbox and not self.watch \
+                        and now - missing_since > MISSING_GRACE:
+                    raise QueueError(f"jobs file {self.path} disappeared (nothing was "
+                                     f"running; waited {MISSING_GRACE:g} s for it)")
+                if not pending and not self.watch and not self.writer.outbox and \
+                        not self.writer.touched_by_others(EXIT_QUIET) and \
+                        not self.writer.held_open(now):
+                    break
+            deadline = self.watchdogs()
+            self.backend.poll()
+            timeout = FILE_POLL
+            if self.backend.poll_interval:
+                timeout = min(timeout, self.backend.poll_interval)
+            if deadline is not None:
+                timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+            self._wait_events(timeout)
+        self.writer.close()
+        self.say(f"done: {self.completed_count} completed, {self.failed_count} failed")
+        return 1 if self.failed_count or self.unrunnable else 0
+
+    def _stopped(self) -> int:
+        self.writer.retry_at = 0.0
+        self.flush()
+        if self.writer.outbox:
+            self.say(f"{len(self.writer.outbox)} status change(s) not written "
+                     f"({os.path.basename(self.path)} is "
+                     f"{'missing' if self.writer.missing else 'not writable'}); "
+                     f"{self.state.path} has them and the next start of the queue writes them")
+        self.writer.close(wait=1.0)
+        return 128 + self.stop_signal
+
+    def _wait_events(self, timeout: float) -> None:
+        try:
+            ev = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
+        except _queue.Empty:
+            return
+        self._dirty = True
+        while True:
+            self._handle(ev)
+            try:
+                ev = self.events.get_nowait()
+            except _queue.Empty:
+                return
+
+    def _handle(self, ev) -> None:
+        if ev[0] == "exit":
+            _, tok, rc, reason = ev
+            self.on_exit(tok, rc, reason)
+        elif ev[0] == "signal":
+            self.begin_stop(ev[1])

@@ -1,0 +1,1 @@
+"""Run pipelines: finetuning and pretraining, built on one run session."""

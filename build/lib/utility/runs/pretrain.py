@@ -1,0 +1,108 @@
+"""Self-supervised pretraining: config -> unlabeled images -> the method's network (encoder + heads)
+-> the shared engine. The method (``method``: simclr, barlow_twins, byol, vicreg, mocov2) comes from
+utility/methods/ssl_registry.py.
+
+``pkgs/SSL/pretrain.py`` and ``pkgs/SimCLR/main.py`` are thin wrappers around :func:`main`. Outputs in
+logs_and_checkpoints/pretraining/<name>/: config.yaml, train.log (epoch, step, loss, lr, datetime),
+TensorBoard, encoder_<epoch>.tar every enc_save_frequency epochs, checkpoint_last.pt (resume; with EMA
+targets and MoCo's queue), monitor.log (with ``monitor``), encoder_pretrained.tar at the end. The LR rule:
+utility/runs/simclr_config.py; the method and the batch checks: utility/runs/ssl_config.py.
+"""
+from __future__ import annotations
+
+from utility.config.loader import load_config
+from utility.config.schemas import SIMCLR_DEPRECATED, SimCLRConfig
+from utility.config.tasks import load_task
+from utility.data.badfiles import BadFiles
+from utility.data.dataset import Preprocess
+from utility.errors import UserError, user_errors
+from utility.methods.ssl_base import save_encoder
+from utility.methods.views import TwoViews
+from utility.models import build_encoder, count_parameters
+from utility.paths import output_root
+from utility.runs.evaluation import report_bad_files
+from utility.runs.monitor import Monitor
+from utility.runs.simclr_config import PROG, build_lr_schedule, lr_plan, raw_config, resolve_lr_rule
+from utility.runs.pretrain_data import build_pretrain_data
+from utility.runs.ssl_config import check_batch_size, resolve_method
+from utility.runs.startup import Startup
+from utility.training.distributed import is_main, shutdown
+from utility.training.engine import Trainer, TrainerOptions
+from utility.training.optim import build_optimizer
+from utility.training.session import RESUME_FREE_KEYS, RunSession
+
+# tf_device has no effect here (SimCLR's views always run batched on the device)
+FREE_KEYS = RESUME_FREE_KEYS | {"low_verbosity", "enc_save_frequency", "index_cache_dir", "reindex", "tf_device"}
+PRETRAIN_COLUMNS = ["epoch", "step", "loss", "datetime", "lr", "global_step"]
+
+
+def main(argv: list[str], prog: str = PROG) -> int:
+    cfg, _ = load_config(SimCLRConfig, argv, prog, SIMCLR_DEPRECATED)
+    method_cls, settings = resolve_method(cfg)
+    if cfg.monitor is not None:
+        load_task(cfg.monitor.task)  # an unknown task is refused before any work
+    rule, why = resolve_lr_rule(cfg, raw_config(argv, prog))
+    cfg.lr_rule = rule  # config.yaml records the rule in force
+    lr = lr_plan(cfg, rule, why)
+    run_dir = output_root(cfg.output_root) / "pretraining" / cfg.name
+    requested = "dp" if (cfg.dataparallel and cfg.parallel == "auto") else cfg.parallel
+    check_batch_size(cfg, method_cls)
+    session = RunSession.open(cfg, run_dir, requested, FREE_KEYS)
+    if session.done:
+        print(f"run {run_dir} is already complete: {run_dir / 'encoder_pretrained.tar'}")
+        return 0
+    if is_main():
+        print(lr.line, flush=True)
+    check_batch_size(cfg, method_cls)  # again now that the process group (and its size) is known
+    startup = Startup(cfg.verbose)
+    startup.attach(run_dir)
+    split, prep, ds, loader, workers = build_pretrain_data(cfg, session.device, startup, method_cls, settings)
+    shape = prep.shape
+
+    encoder, width = build_encoder(cfg.resnet, cfg.in_channels)
+    model = method_cls.build_model(encoder, width, settings)
+    train_module = session.place(model, cfg.syncbn, cfg.gpus)
+    views = TwoViews(cfg.image_size, cfg.jitter_strength, cfg.jitter_p, cfg.grayscale, cfg.blur_p,
+                     cfg.crop_scale, cfg.hflip_p).to(session.device)
+    bad = BadFiles({"train": split.paths}, cfg.max_bad_fraction, run_dir)
+    method = method_cls.create(views, settings, cfg.in_channels, bad)
+    monitor = None
+    if cfg.monitor is not None and is_main():
+        mprep = Preprocess(channels=cfg.in_channels, shape=shape, normalizer=prep.normalizer, window=prep.window)
+        monitor = Monitor(cfg.monitor, mprep, cfg.data_root, cfg.seed, cfg.batch_size, workers, cfg.in_channels,
+                          session.device, run_dir, cfg.epochs)
+    optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum)
+    interval = lr.interval
+    scheduler = build_lr_schedule(optimizer, lr, cfg, len(loader))
+
+    def snapshot(tr: Trainer) -> None:
+        report_bad_files(bad, tr.epoch)
+        if monitor is not None:
+            monitor(model.encoder, tr.epoch, tr.tb)
+        if cfg.enc_save_frequency and tr.epoch % cfg.enc_save_frequency == 0:
+            save_encoder(model, run_dir / f"encoder_{tr.epoch}.tar")
+
+    opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=interval,
+                          verbose=cfg.verbose and not cfg.low_verbosity, debug=cfg.debug,
+                          log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
+                          config=cfg.model_dump(mode="json"), train_columns=PRETRAIN_COLUMNS,
+                          epoch_end=snapshot)
+    trainer = session.trainer(model, method, optimizer, scheduler, opts, train_module)
+    if cfg.verbose and is_main():
+        p = count_parameters(model)
+        print(f"{method_cls.label}: {len(ds)} images, encoder {cfg.resnet} ({p['total']:,} parameters with the heads), "
+              f"lr {lr.lr0:.4g}, device {session.device}; run dir {run_dir}")
+
+    def finish(tr: Trainer) -> None:
+        if tr.global_step == 0:  # never an untrained encoder under the name of a pretrained one
+            raise UserError(f"no {method_cls.label} step was taken in {cfg.epochs} epoch(s) (every batch had fewer "
+                            f"than {method_cls.min_batch} valid images); encoder_pretrained.tar not written")
+        if is_main():
+            save_encoder(model, run_dir / "encoder_pretrained.tar")
+
+    startup.add("augmentation", None, f"SimCLR views batched on the training device ({session.device}, kornia)")
+    session.run(trainer, startup.time_first_batch(loader), None, finish)
+    if is_main():
+        print(f"encoder written to {run_dir / 'encoder_pretrained.tar'}")
+    shutdown()
+    return 0

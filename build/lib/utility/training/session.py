@@ -1,0 +1,169 @@
+"""One run's life, the same for every entry point: set up processes and device, decide what an
+existing run directory means (fresh, resume, done, or refused), keep crash.log there, seed, wrap
+the model for DP/DDP, then resume -> fit -> finish -> mark finished -> close.
+
+Finetuning and pretraining (utility/runs/) build their data, model and method and hand them here;
+they keep only what differs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, TypeVar
+
+import torch
+import yaml
+from pydantic import BaseModel
+from torch import nn
+
+from utility.config.loader import dump_config
+from utility.entry import CrashLog
+from utility.errors import UserError
+from utility.tracking import require_trackers, track
+from utility.training import parallel
+from utility.training.checkpoint import RESUME_KEYS, load_checkpoint, seed_everything
+from utility.training.distributed import is_main, main_decides
+from utility.training.engine import Amp, Method, Trainer, TrainerOptions
+from utility.training.runlock import LOCK_NAME, RunLock
+
+T = TypeVar("T")
+
+# Keys that may change between a run and its resumption without making it a different run.
+RESUME_FREE_KEYS = frozenset({"epochs", "num_workers", "prefetch_factor", "verbose", "device", "debug",
+                              "log_losses", "checkpoint_every_steps", "output_root", "data_root", "opmode",
+                              "trackers", "tracker_project"})
+# files of ours an attempt that ended before its first checkpoint may have left
+STALE_FILES = ("train.log", "val.log", "crash.log")
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run directory; an output_root that is a file, read-only or not creatable is one
+    line naming it (before anything else is done)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = exc.filename or run_dir
+        raise UserError(f"cannot create the run directory {run_dir} ({where}: {exc.strerror}); "
+                        "check output_root") from None
+
+
+def lock_and_decide(run_dir: Path, new: dict[str, Any], epochs: int, free_keys: Iterable[str]) -> tuple[str, Optional[RunLock]]:
+    """Refuse a directory that is not ours, then lock it, then decide what it means (the decision
+    may delete stale logs, so it is made only while holding the lock)."""
+    check_run_dir(run_dir, new, free_keys)
+    make_run_dir(run_dir)
+    lock = RunLock(run_dir).acquire()
+    try:
+        state = decide_run_state(run_dir, new, epochs, free_keys)
+    except BaseException:
+        lock.release()
+        raise
+    if state != "done":  # a finished run looked at again stays untouched, run.lock included
+        lock.claim()
+    return state, lock
+
+
+def check_run_dir(run_dir: Path, new: dict[str, Any], free_keys: Iterable[str]) -> None:
+    """A directory holding another run (a different config) or something that is not ours is
+    refused, never overwritten."""
+    free = set(free_keys)
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists():
+        try:
+            old = yaml.safe_load(cfg_path.read_text())
+        except yaml.YAMLError:
+            old = None
+        if not isinstance(old, dict) or "name" not in old:
+            raise UserError(f"run directory {run_dir} holds a config.yaml that is not a run config of ours; "
+                            "choose another name or move it away (nothing was overwritten)")
+        diffs = [k for k in new if k not in free and k in old and old.get(k) != new[k]]
+        if diffs:
+            shown = "; ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diffs[:4])
+            raise UserError(f"run directory {run_dir} holds a run with a different config ({shown}); "
+                            "choose another name to start a new run (nothing was overwritten)")
+    elif run_dir.is_dir() and any(p.name not in ("crash.log", LOCK_NAME) for p in run_dir.iterdir()):
+        raise UserError(f"run directory {run_dir} is not empty and holds no run config of ours; "
+                        "choose another name or move it away (nothing was overwritten)")
+
+
+def decide_run_state(run_dir: Path, new: dict[str, Any], epochs: int, free_keys: Iterable[str]) -> str:
+    """'fresh', 'resume' or 'done' (after :func:`check_run_dir`)."""
+    check_run_dir(run_dir, new, free_keys)
+    ck_path = run_dir / "checkpoint_last.pt"
+    if not ck_path.exists():
+        for stale in STALE_FILES:
+            (run_dir / stale).unlink(missing_ok=True)
+        return "fresh"
+    ck = load_checkpoint(ck_path, RESUME_KEYS)
+    if ck.get("finished") and ck.get("epoch", 0) >= epochs:
+        return "done"
+    return "resume"
+
+
+class RunSession:
+    """Opened by :meth:`open`; ``state`` says whether there is anything to do ('done' = no)."""
+
+    def __init__(self, cfg: BaseModel, run_dir: Path, mode: str, device: torch.device, state: str,
+                 lock: Optional[RunLock] = None) -> None:
+        self.cfg, self.run_dir, self.mode, self.device, self.state = cfg, run_dir, mode, device, state
+        self.lock = lock  # rank 0 holds the run directory until the process ends
+
+    @classmethod
+    def open(cls, cfg: Any, run_dir: Path, parallel_mode: Optional[str] = None,
+             free_keys: Iterable[str] = RESUME_FREE_KEYS) -> "RunSession":
+        require_trackers(getattr(cfg, "trackers", []))  # before any work: exit 2 if one is not installed
+        mode, device = parallel.setup(parallel_mode or cfg.parallel, cfg.device)
+        lock_holder: list[RunLock] = []
+
+        def decide() -> str:  # rank 0 only; the lock object stays in this process
+            state, lock = lock_and_decide(run_dir, cfg.model_dump(mode="json"), cfg.epochs, free_keys)
+            lock_holder.append(lock)
+            return state
+
+        state = main_decides(decide)
+        session = cls(cfg, run_dir, mode, device, state, lock_holder[0] if lock_holder else None)
+        if state == "done" and session.lock is not None:
+            session.lock.release()
+        if state != "done":
+            run_dir.mkdir(parents=True, exist_ok=True)
+            CrashLog.path = run_dir / "crash.log"
+            seed_everything(cfg.seed)
+            if cfg.debug:
+                torch.autograd.set_detect_anomaly(True)
+        return session
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+    def place(self, model: nn.Module, syncbn: bool = False, gpus: Optional[int] = None) -> nn.Module:
+        """Move ``model`` to the device (SyncBatchNorm first if asked) and return the module the
+        engine runs forward through (DataParallel/DDP wrapper, or the model itself)."""
+        model = parallel.sync_batchnorm(model, syncbn, self.cfg.device)  # type: ignore[attr-defined]
+        model.to(self.device)
+        return parallel.wrap(model, self.mode, self.device, gpus)
+
+    def trainer(self, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any,
+                opts: TrainerOptions, train_module: nn.Module) -> Trainer:
+        return Trainer(model, method, optimizer, scheduler, Amp(self.device, self.cfg.amp),  # type: ignore[attr-defined]
+                       self.run_dir, opts, train_module)
+
+    def run(self, trainer: Trainer, train_loader: Any, val_loader: Any,
+            finish: Callable[[Trainer], T]) -> T:
+        """Write config.yaml, resume if there is a checkpoint, train, ``finish`` (save the product,
+        test), then mark the run finished. The logs are closed whatever happens."""
+        if is_main():
+            dump_config(self.cfg, self.run_dir / "config.yaml")
+        if self.state == "resume" and trainer.resume():
+            print(f"resuming {self.run_dir} at epoch {trainer.epoch + 1} step {trainer.batch_in_epoch}")
+        tracking = track(self.cfg, self.run_dir, self.state == "resume")  # wandb/mlflow follow the CSV logs
+        try:
+            trainer.fit(train_loader, val_loader)
+            result = finish(trainer)
+            trainer.finished = True
+            trainer.save()
+        finally:
+            trainer.close()
+            tracking.close(trainer.finished)
+        if self.lock is not None:
+            self.lock.release()
+        return result
