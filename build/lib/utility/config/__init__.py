@@ -1,1 +1,0 @@
-"""Configs: YAML + CLI loading, the run schemas, task specs."""

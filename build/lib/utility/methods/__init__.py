@@ -1,1 +1,0 @@
-"""Training methods the engine runs: supervised (classification, segmentation) and self-supervised."""

@@ -1,1 +1,0 @@
-"""Split-level metrics (classification, segmentation) and run summaries."""

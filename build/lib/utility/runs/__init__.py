@@ -1,1 +1,0 @@
-"""Run pipelines: finetuning and pretraining, built on one run session."""

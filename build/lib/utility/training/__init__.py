@@ -1,1 +1,0 @@
-"""The shared training loop and what it needs: optimisers, schedules, checkpoints, processes, run logs."""
