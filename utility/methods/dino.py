@@ -29,7 +29,7 @@ from utility.data.preprocess import conform_channels
 from utility.methods.heads import widths
 from utility.methods.momentum import MomentumNet, cosine_tau
 from utility.methods.ssl_base import MethodSettings, SSLMethod, as_float
-from utility.training.distributed import is_dist, world_size
+from utility.distributed import is_dist, world_size
 
 
 class DINOSettings(MethodSettings):

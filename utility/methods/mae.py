@@ -25,7 +25,7 @@ from utility.data.preprocess import conform_channels
 from utility.errors import UserError
 from utility.methods.ssl_base import MethodSettings, SSLMethod, as_float
 from utility.models.vit import is_vit
-from utility.training.distributed import rank, world_size
+from utility.distributed import rank, world_size
 
 
 class MAESettings(MethodSettings):
