@@ -193,13 +193,22 @@ def test_statistics_equal_scipy_and_report_from_partial_study(setup):
         assert float(row["std"]) == pytest.approx(x.std(ddof=1), rel=1e-9)
         half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
         assert float(row["ci95_high"]) == pytest.approx(x.mean() + half, rel=1e-9)
-    # Scratch and SSL: seeds 1, 2, 4 in both? No: SSL lacks seed 3 -> Welch; compare Scratch vs Own
-    # on matched seeds by making the pairing explicit
+    # Own lacks seed 4: the paired t-test on the three seeds both have, not Welch's over all
     s, o = values["Scratch"], values["Own"]
     assert set(o) != set(s)
-    p_welch = stats.ttest_ind(list(o.values()), list(s.values()), equal_var=False).pvalue
-    assert float(summary["Own"]["p_vs_Scratch"]) == pytest.approx(p_welch, rel=1e-9)
-    assert summary["Own"]["test_vs_Scratch"] == "Welch t-test"
+    common = sorted(set(o) & set(s))
+    x, y = np.array([o[k] for k in common]), np.array([s[k] for k in common])
+    assert float(summary["Own"]["p_vs_Scratch"]) == pytest.approx(stats.ttest_rel(x, y).pvalue, rel=1e-9)
+    assert summary["Own"]["test_vs_Scratch"] == "paired t-test" and summary["Own"]["repeats_vs_Scratch"] == "3"
+    pooled = math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)           # equal sizes: the mean variance
+    g = (1 - 3 / (4 * 6 - 9)) * (x.mean() - y.mean()) / pooled
+    assert float(summary["Own"]["hedges_g_vs_Scratch"]) == pytest.approx(g, rel=1e-9)
+    assert summary["Own"]["ci95_over"] == "seeds"
+    # the columns added for uncertainty come after every original one
+    with (plan.study_dir / "summary.csv").open() as fh:
+        header = next(csv.reader(fh))
+    assert header.index("test_vs_SSL") < header.index("repeats_vs_Scratch") < header.index("p_holm_vs_Scratch")
+    assert max(header.index(f"test_vs_{x}") for x in ("Scratch", "Own", "SSL")) < header.index("ci95_over")
     pct = (np.mean(list(o.values())) - np.mean(list(s.values()))) / abs(np.mean(list(s.values()))) * 100
     assert float(summary["Own"]["pct_change_vs_Scratch"]) == pytest.approx(pct, rel=1e-9)
     page = (plan.study_dir / "report.html").read_text()

@@ -33,8 +33,10 @@ def metrics_of(plan: Plan) -> dict[str, list[str]]:
 
 
 def report(plan: Plan, quiet: bool = False) -> Path:
+    from utility.study.multiplicity import adjust_summary
     from utility.study.report import write_report
     from utility.study.stats import summarize, write_summary
+    from utility.study.subject_stats import add_subject_statistics
 
     table = job_table(plan)
     states, rows = collect(plan, table)
@@ -43,6 +45,8 @@ def report(plan: Plan, quiet: bool = False) -> Path:
     write_results(plan.study_dir / "results.csv", rows)
     mets = metrics_of(plan)
     summary = summarize(rows, mets, list(plan.spec.pretrain), list(plan.spec.grid))
+    add_subject_statistics(summary, states, list(plan.spec.pretrain), list(plan.spec.grid))
+    adjust_summary(summary, list(plan.spec.grid))
     write_summary(plan.study_dir / "summary.csv", summary)
     write_report(plan.study_dir / "report.html", plan, states, summary, mets, pre)
     if not quiet:
