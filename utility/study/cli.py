@@ -76,9 +76,13 @@ def summary_text(plan: Plan, summary: list[dict[str, Any]]) -> str:
         half = row["ci95_high"] - row["mean"]
         text = f"  {row['source']:<{width}}  {row['mean']:.3f}" + ("" if math.isnan(half) else f" ± {half:.3f}")
         text += f"  (n={row['n']})"
+        low = row.get("subjects_ci95_low", math.nan)
+        if not math.isnan(low):
+            text += f"  [{low:.3f}, {row['subjects_ci95_high']:.3f}] over {row['n_subjects']} subjects"
         p = row.get(f"p_vs_{ref}")
         if row["source"] != ref and isinstance(p, float) and not math.isnan(p):
-            text += f"  {row[f'pct_change_vs_{ref}']:+.1f} % vs {ref}, p = {p:.2g} ({row[f'test_vs_{ref}']})"
+            text += f"  {row[f'pct_change_vs_{ref}']:+.1f} % vs {ref}, p = {p:.2g} ({row[f'test_vs_{ref}']}" \
+                    f"; Holm {row.get(f'p_holm_vs_{ref}', math.nan):.2g})"
         lines.append(text)
     return "\n".join(lines) if lines else "no completed runs yet"
 
