@@ -12,19 +12,15 @@ ratio R`` (seconds for --resamples resamples; single process, whatever the machi
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utility.metrics.bootstrap import BootstrapSettings, Resampler  # noqa: E402
-from utility.metrics.classification import ClassificationMetrics  # noqa: E402
-from utility.metrics.resampled import ClassificationSamples, SegmentationSamples  # noqa: E402
-from utility.metrics.segmentation import SegmentationMetrics, per_image_counts  # noqa: E402
+from utility.metrics.bootstrap import BootstrapSettings, Resampler
+from utility.metrics.classification import ClassificationMetrics
+from utility.metrics.resampled import ClassificationSamples, SegmentationSamples
+from utility.metrics.segmentation import SegmentationMetrics, per_image_counts
 
 
 def naive(compute, subjects: np.ndarray, resamples: int, seed: int = 0) -> float:
