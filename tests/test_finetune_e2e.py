@@ -316,7 +316,7 @@ def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
     pcols, prows = read_csv(rd / "predictions_test_last.csv")
     assert len(prows) == counts["test"] * len(kinds)
     safe = [n.replace(" ", "_") for n in ML_CLASSES]
-    assert pcols[3:] == [f"prob_{n}" for n in safe]
+    assert pcols[3:] == [f"prob_{n}" for n in safe] + ["subject"]
     probs = np.array([[float(r[f"prob_{n}"]) for n in safe] for r in prows])
     truth = np.array([[int(n in r["target"].split("|")) for n in ML_CLASSES] for r in prows])
     assert truth[:, 3].sum() == 0 and truth[:, :3].sum(0).min() > 0
@@ -326,6 +326,9 @@ def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
         assert r["target"] == kinds[kind]
 
     assert math.isnan(test["auc_Hernia"])
+    ci = {r["metric"]: r for r in read_csv(rd / "test_ci.csv")[1]}    # no positives in any resample either
+    assert ci["auc_Hernia"]["ci_low"] == "nan" and ci["auc_Hernia"]["undefined"] == ci["auc_Hernia"]["resamples"]
+    assert float(ci["auc_avg_overall"]["ci_low"]) <= float(ci["auc_avg_overall"]["ci_high"])
     aucs = [roc_auc_score(truth[:, j], probs[:, j]) for j in range(3)]
     for j in range(3):
         assert test[f"auc_{safe[j]}"] == pytest.approx(aucs[j], abs=1e-9)
