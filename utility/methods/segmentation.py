@@ -29,7 +29,7 @@ from utility.methods.registry import register_pipeline
 from utility.metrics.bootstrap import BootstrapSettings
 from utility.metrics.resampled import SegmentationSamples
 from utility.metrics.segmentation import SegmentationMetrics, per_image_counts
-from utility.training.distributed import all_gather_object, is_dist
+from utility.distributed import all_gather_object, is_dist
 from utility.training.rundir import write_table
 
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
