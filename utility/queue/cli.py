@@ -84,7 +84,7 @@ def status_table(jobs: str, log_dir: str) -> str:
         if ln.kind != "job":
             continue
         counts[ln.status] = counts.get(ln.status, 0) + 1
-        rec = latest.get(ln.key, {})
+        rec = latest.get(ln.slot, {})
         start, end = rec.get("start_time"), rec.get("end_time")
         dur = None
         if start:

@@ -169,9 +169,16 @@ class Line:
     options: JobOptions = field(default_factory=JobOptions)
     status_span: Tuple[int, int] = (0, 0)   # where the status token sits in raw
     occurrence: int = 0         # how many earlier job lines have the same command
+    ident: int = -1             # which of the lines with this command (parsecache.py); -1: occurrence
 
     @property
     def key(self) -> Tuple[str, int]:
+        """The job's identity while the queue runs (it survives edits of the file)."""
+        return (self.command, self.occurrence if self.ident < 0 else self.ident)
+
+    @property
+    def slot(self) -> Tuple[str, int]:
+        """(command, occurrence): how queue_state.jsonl names the job."""
         return (self.command, self.occurrence)
 
     def with_status(self, status: str) -> str:
@@ -294,36 +301,6 @@ def parse_text(text: str, path: str = "Jobs.csv", strict: bool = True,
             counts[ln.command] = ln.occurrence + 1
         lines.append(ln)
     return lines
-
-
-class ParseCache:
-    """parse_text(strict=False) for a file that is mostly appended to: when the new text
-    starts with the last one (ending at a line end), only the tail is parsed; after a
-    status write, set() hands over the lines the writer already knows."""
-
-    def __init__(self, path: str = "Jobs.csv"):
-        self.path = path
-        self.text: Optional[str] = None
-        self.lines: List[Line] = []
-        self.counts: Dict[str, int] = {}
-
-    def parse(self, text: str, errors: Optional[List[str]] = None) -> List[Line]:
-        old = self.text
-        if old is not None and text == old:
-            return self.lines
-        if old and old.endswith("\n") and text.startswith(old):
-            tail = parse_text(text[len(old):], self.path, strict=False, errors=errors,
-                              first_lineno=len(self.lines) + 1, counts=self.counts)
-            lines = self.lines + tail
-        else:
-            self.counts = {}
-            lines = parse_text(text, self.path, strict=False, errors=errors, counts=self.counts)
-        self.text, self.lines = text, lines
-        return lines
-
-    def set(self, text: str, lines: List[Line]) -> None:
-        """The writer changed only status words: same commands, same occurrences."""
-        self.text, self.lines = text, lines
 
 
 # ---------------------------------------------------------------------------------------------

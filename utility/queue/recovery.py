@@ -45,7 +45,7 @@ class Recovery:
         for ln in self.read_lines() or []:
             if ln.kind != "job" or ln.status != "running":
                 continue
-            rec = latest.get(ln.key)
+            rec = latest.get(ln.slot)
             if rec is None:
                 self.say(f"line {ln.lineno} is 'running' with no record of who runs it; "
                          f"running it again")
@@ -99,7 +99,7 @@ class Recovery:
             if now - since < REVERT_SETTLE:
                 continue
             final = self.ended_here[ln.key]
-            rec = self.state.latest().get(ln.key, {})
+            rec = self.state.latest().get(ln.slot, {})
             del self._reverted[ln.key]
             if not (rec.get("ended") and rec.get("queue_pid") == os.getpid()
                     and rec.get("status") == final):

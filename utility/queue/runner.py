@@ -7,6 +7,7 @@ the queue runs are never overwritten.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue as _queue
 import signal
@@ -94,9 +95,24 @@ class Runner(Recovery, Dependants):
         lines = self.writer.file.cache.parse(text, errors)
         for e in errors:
             self.warn_once(f"skipping a line: {e}")
+        self._follow_moves(lines)
         self._cache_sig = (st.st_ino, st.st_size, st.st_mtime_ns)
         self._cache_lines = lines
         return lines
+
+    def _follow_moves(self, lines: List[Line]) -> None:
+        """Lines whose occurrence changed (an earlier identical line was deleted): the state
+        log follows them, and so do the records this queue writes for its jobs."""
+        for command, moves in self.writer.file.cache.take_moves().items():
+            self.state.append({"event": "renumber", "command": command,
+                               "moves": [list(m) for m in moves]})
+        by_key = {ln.key: ln for ln in lines if ln.kind == "job"}
+        for act in self.active.values():
+            cur = by_key.get(act.key)
+            if cur is not None and (cur.occurrence, cur.lineno) != (act.line.occurrence,
+                                                                    act.line.lineno):
+                act.line = dataclasses.replace(act.line, occurrence=cur.occurrence,
+                                               lineno=cur.lineno)
 
     def set_status(self, key, new, expect=("running",)) -> None:
         """Write one status change now (together with anything queued)."""

@@ -42,7 +42,8 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from .errors import QueueError
-from .jobsfile import STATUSES, Line, ParseCache, locked, parse_line
+from .jobsfile import STATUSES, Line, locked, parse_line
+from .parsecache import ParseCache
 
 WATCH_SECS = 10.0          # how long an old file is watched where leases are unavailable
 MAX_WATCHES = 256          # open old files at most (the oldest is drained and dropped)
@@ -224,7 +225,7 @@ class JobsFile:
         for i, ln in enumerate(lines):
             if id(ln) in new_status and new_status[id(ln)] != ln.status:
                 nl = parse_line(ln.with_status(new_status[id(ln)]), ln.lineno, self.path)
-                nl.occurrence = ln.occurrence
+                nl.occurrence, nl.ident = ln.occurrence, ln.ident
                 new_lines[i] = nl
         out_text = "".join(ln.raw for ln in new_lines)
         out = out_text.encode("utf-8", "surrogateescape")

@@ -113,13 +113,23 @@ class StateLog:
 
     def latest(self) -> Dict[Tuple[str, int], dict]:
         """(command, occurrence) -> merged view of its latest attempt (start + end fields),
-        plus 'attempts' (number of starts recorded)."""
+        plus 'attempts' (number of starts recorded). 'renumber' records (written when the
+        occurrence of a line changed while a queue ran) move the views with their lines."""
         view: Dict[Tuple[str, int], dict] = {}
         for rec in self.records():
             key = (rec.get("command"), rec.get("occurrence", 0))
             if rec.get("event") == "start":
                 n = view.get(key, {}).get("attempts", 0) + 1
                 view[key] = dict(rec, attempts=n)
+            elif rec.get("event") == "renumber":
+                # an earlier identical line was deleted or moved: the records follow their lines
+                cmd = rec.get("command")
+                moved = {o: view.pop((cmd, o), None) for o, _ in rec.get("moves", [])}
+                for o, n in rec.get("moves", []):
+                    if moved[o] is not None:
+                        view[(cmd, n)] = moved[o]
+                    else:
+                        view.pop((cmd, n), None)
             elif rec.get("event") in ("end", "update"):
                 cur = view.setdefault(key, {"attempts": 0})
                 cur.update({k: v for k, v in rec.items() if k != "event"})
