@@ -194,7 +194,7 @@ class Dependants:
                 continue
             act = by_key.get(d.key)
             if d.status == "running" and act is not None and act.running and \
-                    act.attempt > d.options.retries and \
+                    act.counted > d.options.retries and \
                     self.backend.dependency_ref(act.token) is not None:
                 tokens.append(act.token)        # the backend's scheduler orders them
                 continue
@@ -216,6 +216,15 @@ class Dependants:
                                                  and failed.line.options.id in act.line.options.after)
             if mine and act.running and not act.stopping:
                 self._dep_stop(act, failed.line)
+
+    def dep_reopen(self, interrupted) -> None:
+        """A dependency was interrupted and will be started again (under a new backend
+        reference): its dependants handed to the backend's scheduler after the old one are
+        cancelled and marked open, to be handed after the new one."""
+        for act in list(self.active.values()):
+            if interrupted.token in act.after and act.running and not act.stopping:
+                act.reopen = True
+                self.backend.signal(act.token, signal.SIGTERM)
 
     def _dep_stop(self, act, failed: Line) -> None:
         act.kill_reason = f"dependency {describe(failed)} failed"

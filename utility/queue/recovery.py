@@ -35,6 +35,13 @@ class Active:
     after: List[int] = field(default_factory=list)   # tokens of the dependencies it was handed after
     no_retry: bool = False           # ends failed without retries (its dependency failed)
     adopted: bool = False            # started by an earlier queue instance (recover)
+    interruptions: int = 0           # attempts stopped by a signal from outside (not counted)
+    reopen: bool = False             # cancelled to be handed to the backend again (deps)
+
+    @property
+    def counted(self) -> int:
+        """Attempts that count against `retries` (interrupted ones do not)."""
+        return self.attempt - self.interruptions
 
 
 class Recovery:

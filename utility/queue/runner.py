@@ -27,6 +27,8 @@ from .writes import SETTLE, StatusWriter
 FILE_POLL = 0.02         # seconds between stat() checks of the jobs file (new lines, edits)
 EXIT_QUIET = 0.3         # no exit while someone else changed the file this recently (s)
 MISSING_GRACE = 10.0     # with nothing to supervise, wait this long for a missing file (s)
+INTERRUPTED_EXITS = (130, 143)   # 128 + SIGINT / SIGTERM: the job stopped itself after a signal
+MAX_INTERRUPTIONS = 10   # interruptions in a row that are resumed without counting as attempts
 
 
 class Runner(Recovery, Dependants):
@@ -280,6 +282,12 @@ class Runner(Recovery, Dependants):
             self.say(f"L{ln.lineno} stopped (exit {rc}); marked open again")
             del self.active[act.token]
             return
+        if act.reopen:
+            self.state.append(dict(rec, status="open", reason="dependency resubmitted"))
+            self.queue_status(act.key, "open")
+            self.say(f"L{ln.lineno} cancelled (its dependency was interrupted); marked open again")
+            del self.active[act.token]
+            return
         if rc == 0 and not act.kill_reason and not reason:
             self.state.append(dict(rec, status="completed", reason="exit 0"))
             self.queue_status(act.key, "completed")
@@ -288,13 +296,16 @@ class Runner(Recovery, Dependants):
             self.say(f"L{ln.lineno} completed in {dur:.1f} s")
             del self.active[act.token]
             return
-        why = reason or f"exit code {rc}"
-        if act.attempt <= ln.options.retries and not act.no_retry:
-            delay = ln.options.backoff * (2 ** (act.attempt - 1))
+        if self._interrupted(act, rc, reason):
+            return
+        why = reason or f"exit code {rc}" + (f", after {act.interruptions} interruptions"
+                                             if rc in INTERRUPTED_EXITS and act.interruptions else "")
+        if act.counted <= ln.options.retries and not act.no_retry:
+            delay = ln.options.backoff * (2 ** (act.counted - 1))
             act.retry_at = time.monotonic() + delay
             act.gpus = []
             self.state.append(dict(rec, status="retry", reason=why))
-            self.say(f"L{ln.lineno} failed ({why}); retry {act.attempt}/{ln.options.retries} "
+            self.say(f"L{ln.lineno} failed ({why}); retry {act.counted}/{ln.options.retries} "
                      f"in {delay:g} s")
             return
         self.state.append(dict(rec, status="failed", reason=why))
@@ -304,6 +315,27 @@ class Runner(Recovery, Dependants):
         self.say(f"L{ln.lineno} failed ({why}) after {act.attempt} attempt(s); log: {act.log_path}")
         del self.active[act.token]
         self.dep_cancel(act)
+
+    def _interrupted(self, act: Active, rc: int, reason: Optional[str]) -> bool:
+        """Exit 130/143 that the queue did not cause (a shutdown, a preemption, someone's
+        kill): the job saved a checkpoint and stopped. It is resumed without using up a retry
+        (at most MAX_INTERRUPTIONS times per job; the queue's own timeouts always count)."""
+        if rc not in INTERRUPTED_EXITS or reason or act.kill_reason or act.no_retry or \
+                act.interruptions >= MAX_INTERRUPTIONS:
+            return False
+        act.interruptions += 1
+        ln = act.line
+        delay = ln.options.backoff
+        act.retry_at = time.monotonic() + delay
+        act.gpus = []
+        self.state.append({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
+                           "attempt": act.attempt, "exit_code": rc, "end_time": time.time(),
+                           "status": "interrupted", "reason": f"interrupted (exit {rc})"})
+        self.say(f"L{ln.lineno} interrupted (exit {rc}: stopped by a signal from outside the "
+                 f"queue); resuming it in {delay:g} s, not counted as a retry "
+                 f"({act.interruptions}/{MAX_INTERRUPTIONS})")
+        self.dep_reopen(act)
+        return True
 
     # -- watchdogs --------------------------------------------------------------------------
     def watchdogs(self) -> Optional[float]:
