@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sbatch --time for jobs without a timeout option (e.g. 2-00:00:00)")
     s.add_argument("--sbatch-args", default="", metavar="ARGS",
                    help="extra sbatch arguments for every job, e.g. '--qos=high --mem=64G'")
+    s.add_argument("--signal-before", type=int, default=120, metavar="S",
+                   help="signal jobs S seconds before their time limit to checkpoint, then "
+                        "requeue them (default 120; at most half the limit)")
+    s.add_argument("--max-requeues", type=int, default=20, metavar="N",
+                   help="a job requeues itself at its time limit at most N times (default 20)")
     s.add_argument("--poll", type=float, default=5.0, metavar="S",
                    help="seconds between squeue polls (default 5)")
     return p
@@ -117,7 +122,8 @@ def make_backend(args, total: List[str], events=None, echo=None, check: bool = T
         from .slurm_backend import SlurmBackend
         return SlurmBackend(events, echo, args.partition, args.time_limit, args.sbatch_args,
                             args.poll, all_gpus=len(total) if args.gpus is not None else None,
-                            check=check)
+                            check=check, signal_before=args.signal_before,
+                            max_requeues=args.max_requeues)
     from .local_backend import LocalBackend
     return LocalBackend(events, echo)
 

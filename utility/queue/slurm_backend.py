@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .base import (Backend, Echo, Launch, LaunchError, LineSplitter, Reconcile, command_argv,
                    slug)
 from .errors import QueueError
+from .slurm_script import batch_script, limit_seconds, read_rc, signal_lead
 from .state import HOST
 
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
@@ -62,13 +63,15 @@ class SlurmBackend(Backend):
     def __init__(self, events, echo: Optional[Echo], partition: Optional[str] = None,
                  time_limit: Optional[str] = None, sbatch_args: str = "",
                  poll_interval: float = 5.0, all_gpus: Optional[int] = None,
-                 check: bool = True):
+                 check: bool = True, signal_before: int = 120, max_requeues: int = 20):
         """all_gpus: GPUs a gpus=all job asks for (the --gpus count; None: no GPU request).
-        check=False builds a backend that only plans (--dry-run without sbatch)."""
+        check=False builds a backend that only plans (--dry-run without sbatch).
+        signal_before / max_requeues: see slurm_script.py."""
         why = slurm_available() if check else None
         if why:
             raise QueueError(f"--backend slurm: {why}")
         self.all_gpus = all_gpus
+        self.signal_before, self.max_requeues = signal_before, max_requeues
         self.events = events
         self.echo = echo
         self.partition = partition
@@ -120,20 +123,8 @@ class SlurmBackend(Backend):
     # -- submit -----------------------------------------------------------------------------
     def script_text(self, launch: Launch) -> str:
         argv = command_argv(launch.command, launch.options.shell)
-        rc_file = launch.log_path + ".rc"
-        return "\n".join([
-            "#!/bin/bash",
-            f"# written by QueueManager.py for: {launch.command}",
-            "export PYTHONUNBUFFERED=1",
-            f"export QUEUE_JOB_LOG={shlex.quote(launch.log_path)}",
-            f"export QUEUE_JOB_ATTEMPT={launch.attempt}",
-            f"cd {shlex.quote(launch.cwd)} || exit 1",
-            shlex.join(argv),
-            "rc=$?",
-            f"echo $rc > {shlex.quote(rc_file)}",
-            "exit $rc",
-            "",
-        ])
+        return batch_script(argv, launch.command, launch.cwd, launch.log_path, launch.attempt,
+                            launch.options.timeout is not None, self.max_requeues)
 
     def sbatch_argv(self, launch: Launch, script: str) -> List[str]:
         o = launch.options
@@ -143,10 +134,16 @@ class SlurmBackend(Backend):
             argv.append(f"--gres=gpu:{launch.gpu_count}")
         if launch.extra.get("after"):
             argv.append("--dependency=afterok:" + ":".join(launch.extra["after"]))
+        limit = None
         if o.timeout is not None:
-            argv.append(f"--time={max(1, math.ceil(o.timeout / 60))}")
+            minutes = max(1, math.ceil(o.timeout / 60))
+            argv.append(f"--time={minutes}")
+            limit = minutes * 60
         elif self.time_limit:
             argv.append(f"--time={self.time_limit}")
+            limit = limit_seconds(self.time_limit)
+        # checkpoint before the limit, then requeue (slurm_script.py)
+        argv += ["--requeue", f"--signal=B:USR1@{signal_lead(limit, self.signal_before)}"]
         part = o.partition or self.partition
         if part:
             argv.append(f"--partition={part}")
@@ -215,6 +212,9 @@ class SlurmBackend(Backend):
         for tok, h in list(self.handles.items()):
             st = states.get(h.job_id)
             if st is not None and st in ACTIVE_STATES:
+                if h.state in ("RUNNING", "COMPLETING") and st in ("PENDING", "REQUEUED"):
+                    self.echo.message(f"[queue] {h.launch.label} requeued by SLURM (time limit or "
+                                      f"preemption); it resumes from its checkpoint")
                 h.state = st
                 continue
             rc, reason = self._final(h)
@@ -253,13 +253,10 @@ class SlurmBackend(Backend):
                 pass
         if state in ACTIVE_STATES:
             return None, None
-        rc_file = h.launch.log_path + ".rc"
-        rc_from_file = None
-        try:
-            with open(rc_file) as f:
-                rc_from_file = int(f.read().strip())
-        except (OSError, ValueError):
-            pass
+        rc_from_file, own_timeout = read_rc(h.launch.log_path)
+        if own_timeout and h.launch.options.timeout is not None:
+            return rc_from_file, f"timeout after {h.launch.options.timeout:g} s (stopped by SLURM " \
+                                 "before its time limit)"
         if state is None and rc_from_file is None:
             return 1, "SLURM lost track of the job (no squeue/scontrol/sacct record)"
         if state is not None:
