@@ -36,6 +36,11 @@ class LaunchError(Exception):
     """The job could not be started (program not found, sbatch refused it, ...)."""
 
 
+class LogDirError(LaunchError):
+    """The job's log (or batch script) cannot be written: the queue's --log-dir is full or not
+    writable. Not the job's fault: the queue starts nothing more and ends with this message."""
+
+
 def command_argv(command: str, shell: bool) -> List[str]:
     return ["/bin/sh", "-c", command] if shell else shlex.split(command)
 

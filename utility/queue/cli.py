@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import queue as _queue
 import sys
@@ -19,6 +20,8 @@ from .state import StateLog
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_JOBS = os.path.join(REPO_ROOT, "Jobs.csv")
 DEFAULT_LOG_DIR = os.path.join(REPO_ROOT, "logs_and_checkpoints", "queue")
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+               errno.ELOOP, errno.ENAMETOOLONG}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +190,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.max_parallel is not None and args.max_parallel < 1:
             raise QueueError("--max-parallel must be at least 1")
+        if args.signal_before < 1 or args.max_requeues < 0:
+            raise QueueError("--signal-before must be at least 1 and --max-requeues at least 0")
         if not os.path.isdir(args.workdir):
             raise QueueError(f"--workdir {args.workdir} is not a directory")
         if args.action == "status":
@@ -213,6 +218,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except PermissionError as e:
         print(f"QueueManager.py: error: {e.filename}: permission denied", file=sys.stderr)
+        return 2
+    except OSError as e:                 # the environment (a full disk, a file in the way)
+        if e.errno not in USER_ERRNOS:
+            raise
+        print(f"QueueManager.py: error: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -174,7 +174,7 @@ class Dependants:
 
     def _dep_fail(self, ln: Line, reason: str) -> None:
         self._dep_marked.add(ln.key)
-        self.state.append({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
+        self.record({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
                            "status": "failed", "reason": reason, "exit_code": None,
                            "log": None, "start_time": None, "end_time": time.time()})
         self.queue_status(ln.key, "failed", expect=("open",))

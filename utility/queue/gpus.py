@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from typing import List, Optional, Tuple
 
 from .errors import QueueError
+
+_UUID = re.compile(r"^(GPU|MIG)-[0-9A-Za-z/:-]+$")    # as nvidia-smi -L prints them
 
 
 def parse_gpus_arg(text: str) -> List[str]:
@@ -19,12 +22,13 @@ def parse_gpus_arg(text: str) -> List[str]:
         return [str(i) for i in range(int(t))]
     ids = [p.strip() for p in t.split(",") if p.strip()]
     if not ids:
-        raise QueueError(f"--gpus {text!r}: expected a count (8), a list of ids (0,1,2) or 'none'")
+        raise QueueError(f"--gpus {text[:40]!r}: expected a count (8), a list of ids (0,1,2) or 'none'")
     for i in ids:
-        if not all(c.isalnum() or c in "-:" for c in i):
-            raise QueueError(f"--gpus {text!r}: {i!r} is not a GPU id")
+        if not (i.isdigit() or _UUID.match(i)):
+            raise QueueError(f"--gpus {text[:40]!r}: {i[:40]!r} is not a GPU id (expected a count "
+                             "such as 8, indices such as 0,1,2 or UUIDs GPU-.../MIG-..., or 'none')")
     if len(set(ids)) != len(ids):
-        raise QueueError(f"--gpus {text!r}: a GPU is listed twice")
+        raise QueueError(f"--gpus {text[:40]!r}: a GPU is listed twice")
     return ids
 
 

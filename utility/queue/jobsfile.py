@@ -23,6 +23,7 @@ import fcntl
 import os
 import re
 import shlex
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -30,6 +31,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from .errors import QueueError
 
 STATUSES = ("open", "running", "completed", "failed")
+MAX_LINE = 65536         # characters in one line (splitting a longer one takes seconds)
 
 # key -> (description, parser); parsers raise ValueError with a short reason
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*$")
@@ -226,7 +228,12 @@ def parse_line(raw: str, lineno: int, path: str = "Jobs.csv") -> Line:
         return Line(lineno, raw, "comment")
 
     def fail(msg: str):
-        raise QueueError(f"{path}:{lineno}: {msg}\n    {body}")
+        shown = body if len(body) <= 200 else body[:200] + f"... ({len(body)} characters)"
+        raise QueueError(f"{path}:{lineno}: {msg}\n    {shown}")
+
+    if len(body) > MAX_LINE:
+        fail(f"the line is {len(body)} characters long; at most {MAX_LINE} are allowed (a "
+             "command that long cannot be started: the kernel limits one argument to 128 KiB)")
 
     quoted = _parse_quoted(body)
     if quoted is not None:
@@ -327,16 +334,29 @@ def locked(path: str) -> Iterator[None]:
 
 
 def read_text(path: str) -> Tuple[str, os.stat_result]:
+    """The file's text; QueueError (one line) for anything but a readable regular file. Opened
+    non-blocking, so a FIFO or a device is refused instead of hanging the queue."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise QueueError(f"jobs file {path} does not exist (create it, or pass --jobs PATH)")
-    except IsADirectoryError:
-        raise QueueError(f"jobs file {path} is a directory")
     except PermissionError:
         raise QueueError(f"jobs file {path} is not readable")
+    except OSError as e:
+        raise QueueError(f"jobs file {path}: {e.strerror}")
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise QueueError(f"jobs file {path} is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise QueueError(f"jobs file {path} is not a regular file (a FIFO, socket or device); "
+                             "give the path of a text file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise QueueError(f"jobs file {path}: {e.strerror}")
+    finally:
+        os.close(fd)
     return data.decode("utf-8", "surrogateescape"), st
 
 

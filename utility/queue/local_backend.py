@@ -16,7 +16,7 @@ import time
 from typing import Dict, Optional, Sequence, Tuple
 
 from . import scheduler
-from .base import Backend, Echo, Launch, LaunchError, LineSplitter, command_argv
+from .base import Backend, Echo, Launch, LaunchError, LineSplitter, LogDirError, command_argv
 from .state import BOOT_ID, HOST, proc_start_ticks
 
 PYTHON_NAMES = ("python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}")
@@ -82,8 +82,11 @@ class LocalBackend(Backend):
         env["PYTHONUNBUFFERED"] = "1"   # live output: the echo and the no-output watchdog
         env["QUEUE_JOB_LOG"] = launch.log_path
         env["QUEUE_JOB_ATTEMPT"] = str(launch.attempt)
-        os.makedirs(os.path.dirname(launch.log_path), exist_ok=True)
-        log = open(launch.log_path, "ab", buffering=0)
+        try:
+            os.makedirs(os.path.dirname(launch.log_path), exist_ok=True)
+            log = open(launch.log_path, "ab", buffering=0)
+        except OSError as e:
+            raise LogDirError(f"cannot write the job log {launch.log_path} ({e.strerror})")
         try:
             proc = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -75,7 +75,7 @@ class Recovery:
                 continue
             if d.action == "stop_rerun":
                 self.backend.stop_orphan(d.pid, self.kill_grace)
-            self.state.append({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
+            self.record({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
                                "status": "open", "reason": "queue died", "end_time": time.time()})
             self.set_status(ln.key, "open")
 

@@ -16,12 +16,13 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from . import jobsfile, scheduler
-from .base import Echo, Launch, LaunchError, slug
+from .base import Echo, Launch, LaunchError, LogDirError, slug
 from .deps import Dependants, read_checked
 from .errors import QueueError
 from .recovery import Active, Recovery
 from .jobsfile import Line
-from .state import HOST, StateLog, proc_start_ticks
+from .state import HOST, StateLog, StateWriteError, proc_start_ticks
+from .watchdogs import Watchdogs
 from .writes import SETTLE, StatusWriter
 
 FILE_POLL = 0.02         # seconds between stat() checks of the jobs file (new lines, edits)
@@ -49,6 +50,7 @@ class Runner(Recovery, Dependants):
         self.active: Dict[int, Active] = {}
         self.next_token = 1
         self.stop_signal: Optional[int] = None
+        self.fatal: Optional[str] = None     # the log directory failed: start nothing more
         self.force_kill = False
         self.failed_count = 0
         self.completed_count = 0
@@ -62,6 +64,7 @@ class Runner(Recovery, Dependants):
         self._dirty = True               # dispatch() needs to look at the file again
         self._pending = True
         self.writer = StatusWriter(self.path, self.say)
+        self.watchdogs = Watchdogs(backend, kill_grace, self.say)
         self._cache_lines: List[Line] = []
         self._dep_marked: set = set()     # dependants this queue marked failed
 
@@ -102,11 +105,25 @@ class Runner(Recovery, Dependants):
         self._cache_lines = lines
         return lines
 
+    def record(self, rec: dict) -> None:
+        """Append to queue_state.jsonl; if that fails (a full disk), the queue starts nothing
+        more, lets its running jobs end (their statuses still go into the jobs file) and then
+        exits with the message."""
+        try:
+            self.state.append(rec)
+        except StateWriteError as e:
+            self.log_dir_failed(str(e))
+
+    def log_dir_failed(self, msg: str) -> None:
+        if self.fatal is None:
+            self.fatal = msg
+            self.say(f"{msg}; starting no more jobs (running ones are supervised to their end)")
+
     def _follow_moves(self, lines: List[Line]) -> None:
         """Lines whose occurrence changed (an earlier identical line was deleted): the state
         log follows them, and so do the records this queue writes for its jobs."""
         for command, moves in self.writer.file.cache.take_moves().items():
-            self.state.append({"event": "renumber", "command": command,
+            self.record({"event": "renumber", "command": command,
                                "moves": [list(m) for m in moves]})
         by_key = {ln.key: ln for ln in lines if ln.kind == "job"}
         for act in self.active.values():
@@ -201,7 +218,7 @@ class Runner(Recovery, Dependants):
                     continue
             pending_work = True
             cands.append(c)
-        if self.stop_signal is not None or not cands:
+        if self.stop_signal is not None or self.fatal is not None or not cands:
             self.flush()
             return pending_work
         free, excl, n = self._busy()
@@ -248,14 +265,19 @@ class Runner(Recovery, Dependants):
                  f"-> {act.log_path}")
         try:
             handle = self.backend.start(launch)
+        except LogDirError as e:                # not the job's fault: it stays open
+            self.log_dir_failed(str(e))
+            self.queue_status(act.key, "open")
+            del self.active[act.token]
+            return
         except LaunchError as e:
             self.say(f"line {ln.lineno}: {e}")
-            self.state.append(dict(base, event="start", backend=self.backend.name))
+            self.record(dict(base, event="start", backend=self.backend.name))
             act.running = True
             self._finished(act, 127, "could not start")
             return
         hrec = handle.record()
-        self.state.append(dict(base, event="start", **hrec))
+        self.record(dict(base, event="start", **hrec))
         act.running = True
         note = self.backend.started_note(hrec)
         if note:
@@ -277,19 +299,19 @@ class Runner(Recovery, Dependants):
         rec = {"event": "end", "command": ln.command, "occurrence": ln.occurrence,
                "attempt": act.attempt, "exit_code": rc, "end_time": time.time()}
         if act.stopping:
-            self.state.append(dict(rec, status="open", reason="queue stopped"))
+            self.record(dict(rec, status="open", reason="queue stopped"))
             self.queue_status(act.key, "open")
             self.say(f"L{ln.lineno} stopped (exit {rc}); marked open again")
             del self.active[act.token]
             return
         if act.reopen:
-            self.state.append(dict(rec, status="open", reason="dependency resubmitted"))
+            self.record(dict(rec, status="open", reason="dependency resubmitted"))
             self.queue_status(act.key, "open")
             self.say(f"L{ln.lineno} cancelled (its dependency was interrupted); marked open again")
             del self.active[act.token]
             return
         if rc == 0 and not act.kill_reason and not reason:
-            self.state.append(dict(rec, status="completed", reason="exit 0"))
+            self.record(dict(rec, status="completed", reason="exit 0"))
             self.queue_status(act.key, "completed")
             self.ended_here[act.key] = "completed"
             self.completed_count += 1
@@ -304,11 +326,11 @@ class Runner(Recovery, Dependants):
             delay = ln.options.backoff * (2 ** (act.counted - 1))
             act.retry_at = time.monotonic() + delay
             act.gpus = []
-            self.state.append(dict(rec, status="retry", reason=why))
+            self.record(dict(rec, status="retry", reason=why))
             self.say(f"L{ln.lineno} failed ({why}); retry {act.counted}/{ln.options.retries} "
                      f"in {delay:g} s")
             return
-        self.state.append(dict(rec, status="failed", reason=why))
+        self.record(dict(rec, status="failed", reason=why))
         self.queue_status(act.key, "failed")
         self.ended_here[act.key] = "failed"
         self.failed_count += 1
@@ -328,7 +350,7 @@ class Runner(Recovery, Dependants):
         delay = ln.options.backoff
         act.retry_at = time.monotonic() + delay
         act.gpus = []
-        self.state.append({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
+        self.record({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
                            "attempt": act.attempt, "exit_code": rc, "end_time": time.time(),
                            "status": "interrupted", "reason": f"interrupted (exit {rc})"})
         self.say(f"L{ln.lineno} interrupted (exit {rc}: stopped by a signal from outside the "
@@ -336,49 +358,6 @@ class Runner(Recovery, Dependants):
                  f"({act.interruptions}/{MAX_INTERRUPTIONS})")
         self.dep_reopen(act)
         return True
-
-    # -- watchdogs --------------------------------------------------------------------------
-    def watchdogs(self) -> Optional[float]:
-        """Enforce timeouts; return the nearest future deadline (monotonic) or None."""
-        now = time.monotonic()
-        nearest: Optional[float] = None
-
-        def near(t):
-            nonlocal nearest
-            nearest = t if nearest is None else min(nearest, t)
-
-        for act in list(self.active.values()):
-            if not act.running:
-                if act.retry_at is not None:
-                    near(act.retry_at)
-                continue
-            if act.kill_at is not None:
-                if now >= act.kill_at:
-                    self.backend.kill(act.token)
-                    act.kill_at = now + 5.0
-                near(act.kill_at)
-                continue
-            if act.stopping:
-                continue
-            o = act.line.options
-            if o.timeout is not None and not self.backend.enforces_timeout:
-                if now - act.started >= o.timeout:
-                    self._kill(act, f"timeout after {o.timeout:g} s")
-                    continue
-                near(act.started + o.timeout)
-            if o.no_output_timeout is not None:
-                last = max(self.backend.last_output(act.token), act.started)
-                if now - last >= o.no_output_timeout:
-                    self._kill(act, f"no output for {o.no_output_timeout:g} s")
-                    continue
-                near(last + o.no_output_timeout)
-        return nearest
-
-    def _kill(self, act: Active, reason: str) -> None:
-        self.say(f"L{act.line.lineno}: {reason}; stopping it")
-        act.kill_reason = reason
-        self.backend.signal(act.token, signal.SIGTERM)
-        act.kill_at = time.monotonic() + self.kill_grace
 
     # -- shutdown ---------------------------------------------------------------------------
     def begin_stop(self, signum: int) -> None:
@@ -400,7 +379,7 @@ class Runner(Recovery, Dependants):
             if act.running:
                 self.backend.signal(act.token, signum)
             else:                                   # waiting for a retry
-                self.state.append({"event": "end", "command": act.line.command,
+                self.record({"event": "end", "command": act.line.command,
                                    "occurrence": act.line.occurrence, "status": "open",
                                    "reason": "queue stopped", "end_time": time.time()})
                 self.queue_status(act.key, "open")
@@ -408,8 +387,13 @@ class Runner(Recovery, Dependants):
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
-        os.makedirs(self.log_dir, exist_ok=True)
+        try:
+            os.makedirs(self.log_dir, exist_ok=True)
+        except OSError as e:
+            raise QueueError(f"--log-dir {self.log_dir}: {e.strerror}")
         read_checked(self.path, settle=1.0)  # strict: malformed files are reported up front
+        # can the state log be written (a full disk)? before anything is claimed (exit 2)
+        self.state.append({"event": "queue", "queue_pid": os.getpid(), "host": HOST})
         self.install_signals()
         self.recover()
         missing_since: Optional[float] = None
@@ -441,6 +425,9 @@ class Runner(Recovery, Dependants):
             if not self.active:
                 if self.stop_signal is not None:
                     return self._stopped()
+                if self.fatal is not None:
+                    self._stopped()
+                    raise QueueError(f"{self.fatal}; jobs not started are still 'open'")
                 if missing_since is not None and not self.writer.outbox and not self.watch \
                         and now - missing_since > MISSING_GRACE:
                     raise QueueError(f"jobs file {self.path} disappeared (nothing was "
@@ -449,7 +436,7 @@ class Runner(Recovery, Dependants):
                         not self.writer.touched_by_others(EXIT_QUIET) and \
                         not self.writer.held_open(now):
                     break
-            deadline = self.watchdogs()
+            deadline = self.watchdogs.check(self.active.values())
             self.backend.poll()
             timeout = FILE_POLL
             if self.backend.poll_interval:
@@ -462,6 +449,7 @@ class Runner(Recovery, Dependants):
         return 1 if self.failed_count or self.unrunnable else 0
 
     def _stopped(self) -> int:
+        """Write what is pending, let go of the file; the exit status of a stop by signal."""
         self.writer.retry_at = 0.0
         self.flush()
         if self.writer.outbox:
@@ -470,7 +458,7 @@ class Runner(Recovery, Dependants):
                      f"{'missing' if self.writer.missing else 'not writable'}); "
                      f"{self.state.path} has them and the next start of the queue writes them")
         self.writer.close(wait=1.0)
-        return 128 + self.stop_signal
+        return 128 + (self.stop_signal or 0)
 
     def _wait_events(self, timeout: float) -> None:
         try:

@@ -37,6 +37,7 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
@@ -185,7 +186,7 @@ class JobsFile:
             self._drain(real, locked_already=True)
             for _ in range(ATTEMPTS):
                 try:
-                    fd = os.open(real, os.O_RDONLY)
+                    fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)   # a FIFO must not block
                 except FileNotFoundError:
                     raise Missing(f"jobs file {self.path} does not exist")
                 try:
@@ -200,6 +201,8 @@ class JobsFile:
 
     def _attempt(self, real: str, fd: int, changes: List[Change]):
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise QueueError(f"jobs file {self.path} is not a regular file any more")
         data = _read_all(fd)
         text = data.decode("utf-8", "surrogateescape")
         lines = self.cache.parse(text)

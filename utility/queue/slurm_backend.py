@@ -18,8 +18,8 @@ import subprocess
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .base import (Backend, Echo, Launch, LaunchError, LineSplitter, Reconcile, command_argv,
-                   slug)
+from .base import (Backend, Echo, Launch, LaunchError, LineSplitter, LogDirError, Reconcile,
+                   command_argv, slug)
 from .errors import QueueError
 from .slurm_script import batch_script, limit_seconds, read_rc, signal_lead
 from .state import HOST
@@ -157,12 +157,15 @@ class SlurmBackend(Backend):
         return argv
 
     def start(self, launch: Launch) -> SlurmHandle:
-        os.makedirs(os.path.dirname(launch.log_path), exist_ok=True)
         script = launch.log_path[:-4] + ".sbatch" if launch.log_path.endswith(".log") \
             else launch.log_path + ".sbatch"
-        with open(script, "w") as f:
-            f.write(self.script_text(launch))
-        os.chmod(script, 0o755)
+        try:
+            os.makedirs(os.path.dirname(launch.log_path), exist_ok=True)
+            with open(script, "w") as f:
+                f.write(self.script_text(launch))
+            os.chmod(script, 0o755)
+        except OSError as e:
+            raise LogDirError(f"cannot write the batch script {script} ({e.strerror})")
         argv = self.sbatch_argv(launch, script)
         try:
             out = _run(argv, timeout=60)

@@ -19,6 +19,8 @@ import socket
 import time
 from typing import Dict, List, Optional, Tuple
 
+from .errors import QueueError
+
 STATE_NAME = "queue_state.jsonl"
 HOST = socket.gethostname()
 
@@ -70,6 +72,10 @@ def process_alive(pid: Optional[int], host: Optional[str], boot: Optional[str],
     return True
 
 
+class StateWriteError(QueueError):
+    """The state log cannot be written (a full disk, a read-only --log-dir)."""
+
+
 class StateLog:
     def __init__(self, log_dir: str, jobs_path: str):
         self.path = os.path.join(log_dir, STATE_NAME)
@@ -79,6 +85,13 @@ class StateLog:
         rec = {"jobs": self.jobs, "time": time.time()}
         rec.update(record)
         line = json.dumps(rec, sort_keys=False) + "\n"
+        try:
+            self._append(line)
+        except OSError as e:
+            raise StateWriteError(f"cannot write {self.path} ({e.strerror}); free space there or "
+                                  "pass another --log-dir") from None
+
+    def _append(self, line: str) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
