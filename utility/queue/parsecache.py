@@ -4,10 +4,11 @@ A job is known by ``Line.key`` = (command, ident). In a file read once, ident is
 (how many earlier lines have the same command). While the queue runs, lines with the same
 command are told apart across edits: when the text changes other than by an append, the new
 lines are matched to the old ones (unchanged lines first, then lines edited in place by command)
-and keep their idents; new lines get idents never used before. So deleting the first of two
-identical lines leaves the second with its own identity (and its own status), although its
-occurrence drops from 1 to 0. Such occurrence changes are handed out (``take_moves``) so the
-state log, which is keyed by occurrence, can follow them.
+and keep their idents; other lines get the ident of a line last seen with the same text (a
+half-written file read during an editor's save must not renumber anything), else the lowest
+free one. So deleting the first of two identical lines leaves the second with its own identity
+(and its own status), although its occurrence drops from 1 to 0. Such occurrence changes are
+handed out (``take_moves``) so the state log, which is keyed by occurrence, can follow them.
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ class ParseCache:
         self.text: Optional[str] = None
         self.lines: List[Line] = []
         self.counts: Dict[str, int] = {}      # occurrences so far, per command
-        self.next_ident: Dict[str, int] = {}  # the next unused ident, per command
+        # per command: ident -> (raw line, occurrence) when last seen; it outlives a read of a
+        # half-written file (an editor's save), so a line that comes back gets its ident back
+        self.seen: Dict[str, Dict[int, Tuple[str, int]]] = {}
         self.moves: Moves = {}                # occurrence changes not yet taken
 
     def parse(self, text: str, errors: Optional[List[str]] = None) -> List[Line]:
@@ -40,21 +43,25 @@ class ParseCache:
         if old and old.endswith("\n") and text.startswith(old):
             tail = parse_text(text[len(old):], self.path, strict=False, errors=errors,
                               first_lineno=len(self.lines) + 1, counts=self.counts)
-            self._new_idents(tail)
+            used: Dict[str, set] = {}
+            for ln in self.lines:
+                if ln.kind == "job":
+                    used.setdefault(ln.command, set()).add(ln.ident)
+            self._assign([ln for ln in tail if ln.kind == "job"], used)
+            self._remember(tail)
             lines = self.lines + tail
         else:
             self.counts = {}
             lines = parse_text(text, self.path, strict=False, errors=errors, counts=self.counts)
-            if old is None:
-                self._new_idents(lines)
-            else:
-                self._carry_idents(self.lines, lines)
+            self._carry_idents(self.lines, lines)
+            self._remember(lines)
         self.text, self.lines = text, lines
         return lines
 
     def set(self, text: str, lines: List[Line]) -> None:
         """The writer changed only status words: same commands, same occurrences."""
         self.text, self.lines = text, lines
+        self._remember(lines)
 
     def take_moves(self) -> Moves:
         """Occurrence changes of job lines since the last call (command -> [(old, new)])."""
@@ -62,21 +69,35 @@ class ParseCache:
         return moves
 
     # -- identities -------------------------------------------------------------------------
-    def _new_idents(self, lines: List[Line]) -> None:
-        for ln in lines:
-            if ln.kind == "job":
-                ln.ident = max(self.next_ident.get(ln.command, 0), ln.occurrence)
-                self.next_ident[ln.command] = ln.ident + 1
-
     def _carry_idents(self, old: List[Line], new: List[Line]) -> None:
-        fresh = [n for n in new if n.kind == "job"]
+        used: Dict[str, set] = {}
         paired = set()
         for o, n in _pairs(old, new):
             n.ident = o.ident
             paired.add(id(n))
-            if o.occurrence != n.occurrence:
-                self.moves.setdefault(n.command, []).append((o.occurrence, n.occurrence))
-        self._new_idents([n for n in fresh if id(n) not in paired])
+            used.setdefault(n.command, set()).add(n.ident)
+        self._assign([n for n in new if n.kind == "job" and id(n) not in paired], used)
+
+    def _assign(self, lines: List[Line], used: Dict[str, set]) -> None:
+        """Idents for lines not matched to a line of the previous read: the ident of a line
+        seen before with exactly this text if it is free, else the lowest free one."""
+        for ln in lines:
+            taken = used.setdefault(ln.command, set())
+            known = self.seen.get(ln.command, {})
+            same = [i for i, (raw, _) in sorted(known.items()) if raw == ln.raw and i not in taken]
+            ident = same[0] if same else min(set(range(len(taken) + 1)) - taken)
+            ln.ident = ident
+            taken.add(ident)
+
+    def _remember(self, lines: List[Line]) -> None:
+        for ln in lines:
+            if ln.kind != "job":
+                continue
+            known = self.seen.setdefault(ln.command, {})
+            before = known.get(ln.ident)
+            if before is not None and before[1] != ln.occurrence:
+                self.moves.setdefault(ln.command, []).append((before[1], ln.occurrence))
+            known[ln.ident] = (ln.raw, ln.occurrence)
 
 
 def _pairs(old: List[Line], new: List[Line]) -> List[Tuple[Line, Line]]:

@@ -227,6 +227,10 @@ class Runner(Recovery, Dependants):
         claimed = dict(zip(fresh, self.flush(fresh)))     # one write for all of them
         for c, gpus in chosen:
             ln, act = c.ref
+            if self.fatal is not None:  # the log directory failed while starting the others
+                if act is None and claimed.get(ln.key):
+                    self.queue_status(ln.key, "open")
+                continue
             if act is None:
                 if not claimed.get(ln.key):
                     continue            # edited or claimed by another queue meanwhile
@@ -266,9 +270,9 @@ class Runner(Recovery, Dependants):
         try:
             handle = self.backend.start(launch)
         except LogDirError as e:                # not the job's fault: it stays open
-            self.log_dir_failed(str(e))
             self.queue_status(act.key, "open")
             del self.active[act.token]
+            self.log_dir_failed(str(e))
             return
         except LaunchError as e:
             self.say(f"line {ln.lineno}: {e}")
@@ -277,8 +281,8 @@ class Runner(Recovery, Dependants):
             self._finished(act, 127, "could not start")
             return
         hrec = handle.record()
-        self.record(dict(base, event="start", **hrec))
         act.running = True
+        self.record(dict(base, event="start", **hrec))
         note = self.backend.started_note(hrec)
         if note:
             self.say(f"L{ln.lineno} {note}")
@@ -422,6 +426,10 @@ class Runner(Recovery, Dependants):
                 if self.writer.due():
                     self.flush()
                 pending = False
+            if self.fatal is not None:      # jobs waiting for a retry will not get it here
+                for act in [a for a in self.active.values() if not a.running and a.retry_at]:
+                    self.queue_status(act.key, "open")
+                    del self.active[act.token]
             if not self.active:
                 if self.stop_signal is not None:
                     return self._stopped()
