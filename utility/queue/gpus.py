@@ -5,14 +5,14 @@ import os
 import re
 import shutil
 import subprocess
-from typing import List, Optional, Tuple
+from typing import Optional
 
-from .errors import QueueError
+from utility.queue.errors import QueueError
 
 _UUID = re.compile(r"^(GPU|MIG)-[0-9A-Za-z/:-]+$")    # as nvidia-smi -L prints them
 
 
-def parse_gpus_arg(text: str) -> List[str]:
+def parse_gpus_arg(text: str) -> list[str]:
     """--gpus: '8' -> 8 GPUs 0..7; '0,1,5' -> those ids; '3,' -> just GPU 3;
     'none' / '0' -> no GPUs."""
     t = text.strip()
@@ -32,14 +32,14 @@ def parse_gpus_arg(text: str) -> List[str]:
     return ids
 
 
-def detect_gpus() -> Tuple[List[str], str]:
+def detect_gpus() -> tuple[list[str], str]:
     """(ids, where they came from).  An explicit CUDA_VISIBLE_DEVICES wins (the user
     restricted this shell to those devices), then `nvidia-smi -L`, else no GPUs."""
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
     if cvd is not None:
         ids = [p.strip() for p in cvd.split(",") if p.strip()]
         # CUDA stops at the first invalid entry such as -1
-        valid: List[str] = []
+        valid: list[str] = []
         for i in ids:
             if i.startswith("-"):
                 break
@@ -58,7 +58,7 @@ def detect_gpus() -> Tuple[List[str], str]:
     return [], "none found"
 
 
-def resolve(arg: Optional[str]) -> Tuple[List[str], str]:
+def resolve(arg: Optional[str]) -> tuple[list[str], str]:
     if arg is not None:
         return parse_gpus_arg(arg), "--gpus"
     return detect_gpus()

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import difflib
 from collections import deque
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
-from .jobsfile import Line, parse_text
+from utility.queue.jobsfile import Line, parse_text
 
-Moves = Dict[str, List[Tuple[int, int]]]     # command -> [(old occurrence, new occurrence)]
+Moves = dict[str, list[tuple[int, int]]]     # command -> [(old occurrence, new occurrence)]
 
 
 class ParseCache:
@@ -29,21 +29,21 @@ class ParseCache:
     def __init__(self, path: str = "Jobs.csv"):
         self.path = path
         self.text: Optional[str] = None
-        self.lines: List[Line] = []
-        self.counts: Dict[str, int] = {}      # occurrences so far, per command
+        self.lines: list[Line] = []
+        self.counts: dict[str, int] = {}      # occurrences so far, per command
         # per command: ident -> (raw line, occurrence) when last seen; it outlives a read of a
         # half-written file (an editor's save), so a line that comes back gets its ident back
-        self.seen: Dict[str, Dict[int, Tuple[str, int]]] = {}
+        self.seen: dict[str, dict[int, tuple[str, int]]] = {}
         self.moves: Moves = {}                # occurrence changes not yet taken
 
-    def parse(self, text: str, errors: Optional[List[str]] = None) -> List[Line]:
+    def parse(self, text: str, errors: Optional[list[str]] = None) -> list[Line]:
         old = self.text
         if old is not None and text == old:
             return self.lines
         if old and old.endswith("\n") and text.startswith(old):
             tail = parse_text(text[len(old):], self.path, strict=False, errors=errors,
                               first_lineno=len(self.lines) + 1, counts=self.counts)
-            used: Dict[str, set] = {}
+            used: dict[str, set] = {}
             for ln in self.lines:
                 if ln.kind == "job":
                     used.setdefault(ln.command, set()).add(ln.ident)
@@ -58,7 +58,7 @@ class ParseCache:
         self.text, self.lines = text, lines
         return lines
 
-    def set(self, text: str, lines: List[Line]) -> None:
+    def set(self, text: str, lines: list[Line]) -> None:
         """The writer changed only status words: same commands, same occurrences."""
         self.text, self.lines = text, lines
         self._remember(lines)
@@ -69,8 +69,8 @@ class ParseCache:
         return moves
 
     # -- identities -------------------------------------------------------------------------
-    def _carry_idents(self, old: List[Line], new: List[Line]) -> None:
-        used: Dict[str, set] = {}
+    def _carry_idents(self, old: list[Line], new: list[Line]) -> None:
+        used: dict[str, set] = {}
         paired = set()
         for o, n in _pairs(old, new):
             n.ident = o.ident
@@ -78,7 +78,7 @@ class ParseCache:
             used.setdefault(n.command, set()).add(n.ident)
         self._assign([n for n in new if n.kind == "job" and id(n) not in paired], used)
 
-    def _assign(self, lines: List[Line], used: Dict[str, set]) -> None:
+    def _assign(self, lines: list[Line], used: dict[str, set]) -> None:
         """Idents for lines not matched to a line of the previous read: the ident of a line
         seen before with exactly this text if it is free, else the lowest free one."""
         for ln in lines:
@@ -89,7 +89,7 @@ class ParseCache:
             ln.ident = ident
             taken.add(ident)
 
-    def _remember(self, lines: List[Line]) -> None:
+    def _remember(self, lines: list[Line]) -> None:
         for ln in lines:
             if ln.kind != "job":
                 continue
@@ -100,7 +100,7 @@ class ParseCache:
             known[ln.ident] = (ln.raw, ln.occurrence)
 
 
-def _pairs(old: List[Line], new: List[Line]) -> List[Tuple[Line, Line]]:
+def _pairs(old: list[Line], new: list[Line]) -> list[tuple[Line, Line]]:
     """Job lines of `old` and `new` that are the same job: equal lines matched in order (the
     common head and tail first, cheap for the usual one-line edit), then, within each changed
     block, lines whose command is unchanged (a status or option edited by hand)."""
@@ -119,7 +119,7 @@ def _pairs(old: List[Line], new: List[Line]) -> List[Tuple[Line, Line]]:
         if tag == "equal":
             out += list(zip(mid_old[i1:i2], mid_new[j1:j2]))
         elif tag == "replace":
-            waiting: Dict[str, deque] = {}
+            waiting: dict[str, deque] = {}
             for o in mid_old[i1:i2]:
                 if o.kind == "job":
                     waiting.setdefault(o.command, deque()).append(o)

@@ -16,13 +16,14 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Optional, Sequence
 
-from .base import (Backend, Echo, Launch, LaunchError, LineSplitter, LogDirError, Reconcile,
+from utility.queue.base import (Backend, Echo, Launch, LaunchError, LineSplitter, LogDirError, Reconcile,
                    command_argv, slug)
-from .errors import QueueError
-from .slurm_script import batch_script, limit_seconds, read_rc, signal_lead
-from .state import HOST
+from utility.queue.errors import QueueError
+from utility.queue.slurm_script import batch_script, limit_seconds, read_rc, signal_lead
+from utility.queue.state import HOST
 
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
                  "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT",
@@ -35,7 +36,7 @@ def slurm_available() -> Optional[str]:
     return f"{', '.join(missing)} not found on PATH" if missing else None
 
 
-def _run(argv: List[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+def _run(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
@@ -81,12 +82,12 @@ class SlurmBackend(Backend):
         except ValueError as e:
             raise QueueError(f"--sbatch-args: {e}")
         self.poll_interval = poll_interval
-        self.handles: Dict[int, SlurmHandle] = {}
+        self.handles: dict[int, SlurmHandle] = {}
         self.user = pwd.getpwuid(os.getuid()).pw_name
         self._next_poll = 0.0
 
     # -- placement: SLURM places the jobs; every job is submitted in file order ------------
-    def need_of(self, opts, total: int) -> Tuple[int, bool]:
+    def need_of(self, opts, total: int) -> tuple[int, bool]:
         if opts.gpus == "all":
             return (self.all_gpus or 0), False
         return int(opts.gpus), False
@@ -126,7 +127,7 @@ class SlurmBackend(Backend):
         return batch_script(argv, launch.command, launch.cwd, launch.log_path, launch.attempt,
                             launch.options.timeout is not None, self.max_requeues)
 
-    def sbatch_argv(self, launch: Launch, script: str) -> List[str]:
+    def sbatch_argv(self, launch: Launch, script: str) -> list[str]:
         o = launch.options
         argv = ["sbatch", "--parsable", f"--job-name=q_{slug(launch.command, 40)}",
                 f"--output={launch.log_path}", "--open-mode=append", f"--chdir={launch.cwd}"]
@@ -160,7 +161,7 @@ class SlurmBackend(Backend):
         script = launch.log_path[:-4] + ".sbatch" if launch.log_path.endswith(".log") \
             else launch.log_path + ".sbatch"
         try:
-            os.makedirs(os.path.dirname(launch.log_path), exist_ok=True)
+            Path(launch.log_path).parent.mkdir(parents=True, exist_ok=True)
             with open(script, "w") as f:
                 f.write(self.script_text(launch))
             os.chmod(script, 0o755)
@@ -186,7 +187,7 @@ class SlurmBackend(Backend):
                         f"L{line.lineno}", rec.get("attempt", 1))
         h = SlurmHandle(launch, str(rec["slurm_id"]))
         try:
-            h.offset = os.path.getsize(launch.log_path)
+            h.offset = Path(launch.log_path).stat().st_size
         except OSError:
             pass
         self.handles[token] = h
@@ -278,7 +279,7 @@ class SlurmBackend(Backend):
     def _tail(self, h: SlurmHandle) -> None:
         path = h.launch.log_path
         try:
-            size = os.path.getsize(path)
+            size = Path(path).stat().st_size
         except OSError:
             return
         if size <= h.offset:

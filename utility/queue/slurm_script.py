@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import List, Optional, Tuple
+from typing import Optional
 
 INTERRUPTED = (130, 143)        # 128 + SIGINT / SIGTERM: the job stopped itself
 _SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -48,7 +48,7 @@ def signal_lead(limit: Optional[int], wanted: int) -> int:
     return max(1, min(wanted, limit // 2)) if limit else wanted
 
 
-def batch_script(argv: List[str], command: str, cwd: str, log_path: str, attempt: int,
+def batch_script(argv: list[str], command: str, cwd: str, log_path: str, attempt: int,
                  own_timeout: bool, max_requeues: int) -> str:
     rc_file = shlex.quote(log_path + ".rc")
     on_limit = (f'echo "$rc timeout" > {rc_file}; exit "$rc"' if own_timeout else
@@ -82,7 +82,7 @@ def batch_script(argv: List[str], command: str, cwd: str, log_path: str, attempt
     ])
 
 
-def read_rc(log_path: str) -> Tuple[Optional[int], bool]:
+def read_rc(log_path: str) -> tuple[Optional[int], bool]:
     """(exit code from `<log>.rc` or None, whether the job stopped at its own timeout)."""
     try:
         with open(log_path + ".rc") as f:

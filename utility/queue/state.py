@@ -17,9 +17,10 @@ import json
 import os
 import socket
 import time
-from typing import Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Optional
 
-from .errors import QueueError
+from utility.queue.errors import QueueError
 
 STATE_NAME = "queue_state.jsonl"
 HOST = socket.gethostname()
@@ -78,7 +79,7 @@ class StateWriteError(QueueError):
 
 class StateLog:
     def __init__(self, log_dir: str, jobs_path: str):
-        self.path = os.path.join(log_dir, STATE_NAME)
+        self.path = str(Path(log_dir) / STATE_NAME)
         self.jobs = os.path.abspath(jobs_path)
 
     def append(self, record: dict) -> None:
@@ -92,7 +93,7 @@ class StateLog:
                                   "pass another --log-dir") from None
 
     def _append(self, line: str) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -109,7 +110,7 @@ class StateLog:
         finally:
             os.close(fd)
 
-    def records(self) -> List[dict]:
+    def records(self) -> list[dict]:
         out = []
         try:
             with open(self.path, "rb") as f:
@@ -124,11 +125,11 @@ class StateLog:
             pass
         return out
 
-    def latest(self) -> Dict[Tuple[str, int], dict]:
+    def latest(self) -> dict[tuple[str, int], dict]:
         """(command, occurrence) -> merged view of its latest attempt (start + end fields),
         plus 'attempts' (number of starts recorded). 'renumber' records (written when the
         occurrence of a line changed while a queue ran) move the views with their lines."""
-        view: Dict[Tuple[str, int], dict] = {}
+        view: dict[tuple[str, int], dict] = {}
         for rec in self.records():
             key = (rec.get("command"), rec.get("occurrence", 0))
             if rec.get("event") == "start":

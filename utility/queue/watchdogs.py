@@ -6,7 +6,7 @@ import signal
 import time
 from typing import Callable, Iterable, Optional
 
-from .recovery import Active
+from utility.queue.book import Active
 
 
 class Watchdogs:
