@@ -187,6 +187,11 @@ class Runner:
         if self.stop_signal is not None or self.book.fatal is not None or not cands:
             self.flush()
             return pending_work
+        self._start(cands, after)
+        return pending_work
+
+    def _start(self, cands: list[scheduler.Candidate], after: dict[Key, list[int]]) -> None:
+        """Claim the chosen candidates (open -> running, one write) and launch them."""
         free, excl, n = self._busy()
         chosen = self.backend.select(cands, free, self.total, n, excl, self.max_parallel)
         fresh = [c.ref[0].key for c, _ in chosen if c.ref[1] is None]
@@ -208,7 +213,6 @@ class Runner:
                 act.gpus = gpus
             act.exclusive = c.exclusive
             self._launch(act, c.need)
-        return pending_work
 
     def _launch(self, act: Active, need: int) -> None:
         ln = act.line
