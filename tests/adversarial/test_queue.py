@@ -220,6 +220,7 @@ sys.exit(int(sys.argv[2]) if n < int(sys.argv[3]) else 0)   # exit code A for th
 """
 
 
+@pytest.mark.e2e
 def test_identical_lines_each_follow_their_own_job(ws):
     """Line 1 completed; its identical twin (line 2) runs; line 1 is deleted; the twin fails: the line
     left says failed (it said completed: the deleted line's status was written onto it)."""
@@ -274,6 +275,7 @@ INTERRUPTIONS = {  # case: (job line, exit code, final statuses, fragment in the
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", sorted(INTERRUPTIONS))
 def test_interrupted_jobs_resume_without_using_retries(ws, case):
     line, code, final, fragment = INTERRUPTIONS[case]
@@ -286,6 +288,7 @@ def test_interrupted_jobs_resume_without_using_retries(ws, case):
     assert jobs.read_text() == line.replace(",open,", f",{final[0]},") + "\n"   # only the status word changed
 
 
+@pytest.mark.e2e
 def test_full_disk_mid_run_leaves_no_line_running(ws):
     """The log directory fills up while a job runs and two lines are appended: the queue starts
     nothing more, supervises the running jobs to their end, and exits 2 with one line."""
@@ -387,6 +390,7 @@ sys.exit(run_entry(main))
 """
 
 
+@pytest.mark.e2e
 def test_a_real_run_signalled_after_its_last_step_is_resumed_by_the_queue(ws):
     """A finetuning job signalled during its last validation exits 143 with its checkpoint and no test
     results; the queue resumes it without a retry (retries=0) and it ends with its test results."""
