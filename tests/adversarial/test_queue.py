@@ -154,6 +154,7 @@ MISTAKES = {  # case: (build argv, exit code, fragment of the one-line message)
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("case", sorted(MISTAKES))
 def test_input_mistakes_are_one_line_and_touch_nothing(ws, case):
     build, code, fragment = MISTAKES[case]
@@ -245,6 +246,7 @@ def test_identical_lines_each_follow_their_own_job(ws):
                                     "user/runs/0", "user/runs/1", "user/go"}   # the jobs' own files
 
 
+@pytest.mark.unit
 def test_line_identity_survives_edits_and_half_written_reads():
     """The identity of a job line (Line.key) follows the line, not its occurrence; an editor's save
     read half-way (an empty file) changes nothing; occurrence changes are handed to the state log."""
@@ -320,6 +322,7 @@ def test_full_disk_mid_run_leaves_no_line_running(ws):
 
 # ----------------------------------------------------------------------------- the run side of preemption
 
+@pytest.mark.unit
 def test_fewer_epochs_than_an_interrupted_run_trained_is_refused(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -351,6 +354,7 @@ class FakeTrainer:
         self.saved.append(self.finished)
 
 
+@pytest.mark.unit
 def test_signal_after_the_last_step_never_reports_success_without_the_test():
     """Asked to stop before the final test: Stopped (exit 143), not finished, the test left for the
     resumption. Asked during the final test: the test completes and the run is marked finished."""
