@@ -36,7 +36,7 @@ demo-queue: venv
 	$(VPY) QueueManager.py --jobs logs_and_checkpoints/demo/Jobs.csv --workdir .
 	$(VPY) pkgs/FTE/summarize_runs.py logs_and_checkpoints/finetuning/demo/linear_eval_pretrained logs_and_checkpoints/finetuning/demo/linear_eval_scratch
 
-# Just finetuning: a ResNet-18 from scratch on the demo digits (~1 min).
+# Just finetuning: a ResNet-18 from scratch on the demo digits (about 2 min on 2 CPU cores; test accuracy ~0.98).
 demo-finetune: venv
 	$(VPY) datasets/prepare_demo.py
 	$(VPY) pkgs/FTE/finetune.py -c pkgs/FTE/config/demo_digits.yaml
