@@ -15,6 +15,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Numbers depend on the thread count (docs/reproducibility.md): the demos, studies and benchmarks fix it,
+# so that the same command gives the same numbers on every machine with this many cores or more.
+THREADS ?= 2
+demo demo-queue demo-finetune demo-seg study-e2 bench: export OMP_NUM_THREADS = $(THREADS)
+demo demo-queue demo-finetune demo-seg study-e2 bench: export MKL_NUM_THREADS = $(THREADS)
+
 # The main job as a study (config/studies/demo_digits.yaml): SimCLR-pretrain once on the demo digits,
 # linear-evaluate the SimCLR and a random encoder on 10 % of the labels with 3 seeds each, print the
 # summary (mean ± 95 % CI, paired t-test) and where report.html is. Running it again reuses what is done.
