@@ -41,7 +41,7 @@ def type_text(annotation: Any, metadata: tuple[Any, ...] = ()) -> str:
     if origin is Literal:
         text = "|".join(str(a) for a in args)
     elif origin in (Union, UnionType):
-        parts = [type_text(a) for a in args if a is not type(None)]
+        parts = [type_text(a, metadata) for a in args if a is not type(None)]
         return " or ".join(parts) + (" or null" if type(None) in args else "")
     elif origin in (list, tuple, dict, set):
         text = f"{origin.__name__}[{', '.join(type_text(a) for a in args if a is not Ellipsis)}]"
@@ -72,17 +72,23 @@ def key_groups(schema: type[BaseModel]) -> list[tuple[str, list[str]]]:
     return groups
 
 
-def config_help(schema: type[BaseModel], prog: str) -> str:
-    lines = [USAGE.format(prog=prog),
-             "Any key below can be set in the YAML file or overridden as --key value (values are YAML: true, "
-             "null, [1,2]).", ""]
+def key_lines(schema: type[BaseModel], flag: str = "--") -> list[str]:
+    """The keys of ``schema`` grouped, one line each: ``<flag>key type (default d): description``."""
+    lines: list[str] = []
     for title, keys in key_groups(schema):
         lines.append(f"{title}:")
         for key in keys:
             field = schema.model_fields[key]
-            head = f"  --{key} {type_text(field.annotation, tuple(field.metadata))} (default {default_text(field)})"
+            head = f"  {flag}{key} {type_text(field.annotation, tuple(field.metadata))} (default {default_text(field)})"
             lines.append(head + (f": {field.description}" if field.description else ""))
         lines.append("")
+    return lines
+
+
+def config_help(schema: type[BaseModel], prog: str) -> str:
+    lines = [USAGE.format(prog=prog),
+             "Any key below can be set in the YAML file or overridden as --key value (values are YAML: true, "
+             "null, [1,2]).", "", *key_lines(schema)]
     return "\n".join(lines).rstrip() + "\n"
 
 
