@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 from scipy import sparse
 
-from utility.metrics.classification import sanitize_name
+from utility.metrics.classification import DECISION_THRESHOLD, sanitize_name
 from utility.metrics.segmentation import SegmentationMetrics, row_nanmean
 
 AUC_MAX_CLASSES = 50   # more classes (ImageNet-size heads): no AUC intervals (N x B x classes work)
@@ -63,7 +63,7 @@ class ClassificationSamples:
     classification evaluation; metric names as utility/metrics/classification.py writes them."""
 
     def __init__(self, probs: np.ndarray, targets: np.ndarray, multilabel: bool, names: list[str],
-                 threshold: float = 0.5) -> None:
+                 threshold: float = DECISION_THRESHOLD) -> None:
         self.probs = np.asarray(probs, dtype=np.float32)
         self.targets = np.asarray(targets).astype(np.int64)
         self.multilabel = multilabel
