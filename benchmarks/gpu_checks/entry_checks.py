@@ -93,8 +93,9 @@ def loader_wait_check(ctx: Ctx) -> dict[str, Any]:
 
 
 def kill_resume_check(ctx: Ctx) -> dict[str, Any]:
-    data = write_images(ctx.work / "data" / "resume", 128, 32)
-    common = {"model_name": "resnet18", "batch_size": 16, "epochs": 2, "num_workers": 2, "checkpoint_every_steps": 1}
+    # ~57 steps per epoch: train.log's first rows appear at step 20 (a flush), the SIGTERM lands mid-epoch
+    data = write_images(ctx.work / "data" / "resume", 256, 32)
+    common = {"model_name": "resnet18", "batch_size": 16, "epochs": 2, "num_workers": 2}
     ref_cfg = write_config(ctx, data, "kr/reference", 32, **common)
     ok(subprocess.run(finetune_cmd(ref_cfg), capture_output=True, text=True, timeout=240))
     cfg = write_config(ctx, data, "kr/killed", 32, **common)
@@ -102,7 +103,7 @@ def kill_resume_check(ctx: Ctx) -> dict[str, Any]:
     proc = subprocess.Popen(finetune_cmd(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while proc.poll() is None and time.monotonic() < deadline:
-        if (run_dir / "train.log").exists() and len(rows(run_dir)) >= 5:
+        if (run_dir / "train.log").exists() and len(rows(run_dir)) >= 1:
             os.kill(proc.pid, signal.SIGTERM)
             break
         time.sleep(0.05)
@@ -110,6 +111,9 @@ def kill_resume_check(ctx: Ctx) -> dict[str, Any]:
     expect(proc.returncode == 128 + signal.SIGTERM, f"SIGTERM did not stop the run (exit {proc.returncode})",
            {"stderr": err.strip().splitlines()[-1:] or ""})
     stopped_at = len(rows(run_dir))
+    stop = [ln for ln in err.splitlines() if ln.startswith("stopped by SIGTERM")]
+    expect(bool(stop) and "checkpoint saved at epoch 1 step" in stop[0], "not stopped mid-epoch",
+           {"message": stop[0] if stop else err.strip()[-200:]})
     again = subprocess.run(finetune_cmd(cfg), capture_output=True, text=True, timeout=240)
     ok(again)
     got, ref = rows(run_dir), rows(ctx.work / "out" / "finetuning" / "kr" / "reference")

