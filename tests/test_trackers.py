@@ -9,6 +9,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import socket
 import struct
 import sys
@@ -208,7 +209,7 @@ def test_missing_tracker_exits_2_before_any_work(tmp_path):
     cfg = write_yaml(tmp_path / "cfg.yaml", small_run_config(task=task, trackers=["mlflow", "wandb"]))
     out = tmp_path / "out"
     proc = run_finetune(["-c", cfg, "--output_root", out, "--data_root", tmp_path / "nodata"], cwd=tmp_path,
-                        env={"PYTHONPATH": str(shim)})
+                        env={"PYTHONPATH": os.pathsep.join([str(shim), os.environ["PYTHONPATH"]])})
     assert proc.returncode == 2, proc.stderr
     assert "tracker 'mlflow'" in proc.stderr and "pip install -r requirements-trackers.txt" in proc.stderr
     assert "Traceback" not in proc.stderr
