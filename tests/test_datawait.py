@@ -6,7 +6,6 @@ slows its loader by sleeping in the dataset so the notice must appear whatever t
 from __future__ import annotations
 
 import csv
-import sys
 import time
 from pathlib import Path
 
@@ -14,12 +13,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from utility.training.datawait import NOTICE_SHARE, WAIT_COLUMNS, DataWait, batch_images  # noqa: E402
-from utility.training.engine import TRAIN_COLUMNS, Amp, EpochSampler, Trainer, TrainerOptions  # noqa: E402
+from utility.training.datawait import NOTICE_SHARE, WAIT_COLUMNS, DataWait, batch_images
+from utility.training.engine import TRAIN_COLUMNS, Amp, EpochSampler, Trainer, TrainerOptions
 
 
 class FakeClock:
@@ -54,7 +50,6 @@ def test_window_share_and_images_per_s_exact(capsys):
         assert w.images_per_s == pytest.approx(2.0)
     # run totals exclude each epoch's first batch (worker start-up): 5 counted steps
     assert dw.counted_steps == 5 and dw.share == pytest.approx(0.75)
-    err = capsys.readouterr().err
     assert dw.check_notice() is not None and dw.check_notice() is None  # once per run
     err = capsys.readouterr().err
     assert err.count("waiting for data") == 1

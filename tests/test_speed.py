@@ -3,7 +3,6 @@ one of them is a no-op that leaves the losses bit-for-bit as they were (no GPU i
 the CUDA paths themselves run in benchmarks/gpu_acceptance.py)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,15 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from utility.config.schemas import FTEConfig  # noqa: E402
-from utility.training.engine import Amp, EpochSampler, Trainer, TrainerOptions  # noqa: E402
-from utility.training.optim import build_optimizer  # noqa: E402
-from utility.training.session import RESUME_FREE_KEYS, RunSession  # noqa: E402
-from utility.training.speed import SPEED_KEYS, SpeedPlan, apply_to_model, plan_speed  # noqa: E402
+from utility.config.schemas import FTEConfig
+from utility.training.engine import Amp, EpochSampler, Trainer, TrainerOptions
+from utility.training.optim import build_optimizer
+from utility.training.session import RESUME_FREE_KEYS, RunSession
+from utility.training.speed import SPEED_KEYS, SpeedPlan, apply_to_model, plan_speed
 
 CUDA = torch.device("cuda")  # a device object only: nothing here runs on it
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.gpu_checks.common import Batches, Ctx, Skip, expect, grads_finite, loader_of, register, \
+from .common import Batches, Ctx, Skip, expect, grads_finite, loader_of, register, \
     run_engine, train_log
 from utility.methods.classification import ClassificationMethod
 from utility.methods.segmentation import SegLoss, SegmentationMethod

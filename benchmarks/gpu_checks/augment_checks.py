@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from benchmarks.gpu_checks.common import Ctx, expect, register
+from .common import Ctx, expect, register
 from utility.data.augment import AugPreset, CpuAugment, CropSpec, DeviceAugment, build_augment
 from utility.runs.startup import resolve_tf_device
 

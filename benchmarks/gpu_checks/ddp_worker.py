@@ -13,16 +13,13 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from utility.methods.ssl_registry import METHODS, resolve_settings  # noqa: E402
-from utility.models import build_encoder, build_network  # noqa: E402
-from utility.training import parallel  # noqa: E402
+from utility.methods.ssl_registry import METHODS, resolve_settings
+from utility.models import build_encoder, build_network
+from utility.training import parallel
 
 PER_RANK = 4
 

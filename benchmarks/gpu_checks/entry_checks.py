@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from benchmarks.gpu_checks.common import Ctx, expect, register
+from .common import Ctx, expect, register
 
 REPO = Path(__file__).resolve().parents[2]
 FINETUNE = REPO / "pkgs" / "FTE" / "finetune.py"
@@ -63,6 +63,11 @@ def finetune_cmd(cfg: Path) -> list[str]:
     return [sys.executable, str(FINETUNE), "-c", str(cfg)]
 
 
+def child_env() -> dict[str, str]:
+    """The checkout importable in the child whether or not it is installed."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+
+
 def rows(run_dir: Path) -> list[dict[str, str]]:
     with (run_dir / "train.log").open(newline="") as fh:
         return list(csv.DictReader(fh))
@@ -79,7 +84,8 @@ def loader_wait_check(ctx: Ctx) -> dict[str, Any]:
     cfg = write_config(ctx, data, "wait", 224, model_name="resnet50", batch_size=64, epochs=2, num_workers=6,
                        opmode="live_cache", cache_dir=str(ctx.work / "cache"), amp="auto")
     t0 = time.monotonic()
-    ok(subprocess.run(finetune_cmd(cfg), capture_output=True, text=True, timeout=max(30, min(ctx.left(), 300))))
+    ok(subprocess.run(finetune_cmd(cfg), capture_output=True, text=True, timeout=max(30, min(ctx.left(), 300)),
+                   env=child_env()))
     r = rows(ctx.work / "out" / "finetuning" / "wait")
     second = [row for row in r if int(row["epoch"]) == 2]
     steady = [float(row["data_wait"]) for row in second if int(row["step"]) > LOG_EVERY]
@@ -97,24 +103,30 @@ def kill_resume_check(ctx: Ctx) -> dict[str, Any]:
     data = write_images(ctx.work / "data" / "resume", 256, 32)
     common = {"model_name": "resnet18", "batch_size": 16, "epochs": 2, "num_workers": 2}
     ref_cfg = write_config(ctx, data, "kr/reference", 32, **common)
-    ok(subprocess.run(finetune_cmd(ref_cfg), capture_output=True, text=True, timeout=240))
+    ok(subprocess.run(finetune_cmd(ref_cfg), capture_output=True, text=True, timeout=240, env=child_env()))
     cfg = write_config(ctx, data, "kr/killed", 32, **common)
     run_dir = ctx.work / "out" / "finetuning" / "kr" / "killed"
-    proc = subprocess.Popen(finetune_cmd(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while proc.poll() is None and time.monotonic() < deadline:
-        if (run_dir / "train.log").exists() and len(rows(run_dir)) >= 1:
-            os.kill(proc.pid, signal.SIGTERM)
-            break
-        time.sleep(0.05)
-    _, err = proc.communicate(timeout=120)
+    proc = subprocess.Popen(finetune_cmd(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=child_env())
+    try:
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (run_dir / "train.log").exists() and len(rows(run_dir)) >= 1:
+                os.kill(proc.pid, signal.SIGTERM)
+                break
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # the check timed out: leave no run behind
+            proc.kill()
+            proc.wait()
     expect(proc.returncode == 128 + signal.SIGTERM, f"SIGTERM did not stop the run (exit {proc.returncode})",
            {"stderr": err.strip().splitlines()[-1:] or ""})
     stopped_at = len(rows(run_dir))
     stop = [ln for ln in err.splitlines() if ln.startswith("stopped by SIGTERM")]
     expect(bool(stop) and "checkpoint saved at epoch 1 step" in stop[0], "not stopped mid-epoch",
            {"message": stop[0] if stop else err.strip()[-200:]})
-    again = subprocess.run(finetune_cmd(cfg), capture_output=True, text=True, timeout=240)
+    again = subprocess.run(finetune_cmd(cfg), capture_output=True, text=True, timeout=240, env=child_env())
     ok(again)
     got, ref = rows(run_dir), rows(ctx.work / "out" / "finetuning" / "kr" / "reference")
     keys = [(r["epoch"], r["step"]) for r in got]

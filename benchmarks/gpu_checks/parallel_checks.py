@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.gpu_checks.common import Ctx, expect, register, rel_diff
+from .common import Ctx, expect, register, rel_diff
 from utility.models import build_network
 from utility.training import parallel
 
@@ -53,7 +53,7 @@ def ddp_check(ctx: Ctx) -> dict[str, Any]:
     out = ctx.work / "ddp.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={max(ctx.gpus, 1)}",
            str(WORKER), str(out)]
-    env = {**os.environ, "PYTHONPATH": str(WORKER.parents[2])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(WORKER.parents[2]), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30, min(ctx.left(), 240)), env=env)
     if proc.returncode != 0 or not out.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]

@@ -4,7 +4,6 @@ torch.compile, fused optimizers, cudnn.benchmark and JPEG decoding on the GPU, e
 plain path and checked for the same numbers."""
 from __future__ import annotations
 
-import copy
 import io
 import statistics
 import time
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from benchmarks.gpu_checks.common import Batches, Ctx, Result, expect, loader_of, peak_mem_mb, register, \
+from .common import Batches, Ctx, Result, expect, loader_of, peak_mem_mb, register, \
     rel_diff, run_engine
 from utility.methods.classification import ClassificationMethod
 from utility.models import build_network
@@ -207,6 +206,26 @@ def jpeg_check(ctx: Ctx) -> dict[str, Any]:
     return figs
 
 
+def pinned_check(ctx: Ctx) -> dict[str, Any]:
+    """Host-to-GPU copies of one ResNet-50 batch: pageable + blocking vs pinned + non_blocking (what the
+    loaders and methods do with CUDA), and the same bytes arriving."""
+    x = torch.randn(64, 3, 224, 224)
+    pinned = x.pin_memory()
+    out = {}
+    for name, src, nb in (("pageable", x, False), ("pinned", pinned, True)):
+        src.to(ctx.device, non_blocking=nb)
+        ctx.sync()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            y = src.to(ctx.device, non_blocking=nb)
+        ctx.sync()
+        out[name] = (x.numel() * 4 * 10 / (time.perf_counter() - t0) / 1e9, y)
+    figs = {"pageable_gb_s": out["pageable"][0], "pinned_gb_s": out["pinned"][0],
+            "speedup": out["pinned"][0] / out["pageable"][0]}
+    expect(torch.equal(out["pinned"][1].cpu(), x), "a pinned non-blocking copy arrived different", figs)
+    return figs
+
+
 def table_rows(info: dict[str, Any], results: list[Result]) -> list[str]:
     """docs/gpu.md's throughput rows for this machine, ready to paste."""
     tp = next((r for r in results if r.name == "throughput_resnet50_engine_vs_bare" and r.figures), None)
@@ -223,7 +242,8 @@ def table_rows(info: dict[str, Any], results: list[Result]) -> list[str]:
 
 
 register("throughput_resnet50_engine_vs_bare", throughput_check, cuda_only=True, exercise=True, est_s=90)
-register("speed_compile", compile_check, cuda_only=True, est_s=90)
+register("speed_pinned_memory", pinned_check, cuda_only=True, est_s=5)
 register("speed_fused_optimizer", fused_check, cuda_only=True, est_s=10)
 register("speed_cudnn_benchmark", cudnn_benchmark_check, cuda_only=True, est_s=20)
 register("speed_jpeg_decode", jpeg_check, cuda_only=True, exercise=True, est_s=10)
+register("speed_compile", compile_check, cuda_only=True, est_s=90)  # last: the slowest to start
