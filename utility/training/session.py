@@ -144,7 +144,8 @@ class RunSession:
         self.speed = speed.plan_speed(self.cfg, self.device, model, self.mode)
         speed.report(self.speed)
         speed.apply_to_model(model, self.speed)
-        return speed.compile_module(parallel.wrap(model, self.mode, self.device, gpus), self.speed)
+        # compiled inside the DDP wrapper, so the engine still sees DDP (evaluation unwraps it)
+        return parallel.wrap(speed.compile_module(model, self.speed), self.mode, self.device, gpus)
 
     def trainer(self, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any,
                 opts: TrainerOptions, train_module: nn.Module) -> Trainer:

@@ -3,8 +3,8 @@ numbers they gave before these keys existed):
 
 - ``channels_last`` (auto/on/off): NHWC weights for convolutional networks; with tensor cores (AMP)
   cuDNN runs convolutions faster in that layout. auto = on with CUDA, mixed precision and a Conv2d.
-- ``compile`` (false/true): ``torch.compile`` of the module the engine runs forward through (the
-  plain model, and so every saved file, keeps its keys). Not with DataParallel.
+- ``compile`` (false/true): ``torch.compile`` of the model the engine runs forward through (inside the
+  DDP wrapper; the plain model, and so every saved file, keeps its keys). Not with DataParallel.
 - ``cudnn_benchmark`` (auto/on/off): let cuDNN time its algorithms for the shapes it sees; every image
   is resized to ``shape_desired``, so shapes are fixed. auto = on with CUDA.
 - ``fused_optimizer`` (auto/on/off): PyTorch's fused CUDA kernels for Adam, AdamW and SGD
@@ -80,7 +80,7 @@ def apply_to_model(model: nn.Module, plan: SpeedPlan) -> nn.Module:
 
 
 def compile_module(module: nn.Module, plan: SpeedPlan) -> nn.Module:
-    """After wrapping: the compiled forward module (the plain model is still what gets saved)."""
+    """The compiled forward module, before any DDP wrapper (the plain model is still what gets saved)."""
     if not plan.compile:
         return module
     return torch.compile(module)  # type: ignore[return-value]
