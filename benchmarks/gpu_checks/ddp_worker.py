@@ -1,4 +1,5 @@
-"""One process of the DDP acceptance check (``torchrun --standalone --nproc_per_node N ddp_worker.py out.json``).
+"""One process of the DDP acceptance check (``torchrun --standalone --nproc_per_node N ddp_worker.py out.json``;
+a third argument ``cpu`` runs it over gloo on the CPU, without SyncBN: a dry run of this file's logic).
 
 Every rank first computes the single-process references on the whole global batch (before the process
 group exists, so nothing in them is distributed), then joins NCCL and trains one step on its shard:
@@ -32,11 +33,12 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
 
 
-def main(out: str) -> int:
+def main(out: str, kind: str = "cuda") -> int:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    torch.cuda.set_device(device)
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if kind == "cuda" else torch.device("cpu")
+    if kind == "cuda":
+        torch.cuda.set_device(device)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(PER_RANK * world, 3, 32, 32, generator=g)
     y = torch.randint(0, 3, (len(x),), generator=g)
@@ -48,19 +50,25 @@ def main(out: str) -> int:
     enc, width = build_encoder("resnet18")
     ssl = simclr_cls.build_model(enc, width, settings)
     method = simclr_cls.create(None, settings, 3, None)  # objective only: no views needed
+    if kind != "cuda":  # no SyncBN off CUDA: BatchNorm from running statistics, so ranks match one process
+        clf.eval()
+        ssl.eval()
     # single-process references on the whole batch
     ref_clf = copy.deepcopy(clf).to(device)
     F.cross_entropy(ref_clf(x.to(device)), y.to(device)).backward()
     ref_ssl = copy.deepcopy(ssl).to(device)
     method.objective(ref_ssl(v1.to(device), v2.to(device))).backward()
 
-    dist.init_process_group("nccl", device_id=device)
+    if kind == "cuda":
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
     mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
-    clf_s = parallel.sync_batchnorm(clf, True, "cuda").to(device)
+    clf_s = parallel.sync_batchnorm(clf, kind == "cuda", kind).to(device)
     n_sync = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in clf_s.modules())
     ddp = parallel.wrap(clf_s, "ddp", device)
     F.cross_entropy(ddp(x[mine].to(device)), y[mine].to(device)).backward()
-    ssl_s = parallel.sync_batchnorm(ssl, True, "cuda").to(device)
+    ssl_s = parallel.sync_batchnorm(ssl, kind == "cuda", kind).to(device)
     ddp_ssl = parallel.wrap(ssl_s, "ddp", device)
     method.objective(ddp_ssl(v1[mine].to(device), v2[mine].to(device))).backward()
     figs = {"world": world, "backend": dist.get_backend(), "syncbn_layers": n_sync,
@@ -74,4 +82,4 @@ def main(out: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(*sys.argv[1:3]))

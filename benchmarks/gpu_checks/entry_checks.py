@@ -84,7 +84,7 @@ def loader_wait_check(ctx: Ctx) -> dict[str, Any]:
     cfg = write_config(ctx, data, "wait", 224, model_name="resnet50", batch_size=64, epochs=2, num_workers=6,
                        opmode="live_cache", cache_dir=str(ctx.work / "cache"), amp="auto")
     t0 = time.monotonic()
-    ok(subprocess.run(finetune_cmd(cfg), capture_output=True, text=True, timeout=max(30, min(ctx.left(), 300)),
+    ok(subprocess.run(finetune_cmd(cfg), capture_output=True, text=True, timeout=300,
                    env=child_env()))
     r = rows(ctx.work / "out" / "finetuning" / "wait")
     second = [row for row in r if int(row["epoch"]) == 2]

@@ -56,7 +56,7 @@ def run_check(check: Check, ctx: Ctx) -> Result:
     need = check.est_s * (0.3 if ctx.tiny else 1.0)
     if ctx.left() < need:
         return Result(check.name, "SKIPPED", reason=f"time budget ({ctx.left():.0f}s left, needs ~{need:.0f}s)")
-    limit = max(5, int(min(ctx.left(), 3 * check.est_s + 60)))
+    limit = int(3 * check.est_s + 60)  # a started check may finish past the budget; a hung one may not
     t0 = time.monotonic()
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(limit)
@@ -100,7 +100,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cuda or cpu")
     ap.add_argument("--tiny", action="store_true", help="smallest sizes: the CI smoke mode")
-    ap.add_argument("--budget", type=float, default=None, help="seconds for all checks (default 480; tiny 50)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds within which checks may start (default 420: ~8 min in all; tiny 45)")
     ap.add_argument("--out", default=".", help="folder for gpu_acceptance.json and gpu_acceptance.md")
     ap.add_argument("--only", default="", help="comma-separated name prefixes")
     args = ap.parse_args(argv)
@@ -114,7 +115,7 @@ def main(argv: list[str]) -> int:
         device = torch.device("cuda", 0)
     if args.tiny and device.type == "cpu":
         torch.set_num_threads(1)  # the smoke mode judges no CPU speed; one thread is fastest on a shared CI box
-    budget = args.budget if args.budget is not None else (50.0 if args.tiny else 480.0)
+    budget = args.budget if args.budget is not None else (45.0 if args.tiny else 420.0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = machine(device)
