@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: venv demo demo-queue demo-finetune demo-seg study-e2 test bench gpu-check gpu-check-smoke
+.PHONY: venv demo demo-queue demo-finetune demo-seg study-e2 test test-fast bench gpu-check gpu-check-smoke
 
 # the pinned requirements, then this checkout as the package `utility` (editable) with the console scripts
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -46,8 +46,12 @@ demo-seg: venv
 	$(VPY) datasets/prepare_demo_seg.py
 	$(VPY) pkgs/FTE/finetune.py -c pkgs/FTE/config/demo_seg.yaml
 
+# the whole suite (what CI runs); test-fast: the unit tier only (in-process, no child processes)
 test: venv
 	$(VPY) -m pytest -q tests
+
+test-fast: venv
+	$(VPY) -m pytest -q -m unit tests
 
 bench: venv
 	$(VPY) benchmarks/bench_engine_step.py

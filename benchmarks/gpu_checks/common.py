@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from utility.data.sampler import EpochSampler
+from utility.runs.callbacks import MethodSteps
 from utility.training.engine import Amp, Trainer, TrainerOptions
 
 
@@ -118,8 +119,9 @@ def run_engine(model: torch.nn.Module, method: Any, loader: DataLoader, device: 
     """One fit through the real engine (no checkpoint files); the closed trainer."""
     out.mkdir(parents=True, exist_ok=True)
     opt = optimizer or torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    steps = [MethodSteps(method)] if hasattr(method, "after_step") else []  # EMA targets (BYOL, MoCo)
     tr = Trainer(model, method, opt, None, Amp(device, amp), out,
-                 TrainerOptions(epochs=epochs, seed=0, verbose=False), train_module)
+                 TrainerOptions(epochs=epochs, seed=0, verbose=False), train_module, steps)
     tr.save = lambda: None  # type: ignore[method-assign]
     tr.fit(loader, None)
     tr.close()
