@@ -262,3 +262,14 @@ def test_pretraining_with_a_given_name_is_shared_between_studies(setup):
     enc = setup["tmp"] / "out" / "pretraining" / "shared" / "SSL" / "encoder_pretrained.tar"
     assert plan.pretrain[0].name == "shared/SSL" and plan.pretrain[0].encoder == enc
     assert {r.config["model_path"] for r in plan.runs if r.source == "SSL"} == {str(enc)}
+
+
+def test_a_run_still_changing_at_its_last_epoch_has_not_converged():
+    from utility.study.results import convergence_epoch, has_converged
+
+    rising = [0.1, 0.5, 0.8, 0.9, 0.9, 0.9]  # trailing means reach .9 only at the last epoch
+    assert not has_converged(rising, convergence_epoch(rising))
+    flat = [0.5, 0.9, 0.9, 0.9, 0.9, 0.9]
+    assert has_converged(flat, convergence_epoch(flat))
+    assert has_converged([0.7], convergence_epoch([0.7]))  # one epoch: nothing to compare
+    assert not has_converged([float("nan")] * 3, None)
