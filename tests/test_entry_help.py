@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import HANG_GUARD_S, REPO
 from utility.config.help import config_help, type_text
 from utility.config.loader import load_config
 from utility.config.schemas import FTEConfig, SimCLRConfig
@@ -56,7 +56,7 @@ except SystemExit as exc:
 @pytest.mark.parametrize("script", ["pkgs/FTE/finetune.py", "pkgs/SSL/pretrain.py"])
 def test_entry_help_answers_before_torch_is_imported(script, tmp_path):
     proc = subprocess.run([sys.executable, "-c", PROBE, str(REPO / script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.rstrip().endswith("EXIT 0 TORCH False"), proc.stdout[-500:]
     assert "  --epochs int >= 1 (default 10)" in proc.stdout

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import REPO, small_run_config, task_dict, write_yaml
+from conftest import HANG_GUARD_S, REPO, small_run_config, task_dict, write_yaml
 
 STUDY = REPO / "pkgs" / "Study" / "study.py"
 
@@ -48,7 +48,7 @@ def plan_of(path: Path):
 
 
 def test_plan_names_configs_jobs_and_dependencies(setup):
-    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     plan = plan_of(setup["path"])
     task = "tiny"  # a task given as a YAML path is named by its file name
@@ -108,7 +108,7 @@ def test_changed_setting_of_an_existing_run_is_refused(setup):
     before = {p: p.read_bytes() for p in (setup["tmp"] / "cfgs").rglob("*.yaml")}
     setup["study"]["finetune"]["overrides"] = {"epochs": 5}
     write_yaml(setup["path"], setup["study"])
-    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 2
     assert "epochs" in proc.stderr and "S1/PT_" in proc.stderr and "Traceback" not in proc.stderr
     assert {p: p.read_bytes() for p in (setup["tmp"] / "cfgs").rglob("*.yaml")} == before
@@ -164,7 +164,7 @@ def test_study_help_lists_the_study_keys(capsys):
 def test_duplicate_label_refused(setup):
     text = setup["path"].read_text().replace("  Scratch: null\n", "  Scratch: null\n  Scratch: null\n", 1)
     setup["path"].write_text(text)
-    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 2 and "Scratch" in proc.stderr and "twice" in proc.stderr
 
 
