@@ -159,6 +159,8 @@ class FTEConfig(RunBase, DataKeys):
     folds: Optional[Annotated[int, Field(ge=2)]] = Field(None, description="k-fold cross-validation")
     fold: Optional[NonNegInt] = Field(None, description="run only this fold (0-based) of `folds`")
     save_predictions: bool = Field(True, description="write per-image test predictions")
+    ci_resamples: NonNegInt = Field(1000, description="subject bootstrap resamples for test_ci.csv (0: none)")
+    ci_level: Annotated[float, Field(gt=0, lt=1)] = Field(0.95, description="test_ci.csv interval level")
 
     _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
 

@@ -31,7 +31,7 @@ from utility.training.schedulers import build_scheduler
 from utility.training.session import RESUME_FREE_KEYS, RunSession, make_run_dir
 from utility.tracking import require_trackers, tracking_for
 
-FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex"}
+FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex", "ci_resamples", "ci_level"}
 
 
 def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
