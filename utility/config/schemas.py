@@ -32,7 +32,8 @@ class RunBase(BaseModel):
     """Keys every training entry point shares (loop sizes, device, precision, outputs)."""
 
     # inf/nan are never a setting (lr: .inf trained with NaN losses)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # frozen: a validated config is never changed; derived values go into a copy (model_copy(update=...))
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="run directory under logs_and_checkpoints/<kind>/")
     seed: Seed = 42
