@@ -140,7 +140,7 @@ def small_run_config(name: str = "t/run", task: str | Path = "tiny", **overrides
 
 # ----------------------------------------------------------------------------- subprocesses
 
-def run_finetune(args: Sequence[Any], cwd: Path, timeout: float = 300, cpu_only: bool = True,
+def run_finetune(args: Sequence[Any], cwd: Path, timeout: Optional[float] = None, cpu_only: bool = True,
                  env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess:
     """``python pkgs/FTE/finetune.py *args`` exactly as a user runs it, from ``cwd`` (use a folder
     other than the repository to prove runs work from anywhere). Output is captured as text.
@@ -151,7 +151,8 @@ def run_finetune(args: Sequence[Any], cwd: Path, timeout: float = 300, cpu_only:
         full_env["CUDA_VISIBLE_DEVICES"] = ""
     full_env.update(env or {})
     cmd = [sys.executable, str(FINETUNE), *map(str, args)]
-    return subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, timeout=timeout or HANG_GUARD_S,
+                          env=full_env)
 
 
 # Deadlines are hang guards only, never a speed test: generous, and a busy machine may raise them further.
@@ -240,7 +241,7 @@ def task_yaml(write_task_yaml) -> Path:
 
 @pytest.fixture(name="run_finetune")
 def run_finetune_fixture():
-    """``run_finetune(args, cwd, timeout=300) -> CompletedProcess`` (see the module function)."""
+    """``run_finetune(args, cwd, timeout=None) -> CompletedProcess`` (see the module function)."""
     return run_finetune
 
 
@@ -264,14 +265,29 @@ def tiny_setup(tmp_path, make_folder_dataset, write_task_yaml):
 # ----------------------------------------------------------------------------- test tiers (markers)
 
 DDP_FILES = {"test_ddp.py", "test_simclr_ddp.py", "test_ssl_ddp.py"}
-# what starts a child process (an entry point, the queue, a spawn): such a test is e2e, not unit
+# what starts a child process (an entry point, the queue, a spawn) or runs a training entry point in-process:
+# such a test is e2e, not unit
 SPAWN_HINTS = ("subprocess", "sys.executable", "run_finetune", "run_queue", "start_queue", "Popen", "mp.spawn",
-               "spawn(", "os.fork", "QM,", "run_analyze", "run_study", "run_entry_point")
+               "spawn(", "os.fork", "QM,", "run_analyze", "run_study", "run_entry_point",
+               "finetune_main", "pretrain_main")  # in-process entry points that train: e2e too
 TIERS = ("unit", "e2e", "ddp", "queue", "slurm", "slow")
 
 
+def _test_functions(fn: Any) -> list[Any]:
+    """``fn`` and the functions of tests/ (this file, test modules) it names: the helpers it calls."""
+    import inspect
+
+    out = [fn]
+    module_globals = getattr(fn, "__globals__", {})
+    for name in getattr(getattr(fn, "__code__", None), "co_names", ()):
+        f = module_globals.get(name)
+        if inspect.isfunction(f) and Path(inspect.getsourcefile(f) or "").parent == Path(__file__).parent:
+            out.append(f)
+    return out
+
+
 def _spawns(item: pytest.Item) -> bool:
-    """The test's source, or that of a module-level function it calls, starts a child process."""
+    """The test, a fixture it uses, or a tests/ helper either calls starts a child process."""
     import inspect
 
     fn = getattr(item, "function", None)
@@ -279,11 +295,11 @@ def _spawns(item: pytest.Item) -> bool:
         return False
     if any(f in SPAWN_HINTS for f in getattr(item, "fixturenames", ())):
         return True
-    sources = [fn]
-    module_globals = getattr(fn, "__globals__", {})
-    sources += [module_globals[n] for n in fn.__code__.co_names
-                if inspect.isfunction(module_globals.get(n)) and module_globals[n].__module__ == fn.__module__]
-    for f in sources:
+    funcs = _test_functions(fn)
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info is not None else ()):
+        funcs += _test_functions(defs[-1].func)
+    for f in funcs:
         try:
             text = inspect.getsource(f)
         except (OSError, TypeError):
