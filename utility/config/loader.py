@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from utility.config.recipe import recipe_notice
 from utility.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
@@ -89,11 +90,17 @@ KEY_SYNONYMS: dict[str, str] = {
 }
 
 
+# how similar (difflib ratio) a valid key must be to be offered: 0.5 offered annealing_time for
+# learnin_rate and num_workers for nework
+HINT_CUTOFF = 0.6
+
+
 def closest_key(key: str, valid: list[str]) -> str | None:
+    """A valid key close enough to ``key`` to be what was meant, else None (no hint beats a wrong one)."""
     synonym = KEY_SYNONYMS.get(key.lower())
     if synonym in valid:
         return synonym
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=HINT_CUTOFF)
     return match[0] if match else None
 
 
@@ -166,7 +173,10 @@ def load_config(schema: type[M], argv: list[str], prog: str,
     raw: dict[str, Any] = read_yaml(path) if path is not None else {}
     raw.update(overrides)
     source = str(path) if path else "the command line"
-    return validate(schema, raw, source, deprecated, frozenset(overrides)), path
+    cfg = validate(schema, raw, source, deprecated, frozenset(overrides))
+    if hasattr(cfg, "recipe"):
+        recipe_notice(raw, getattr(cfg, "recipe"))
+    return cfg, path
 
 
 def dump_config(cfg: BaseModel, path: Path) -> None:

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from utility.config.recipe import fill_defaults
+
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 # numpy seeds are 32-bit; larger seeds overflowed deep inside torch after the run had started
@@ -47,6 +49,8 @@ class RunBase(BaseModel):
         "auto", description="ddp under torchrun, dp with several visible GPUs, else none")
     verbose: bool = True
     debug: bool = False
+    recipe: Literal["modern", "predecessor"] = Field(
+        "modern", description="predecessor: train exactly as the predecessor did (docs/recipes.md)")
     log_losses: bool = True
     output_root: Optional[str] = Field(None, description="default: logs_and_checkpoints/ in the repo")
     data_root: Optional[str] = Field(None, description="default: datasets/ in the repo")
@@ -160,6 +164,7 @@ class FTEConfig(RunBase, DataKeys):
     save_predictions: bool = Field(True, description="write per-image test predictions")
 
     _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
+    _recipe_defaults = model_validator(mode="before")(classmethod(lambda cls, v: fill_defaults(v, "fte")))
 
     @field_validator("scheduler", mode="before")
     @classmethod
@@ -213,6 +218,9 @@ class MonitorConfig(BaseModel):
         return v
 
 
+PREDECESSOR_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
 class SimCLRConfig(RunBase, DataKeys):
     """Self-supervised pretraining (``pkgs/SSL/pretrain.py``, ``pkgs/SimCLR/main.py``); the predecessor's
     SimCLR keys keep their meaning."""
@@ -223,6 +231,10 @@ class SimCLRConfig(RunBase, DataKeys):
     grayscale: bool = False
     image_size: PositiveInt = Field(224, description="crop size of the views")
     resnet: str = Field("resnet50", description="encoder name (any backbone finetuning supports)")
+    encoder_network: Optional[str] = Field(
+        None, description="the predecessor's override of resnet (one of PREDECESSOR_ENCODERS)")
+    init_encoder: Optional[str] = Field(
+        None, description="start from this encoder file (fresh optimizer), e.g. the predecessor's IxR -> IxR_2")
     in_channels: Literal[1, 3] = 3
     projection_head: Literal["predecessor", "mlp"] = "predecessor"
     projection_hidden: Optional[PositiveInt] = Field(None, description="default: the encoder width")
@@ -272,6 +284,21 @@ class SimCLRConfig(RunBase, DataKeys):
     def _dirs(cls, v):
         return [v] if isinstance(v, str) else v
 
+    _recipe_defaults = model_validator(mode="before")(classmethod(lambda cls, v: fill_defaults(v, "ssl")))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encoder_network(cls, v: Any) -> Any:
+        """The predecessor's encoder_network overrides resnet; it ran ResNets only."""
+        if isinstance(v, dict) and v.get("encoder_network") is not None:
+            name = str(v["encoder_network"])
+            if name not in PREDECESSOR_ENCODERS:
+                raise keys_error(("encoder_network",), f"{name!r} is not an encoder the predecessor could run; "
+                                 f"supported: {', '.join(PREDECESSOR_ENCODERS)} (or set resnet: <any encoder "
+                                 "of this tool> and remove encoder_network)")
+            v = {**v, "resnet": name}
+        return v
+
     _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
 
     @field_validator("crop_scale")
@@ -297,9 +324,10 @@ SIMCLR_DEPRECATED: dict[str, str] = {
     "pretrain": "unused by the predecessor too", "dataset_dir": "use dataset_base_dir",
     "checkpoint_epoch": "unused by the predecessor too", "model_path": "unused by the predecessor too",
     "logistic_batch_size": "unused by the predecessor too", "logistic_epochs": "unused by the predecessor too",
-    "reload": "resume is automatic: start the same command again",
-    "epoch_num": "resume is automatic and continues from the last checkpoint",
-    "start_epoch": "resume is automatic and continues from the last checkpoint",
+    "reload": "resume is automatic: start the same command again; to continue from another run's encoder "
+              "on new data (the predecessor's IxR -> IxR_2) use init_encoder: <encoder file>",
+    "epoch_num": "resume is automatic and continues from the last checkpoint (init_encoder: start from an encoder)",
+    "start_epoch": "resume is automatic and continues from the last checkpoint (init_encoder: start from an encoder)",
 }
 
 PretrainConfig = SimCLRConfig  # every method's pretraining config (the name SimCLRConfig is kept)

@@ -72,6 +72,8 @@ class LayoutSpec(BaseModel):
     dicom_path: Optional[tuple[str, str]] = Field(
         None, description="[regex, replacement] from a slice's path below its split folder to its DICOM "
                           "below dicom_root; default ['\\.npy$', '.dcm']")
+    body_part_rule: Literal["single", "lowest"] = Field(
+        "single", description="lowest: the predecessor's keywords, several regions -> lowest class (recipe)")
 
 
 class TaskSpec(BaseModel):

@@ -11,6 +11,7 @@ utility/runs/simclr_config.py; the method and the batch checks: utility/runs/ssl
 from __future__ import annotations
 
 from utility.config.loader import load_config
+from utility.config.recipe import excludes_bn_bias, recipe_of, snapshot_epoch
 from utility.config.schemas import SIMCLR_DEPRECATED, SimCLRConfig
 from utility.config.tasks import load_task
 from utility.data.badfiles import BadFiles
@@ -24,6 +25,7 @@ from utility.runs.evaluation import report_bad_files
 from utility.runs.monitor import Monitor
 from utility.runs.simclr_config import PROG, build_lr_schedule, lr_plan, raw_config, resolve_lr_rule
 from utility.runs.pretrain_data import build_pretrain_data
+from utility.runs.pretrain_start import predecessor_parallel, start_from_encoder
 from utility.runs.ssl_config import check_batch_size, resolve_method
 from utility.runs.startup import Startup
 from utility.training.distributed import is_main, shutdown
@@ -45,7 +47,7 @@ def main(argv: list[str], prog: str = PROG) -> int:
     cfg.lr_rule = rule  # config.yaml records the rule in force
     lr = lr_plan(cfg, rule, why)
     run_dir = output_root(cfg.output_root) / "pretraining" / cfg.name
-    requested = "dp" if (cfg.dataparallel and cfg.parallel == "auto") else cfg.parallel
+    requested = predecessor_parallel(cfg)
     check_batch_size(cfg, method_cls)
     session = RunSession.open(cfg, run_dir, requested, FREE_KEYS)
     if session.done:
@@ -61,6 +63,8 @@ def main(argv: list[str], prog: str = PROG) -> int:
 
     encoder, width = build_encoder(cfg.resnet, cfg.in_channels)
     model = method_cls.build_model(encoder, width, settings)
+    if cfg.init_encoder is not None:
+        start_from_encoder(model.encoder, cfg.init_encoder, run_dir)
     train_module = session.place(model, cfg.syncbn, cfg.gpus)
     views = TwoViews(cfg.image_size, cfg.jitter_strength, cfg.jitter_p, cfg.grayscale, cfg.blur_p,
                      cfg.crop_scale, cfg.hflip_p).to(session.device)
@@ -71,7 +75,8 @@ def main(argv: list[str], prog: str = PROG) -> int:
         mprep = Preprocess(channels=cfg.in_channels, shape=shape, normalizer=prep.normalizer, window=prep.window)
         monitor = Monitor(cfg.monitor, mprep, cfg.data_root, cfg.seed, cfg.batch_size, workers, cfg.in_channels,
                           session.device, run_dir, cfg.epochs)
-    optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum)
+    optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum,
+                            exclude_bn_bias=excludes_bn_bias(recipe_of(cfg), cfg.optimizer))
     interval = lr.interval
     scheduler = build_lr_schedule(optimizer, lr, cfg, len(loader))
 
@@ -79,8 +84,9 @@ def main(argv: list[str], prog: str = PROG) -> int:
         report_bad_files(bad, tr.epoch)
         if monitor is not None:
             monitor(model.encoder, tr.epoch, tr.tb)
-        if cfg.enc_save_frequency and tr.epoch % cfg.enc_save_frequency == 0:
-            save_encoder(model, run_dir / f"encoder_{tr.epoch}.tar")
+        n = snapshot_epoch(recipe_of(cfg), tr.epoch, cfg.enc_save_frequency)
+        if n is not None:
+            save_encoder(model, run_dir / f"encoder_{n}.tar")
 
     opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=interval,
                           verbose=cfg.verbose and not cfg.low_verbosity, debug=cfg.debug,

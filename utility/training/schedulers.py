@@ -7,6 +7,8 @@ training time in epochs since the end of warmup (fractional when stepping per ba
 * ``decay``:            g^t                                   (g = decay_per_epoch)
 * ``cosine``:           (1 + cos(pi * (t mod T0) / T0)) / 2   (warm restarts every T0 = annealing_time)
 * ``decaying_cosine``:  [eta + (1 - eta) (1 + cos(pi * (t mod T0) / T0)) / 2] * g^t,  eta = 1e-6
+  (with ``restarts=False``, the predecessor's: t instead of t mod T0, one continuous cosine that falls
+  over T0 and rises over the next; utility/config/recipe.py)
 * ``cosine_total``:     (1 + cos(pi * t / T)) / 2, T = training length after warmup (one cosine to 0)
 * ``None``:             1 (constant)
 
@@ -78,8 +80,10 @@ class ScheduleFactor:
         decay_per_epoch: float = 1.0,
         annealing_time: float | None = None,
         warmup_epochs: float = 0.0,
+        restarts: bool = True,
     ) -> None:
         self.name = _normalise_name(name)
+        self.restarts = bool(restarts)
         if interval not in INTERVALS:
             raise ValueError(f"Unknown scheduling interval {interval!r}; valid choices: {', '.join(INTERVALS)}")
         if int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1:
@@ -122,7 +126,7 @@ class ScheduleFactor:
         if name == "decay":
             return self.decay_per_epoch ** t
         if name in ("cosine", "decaying_cosine"):
-            phase = math.fmod(u, self.period_units) / self.period_units
+            phase = (math.fmod(u, self.period_units) if self.restarts or name == "cosine" else u) / self.period_units
             cos = (1.0 + math.cos(math.pi * phase)) / 2.0
             if name == "cosine":
                 return cos
@@ -144,7 +148,7 @@ class ScheduleFactor:
     def config(self) -> dict[str, Any]:
         return dict(name=self.name, interval=self.interval, steps_per_epoch=self.steps_per_epoch,
                     epochs=self.epochs, decay_per_epoch=self.decay_per_epoch,
-                    annealing_time=self.annealing_time, warmup_epochs=self.warmup_epochs)
+                    annealing_time=self.annealing_time, warmup_epochs=self.warmup_epochs, restarts=self.restarts)
 
 
 class EpochTimesStepFactor:
@@ -214,13 +218,14 @@ def build_epoch_times_step_scheduler(
     epochs: int,
     decay_per_epoch: float = 1.0,
     annealing_time: float | None = None,
+    restarts: bool = True,
 ) -> ResumableLambdaLR:
     """Schedule ``per_epoch`` (stepped once per epoch) times schedule ``per_step`` (stepped per batch), as one
     scheduler to ``.step()`` once per optimizer step. ``decay_per_epoch`` and ``annealing_time`` parameterise
     ``per_step``; ``per_epoch`` takes the names of :func:`build_scheduler` with its defaults."""
     outer = ScheduleFactor(per_epoch, interval="epoch", steps_per_epoch=steps_per_epoch, epochs=epochs)
     inner = ScheduleFactor(per_step, interval="step", steps_per_epoch=steps_per_epoch, epochs=epochs,
-                           decay_per_epoch=decay_per_epoch, annealing_time=annealing_time)
+                           decay_per_epoch=decay_per_epoch, annealing_time=annealing_time, restarts=restarts)
     return ResumableLambdaLR(optimizer, EpochTimesStepFactor(outer, inner))
 
 
