@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utility.config.recipe import recipe_of
 from utility.data.badfiles import BadFiles
 from utility.data.segdata import make_seg_dataset
 from utility.methods.base import SupervisedMethod
@@ -148,7 +149,8 @@ class SegmentationPipeline:
 
     def method(self, cfg: Any, task: Any, indexed: Any, augment: Optional[nn.Module],
                bad: BadFiles) -> SegmentationMethod:
-        loss = SegLoss(task.loss, cfg.w_l, task.ce_weight, task.dice_weight, task.dice_smooth,
+        kind = "ce" if recipe_of(cfg).seg_loss_ce_only else task.loss  # the predecessor: weighted CE only
+        loss = SegLoss(kind, cfg.w_l, task.ce_weight, task.dice_weight, task.dice_smooth,
                        task.dice_include_background)
         return SegmentationMethod(indexed.num_classes, indexed.classes, cfg.in_channels or 3, loss,
                                   augment, task.regions, {k: s.paths for k, s in indexed.splits.items()},

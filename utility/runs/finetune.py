@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from utility.config.loader import load_config
+from utility.config.recipe import excludes_bn_bias, recipe_of, task_for
 from utility.config.schemas import FTE_DEPRECATED, FTEConfig
 from utility.config.tasks import TaskSpec, load_task
 from utility.data.augment import build_augment
@@ -75,17 +76,21 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     if is_main():
         (run_dir / "classes.txt").write_text("\n".join(data.indexed.classes) + "\n")
     augment, cpu_augment = build_augment(task.augmentation, tuple(cfg.shape_desired or task.shape_desired),
-                                         cfg.no_augs, cfg.noise_injection, cfg.tf_device)
+                                         cfg.no_augs, cfg.noise_injection, cfg.tf_device,
+                                         recipe_of(cfg), task.name)
     if augment is not None:
         augment.to(session.device)
     data.datasets["train"].transform = cpu_augment  # per-sample, in the loader workers
     bad = BadFiles({k: s.paths for k, s in data.indexed.splits.items()}, cfg.max_bad_fraction, run_dir)
     method = pipe.method(cfg, task, data.indexed, augment, bad)
-    optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    recipe = recipe_of(cfg)
+    optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
+                            exclude_bn_bias=excludes_bn_bias(recipe, cfg.optimizer))
     steps = 1 if cfg.short_training else len(data.loaders["train"])
     scheduler = user_errors(build_scheduler, optimizer, cfg.scheduler, interval=cfg.scheduling_interval,
                             steps_per_epoch=steps, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
-                            annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs)
+                            annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs,
+                            restarts=not recipe.continuous_decaying_cosine)
     metric, mode = best_settings(cfg, task)
     check_best_metric(method, metric, cfg.best_metric is not None, task.name)
     opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=cfg.scheduling_interval,
@@ -127,7 +132,7 @@ def run_folds(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> None:
 
 def main(argv: list[str]) -> int:
     cfg, _ = load_config(FTEConfig, argv, "pkgs/FTE/finetune.py", FTE_DEPRECATED)
-    task = load_task(cfg.task)
+    task = task_for(load_task(cfg.task), recipe_of(cfg))
     run_dir = output_root(cfg.output_root) / "finetuning" / cfg.name
     if cfg.folds:
         if (run_dir / "config.yaml").exists():
