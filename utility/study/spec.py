@@ -24,16 +24,20 @@ class Strict(BaseModel):
 
 
 class PretrainSource(Strict):
-    """A source pretrained by the study (``config`` + ``overrides``) or an existing ``encoder`` file."""
+    """A source pretrained by the study (``config`` + ``overrides``), an existing ``encoder`` file, or
+    the encoder a pretraining ``run`` (under <output_root>/pretraining/) writes outside the study."""
 
     config: Optional[str] = None
     overrides: dict[str, Any] = Field(default_factory=dict)
     encoder: Optional[str] = None
+    run: Optional[str] = None
+    file: str = Field("encoder_pretrained.tar", description="with run: the file in the run's folder")
 
     @model_validator(mode="after")
     def _one(self) -> "PretrainSource":
-        if (self.config is None) == (self.encoder is None):
-            raise ValueError("give either 'config' (pretrained by the study) or 'encoder' (an existing file)")
+        if sum(x is not None for x in (self.config, self.encoder, self.run)) != 1:
+            raise ValueError("give one of 'config' (pretrained by the study), 'encoder' (an existing file) or "
+                             "'run' (a pretraining run's encoder, made outside the study)")
         if self.encoder is not None and self.overrides:
             raise ValueError("'overrides' only go with 'config'")
         return self
@@ -61,6 +65,15 @@ class Repeats(Strict):
         return len(self.seeds) if self.seeds is not None else int(self.folds or 0)
 
 
+class TaskSetting(Strict):
+    """Per-task settings: the name its runs carry (``label``, e.g. the predecessor's I1k for ImageNet-1k),
+    config keys for that task only, and its own seeds."""
+
+    label: Optional[str] = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    seeds: Optional[list[int]] = None
+
+
 class StudySpec(Strict):
     name: str
     pretrain: dict[str, Optional[PretrainSource]]
@@ -69,6 +82,7 @@ class StudySpec(Strict):
     modes: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"finetune": {}})
     repeats: Repeats = Field(default_factory=lambda: Repeats(seeds=[42]))
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    task_settings: dict[str, TaskSetting] = Field(default_factory=dict, description="keyed by a task of 'tasks'")
     metrics: Optional[list[str]] = None
     gpus_per_job: int = Field(1, ge=0)
     output_root: Optional[str] = Field(None, description="runs, studies/ and the jobs file; default logs_and_checkpoints")
@@ -137,6 +151,9 @@ def _unknown_keys(model: type[BaseModel], data: Any, where: str) -> None:
         sub = {"finetune": FinetuneBase, "repeats": Repeats}.get(key) if model is StudySpec else None
         if sub is not None:
             _unknown_keys(sub, value, f"{where}{key}.")
+        elif model is StudySpec and key == "task_settings" and isinstance(value, dict):
+            for task, setting in value.items():
+                _unknown_keys(TaskSetting, setting, f"task_settings.{task}.")
         elif model is StudySpec and key == "pretrain" and isinstance(value, dict):
             for label, src in value.items():
                 _unknown_keys(PretrainSource, src, f"pretrain.{label}.")
