@@ -253,7 +253,6 @@ def test_predecessor_keys_print_the_recipe_once(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"name": "r", "task": "LiTS", "w_m": None}))
     cfg, _ = load_config(FTEConfig, ["-c", str(path)], "x", FTE_DEPRECATED)
-    load_config(FTEConfig, ["-c", str(path)], "x", FTE_DEPRECATED)
     err = capsys.readouterr().err
     assert cfg.recipe == "modern" and err.count("recipe: modern in force") == 1
     assert "set recipe: predecessor" in err and "w_m" in err

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 RECIPES = ("modern", "predecessor")
+# how similar (difflib ratio) a valid key must be to be offered as "did you mean": 0.5 offered
+# annealing_time for learnin_rate and num_workers for nework (config/loader.py, schemas.py)
+HINT_CUTOFF = 0.6
 SWITCH = "recipe"  # the config key
 
 
@@ -90,12 +93,9 @@ def fill_defaults(data: Any, kind: str) -> Any:
     return data
 
 
-_said: set[str] = set()
-
-
 def recipe_notice(raw: dict[str, Any], recipe: str) -> Optional[str]:
     """One line when the config carries predecessor-only keys: which recipe is in force and the key that
-    switches it (printed once per process, rank 0 only)."""
+    switches it (on stderr, rank 0 only; load_config calls it once per run)."""
     keys = [k for k in PREDECESSOR_KEYS if k in raw]
     if not keys:
         return None
@@ -104,8 +104,7 @@ def recipe_notice(raw: dict[str, Any], recipe: str) -> Optional[str]:
     else:
         line = (f"recipe: modern in force although the config has the predecessor's {', '.join(keys)}; "
                 "set recipe: predecessor to train as the predecessor did (docs/recipes.md)")
-    if line not in _said and os.environ.get("RANK", "0") == "0":
-        _said.add(line)
+    if os.environ.get("RANK", "0") == "0":
         print(line, file=sys.stderr)
     return line
 

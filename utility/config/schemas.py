@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from utility.config.recipe import fill_defaults
+from utility.config.recipe import HINT_CUTOFF, fill_defaults
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -212,7 +212,7 @@ class MonitorConfig(BaseModel):
             return {"task": v}
         for key in v if isinstance(v, dict) else ():
             if key not in cls.model_fields:
-                hint = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.5)
+                hint = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=HINT_CUTOFF)
                 raise ValueError(f"unknown monitor key '{key}'" + (f"; did you mean '{hint[0]}'?" if hint else
                                  f" (valid: {', '.join(cls.model_fields)})"))
         return v
