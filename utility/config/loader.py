@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from utility.config.recipe import HINT_CUTOFF, recipe_notice
+from utility.config.recipe import recipe_notice
 from utility.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
@@ -88,6 +88,11 @@ KEY_SYNONYMS: dict[str, str] = {
     "learning_rate": "lr", "wd": "weight_decay", "bs": "batch_size", "n_epochs": "epochs",
     "num_epochs": "epochs", "workers": "num_workers", "arch": "model_name", "model": "model_name",
 }
+
+
+# how similar (difflib ratio) a valid key must be to be offered as "did you mean": 0.5 offered
+# annealing_time for learnin_rate and num_workers for nework
+HINT_CUTOFF = 0.6
 
 
 def closest_key(key: str, valid: list[str]) -> str | None:

@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 RECIPES = ("modern", "predecessor")
-# how similar (difflib ratio) a valid key must be to be offered as "did you mean": 0.5 offered
-# annealing_time for learnin_rate and num_workers for nework (config/loader.py, schemas.py)
-HINT_CUTOFF = 0.6
 SWITCH = "recipe"  # the config key
 
 

@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from utility.config.recipe import HINT_CUTOFF, fill_defaults
+from utility.config.loader import HINT_CUTOFF
+from utility.config.recipe import fill_defaults
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
