@@ -190,17 +190,28 @@ def test_decaying_cosine_is_continuous_under_predecessor():
 @pytest.mark.parametrize("recipe", ["predecessor", "modern"])
 def test_simclr_decaying_cosine_decay_only_under_modern(recipe):
     cfg = ssl(recipe=recipe, optimizer="Adam", lr=1.0, stepwise_scheduler="DecayingCosine", lr_rule="config",
-              annealing_time=0.2)  # decay_per_epoch missing: 0.5 (predecessor) / 0.95
+              annealing_time=0.2, batch_size=10)  # decay_per_epoch missing: 0.5 (predecessor) / 0.95
     sched = build_lr_schedule(torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1.0),
-                              lr_plan(cfg, "config", ""), cfg, steps_per_epoch=10)
-    eta, t0 = 1e-6, 2  # T0 = int(0.2 * 10) steps
-    cos = [eta + 0.5 * (1 - eta) * (1 + math.cos(k / t0 * math.pi)) for k in range(15)]
-    if recipe == "predecessor":
-        assert _factors(sched, 15) == pytest.approx(cos, rel=1e-9)  # continuous, decay computed not applied
-    else:
-        modern = [(eta + 0.5 * (1 - eta) * (1 + math.cos((k % t0) / t0 * math.pi))) * 0.95 ** (k / 10)
-                  for k in range(15)]
-        assert _factors(sched, 15) == pytest.approx(modern, rel=1e-9)
+                              lr_plan(cfg, "config", ""), cfg, steps_per_epoch=22, n_images=215)
+    eta = 1e-6
+    if recipe == "predecessor":  # T0 = int(0.2 * 215 / 10) = 4 steps, decay computed but not applied
+        ref = [eta + 0.5 * (1 - eta) * (1 + math.cos(k / 4 * math.pi)) for k in range(15)]
+    else:  # restarts every 0.2 * 22 = 4.4 steps, times 0.95 per 22-step epoch
+        ref = [(eta + 0.5 * (1 - eta) * (1 + math.cos(math.fmod(k, 4.4) / 4.4 * math.pi))) * 0.95 ** (k / 22)
+               for k in range(15)]
+    assert _factors(sched, 15) == pytest.approx(ref, rel=1e-9)
+
+
+@pytest.mark.parametrize("recipe", ["predecessor", "modern"])
+def test_stepwise_decay_counts_epochs_as_the_recipe_says(recipe):
+    r = RECIPE_TABLE[recipe]
+    from utility.config.recipe import epoch_steps
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, "decay", interval="step", steps_per_epoch=4, epochs=3, decay_per_epoch=0.5,
+                            epoch_steps=epoch_steps(r, 30, 8))  # 30 images, batch 8: 4 batches, 3.75 "steps"
+    # the predecessor: ExponentialLR(gamma = exp(log(alpha) / (len / batch))) stepped per batch
+    gamma = math.exp(math.log(0.5) / (30 / 8)) if recipe == "predecessor" else 0.5 ** (1 / 4)
+    assert _factors(sched, 9) == pytest.approx([gamma ** k for k in range(9)], rel=1e-9)
 
 
 # ----------------------------------------------------------------------------- snapshots
@@ -255,7 +266,7 @@ def test_predecessor_keys_print_the_recipe_once(tmp_path, capsys):
     cfg, _ = load_config(FTEConfig, ["-c", str(path)], "x", FTE_DEPRECATED)
     err = capsys.readouterr().err
     assert cfg.recipe == "modern" and err.count("recipe: modern in force") == 1
-    assert "set recipe: predecessor" in err and "w_m" in err
+    assert "set recipe: predecessor" in err and "used: w_m)" in err
     load_config(FTEConfig, ["-c", str(path), "--recipe", "predecessor"], "x", FTE_DEPRECATED)
     assert "recipe: predecessor in force" in capsys.readouterr().err
 

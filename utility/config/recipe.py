@@ -30,6 +30,7 @@ class Recipe:
     ssl_decay_default: float          # SimCLR decay_per_epoch when the key is missing (Exponential)
     continuous_decaying_cosine: bool  # decaying_cosine: one continuous cosine (no restarts)
     ssl_decaying_cosine_decay: bool   # SimCLR stepwise DecayingCosine: decay applied
+    fractional_epoch_steps: bool      # per-step schedules: epoch = train size / batch steps, T0 truncated
     snapshot_zero_based: bool         # encoder_<e>.tar: e = 0-based epoch (encoder_0, encoder_k, ...)
     body_part_lowest: bool            # CTBR DICOM: several regions -> lowest class; FOOT/Ankle not extremity
 
@@ -37,12 +38,13 @@ class Recipe:
 RECIPE_TABLE: dict[str, Recipe] = {
     "modern": Recipe("modern", seg_loss_ce_only=False, predecessor_augmentation=False, clip_noise=False,
                      decay_all_params=False, fte_decay_default=0.95, ssl_decay_default=0.95,
-                     continuous_decaying_cosine=False, ssl_decaying_cosine_decay=True, snapshot_zero_based=False,
+                     continuous_decaying_cosine=False, ssl_decaying_cosine_decay=True, fractional_epoch_steps=False,
+                     snapshot_zero_based=False,
                      body_part_lowest=False),
     "predecessor": Recipe("predecessor", seg_loss_ce_only=True, predecessor_augmentation=True, clip_noise=True,
                           decay_all_params=True, fte_decay_default=0.99, ssl_decay_default=0.5,
                           continuous_decaying_cosine=True, ssl_decaying_cosine_decay=False,
-                          snapshot_zero_based=True, body_part_lowest=True),
+                          fractional_epoch_steps=True, snapshot_zero_based=True, body_part_lowest=True),
 }
 
 # (rule, modern, predecessor, where it applies) -- the rows of docs/recipes.md
@@ -61,6 +63,9 @@ DIFFERENCES: list[tuple[str, str, str, str]] = [
      "one continuous cosine (falls over T0, rises over the next T0)", "scheduler / stepwise_scheduler"),
     ("ssl_decaying_cosine_decay", "stepwise DecayingCosine decays by decay_per_epoch",
      "cosine only, no decay", "pretraining stepwise_scheduler"),
+    ("fractional_epoch_steps", "per-step schedules count an epoch as its batches; periods in (fractional) steps",
+     "an epoch counts train size / batch size steps (decay g per that many steps); T0 = int(annealing_time x that)",
+     "scheduling_interval: step, stepwise_scheduler"),
     ("snapshot_zero_based", "encoder_<N>.tar after N epochs (encoder_k, encoder_2k, ...)",
      "encoder_<e>.tar with e the 0-based epoch (encoder_0, encoder_k, ...)", "pretraining enc_save_frequency"),
     ("body_part_lowest", "a BodyPartExamined naming several regions is refused",
@@ -99,7 +104,7 @@ def recipe_notice(raw: dict[str, Any], recipe: str) -> Optional[str]:
     if recipe == "predecessor":
         line = f"recipe: predecessor in force (config has the predecessor's {', '.join(keys)})"
     else:
-        line = (f"recipe: modern in force although the config has the predecessor's {', '.join(keys)}; "
+        line = (f"recipe: modern in force (config has keys the predecessor used: {', '.join(keys)}); "
                 "set recipe: predecessor to train as the predecessor did (docs/recipes.md)")
     if os.environ.get("RANK", "0") == "0":
         print(line, file=sys.stderr)
@@ -117,6 +122,12 @@ def task_for(task: Any, recipe: Recipe) -> Any:
 def excludes_bn_bias(recipe: Recipe, optimizer: str) -> bool:
     """Whether norm layers, biases and 1-D parameters go without weight decay (LARS: always)."""
     return not (recipe.decay_all_params and optimizer in ("Adam", "AdamW"))
+
+
+def epoch_steps(recipe: Recipe, n_train: int, batch_size: int) -> Optional[float]:
+    """Steps one epoch counts for per-step schedules: the predecessor's len(train set) / batch size, or
+    None (the loader's batches per epoch)."""
+    return n_train / batch_size if recipe.fractional_epoch_steps and n_train > 0 else None
 
 
 def snapshot_epoch(recipe: Recipe, epochs_done: int, every: Optional[int]) -> Optional[int]:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from utility.config.loader import load_config
-from utility.config.recipe import excludes_bn_bias, recipe_of, task_for
+from utility.config.recipe import epoch_steps, excludes_bn_bias, recipe_of, task_for
 from utility.config.schemas import FTE_DEPRECATED, FTEConfig
 from utility.config.tasks import TaskSpec, load_task
 from utility.data.augment import build_augment
@@ -90,7 +90,9 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     scheduler = user_errors(build_scheduler, optimizer, cfg.scheduler, interval=cfg.scheduling_interval,
                             steps_per_epoch=steps, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
                             annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs,
-                            restarts=not recipe.continuous_decaying_cosine)
+                            restarts=not recipe.continuous_decaying_cosine,
+                            epoch_steps=None if cfg.short_training else epoch_steps(recipe, len(data.datasets["train"]),
+                                                                                    cfg.batch_size))
     metric, mode = best_settings(cfg, task)
     check_best_metric(method, metric, cfg.best_metric is not None, task.name)
     opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=cfg.scheduling_interval,

@@ -78,7 +78,7 @@ def main(argv: list[str], prog: str = PROG) -> int:
     optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum,
                             exclude_bn_bias=excludes_bn_bias(recipe_of(cfg), cfg.optimizer))
     interval = lr.interval
-    scheduler = build_lr_schedule(optimizer, lr, cfg, len(loader))
+    scheduler = build_lr_schedule(optimizer, lr, cfg, len(loader), len(ds))
 
     def snapshot(tr: Trainer) -> None:
         report_bad_files(bad, tr.epoch)

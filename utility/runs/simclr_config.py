@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from utility.config.loader import parse_argv, read_yaml
-from utility.config.recipe import recipe_of
+from utility.config.recipe import epoch_steps, recipe_of
 from utility.config.schemas import SIMCLR_DEPRECATED, SimCLRConfig
 from utility.errors import UserError, user_errors
 from utility.methods.simclr import PER_REPLICA  # noqa: F401  (re-exported: loss_device values, one NT-Xent per replica)
@@ -126,13 +126,15 @@ def lr_plan(cfg: SimCLRConfig, rule: str, why: str) -> LrPlan:
 
 
 def build_lr_schedule(optimizer: torch.optim.Optimizer, plan: LrPlan, cfg: SimCLRConfig,
-                      steps_per_epoch: int) -> ResumableLambdaLR:
+                      steps_per_epoch: int, n_images: int = 0) -> ResumableLambdaLR:
+    """``n_images``: the training set size (the predecessor's recipe counts epochs as n_images / batch steps)."""
     r = recipe_of(cfg)
     decay = cfg.decay_per_epoch
     if cfg.stepwise_scheduler == "DecayingCosine" and not r.ssl_decaying_cosine_decay:
         decay = 1.0  # the predecessor computed the decay but never applied it
     shape = dict(steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, decay_per_epoch=decay,
-                 annealing_time=cfg.annealing_time, restarts=not r.continuous_decaying_cosine)
+                 annealing_time=cfg.annealing_time, restarts=not r.continuous_decaying_cosine,
+                 epoch_steps=epoch_steps(r, n_images, cfg.batch_size))
     if plan.per_epoch is not None:
         return user_errors(build_epoch_times_step_scheduler, optimizer, plan.per_epoch, plan.per_step, **shape)
     return user_errors(build_scheduler, optimizer, plan.per_step, interval=plan.interval,
