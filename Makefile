@@ -3,12 +3,14 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: venv demo demo-queue demo-finetune demo-seg study-e2 test bench
+.PHONY: venv demo demo-queue demo-finetune demo-seg study-e2 test test-fast bench
 
-$(VENV)/.installed: requirements.txt
+# the pinned requirements, then this checkout as the package `utility` (editable) with the console scripts
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -r requirements.txt
+	$(VPY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(VPY) -m pip install -q --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed
@@ -44,8 +46,12 @@ demo-seg: venv
 	$(VPY) datasets/prepare_demo_seg.py
 	$(VPY) pkgs/FTE/finetune.py -c pkgs/FTE/config/demo_seg.yaml
 
+# the whole suite (what CI runs); test-fast: the unit tier only (in-process, no child processes)
 test: venv
 	$(VPY) -m pytest -q tests
+
+test-fast: venv
+	$(VPY) -m pytest -q -m unit tests
 
 bench: venv
 	$(VPY) benchmarks/bench_engine_step.py

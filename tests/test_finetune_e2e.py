@@ -24,10 +24,9 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 
 REPO = Path(__file__).resolve().parent.parent
 FINETUNE = REPO / "pkgs" / "FTE" / "finetune.py"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from utility.models import get_model  # noqa: E402
+from conftest import kill_when
+from utility.models import get_model
 
 CLASSES = ["horizontal", "noise", "vertical"]  # sorted: the folders reader orders classes by name
 
@@ -335,24 +334,6 @@ def resume_overrides(toy: dict, name: str, **extra: Any) -> dict[str, Any]:
             "no_augs": True, "num_workers": 0, "seed": 7, **extra}
 
 
-def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 600) -> int:
-    """Start ``cmd``, SIGKILL it as soon as ``ready()`` is true; returns its exit status."""
-    proc = subprocess.Popen(cmd, cwd=str(cwd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=child_env())
-    t0 = time.time()
-    try:
-        while proc.poll() is None and time.time() - t0 < timeout:
-            if ready():
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        return proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def train_rows_of_epoch(path: Path, epoch: int) -> int:
     if not path.exists():
         return 0
@@ -404,7 +385,7 @@ def test_resume_after_mid_epoch_kill(reference_run):
     ov = {**ref["overrides"], "name": "resume/killed_mid", "checkpoint_every_steps": 1}
     rd = toy["out"] / "finetuning" / "resume" / "killed_mid"
     cmd = command(toy["cfg"], ov)
-    status = kill_when(cmd, toy["cwd"], lambda: train_rows_of_epoch(rd / "train.log", 2) >= 2)
+    status = kill_when(cmd, toy["cwd"], lambda: train_rows_of_epoch(rd / "train.log", 2) >= 2, child_env())
     assert status == -signal.SIGKILL, "the run ended before it could be killed mid-training"
     assert not (rd / "test.log").exists()
     ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
@@ -433,7 +414,7 @@ def test_resume_from_epoch_boundary_matches_uninterrupted(reference_run):
     rd = toy["out"] / "finetuning" / "resume" / "killed_epoch"
     cmd = command(toy["cfg"], ov)
     # without per-step checkpoints the only checkpoints are written at the end of an epoch
-    status = kill_when(cmd, toy["cwd"], lambda: (rd / "checkpoint_last.pt").exists())
+    status = kill_when(cmd, toy["cwd"], lambda: (rd / "checkpoint_last.pt").exists(), child_env())
     assert status == -signal.SIGKILL
     ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
     assert ck["batch_in_epoch"] == 0 and 1 <= ck["epoch"] < 3

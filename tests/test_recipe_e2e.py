@@ -2,6 +2,7 @@
 config.yaml records, the notice printed once, snapshot names, init_encoder provenance."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -41,7 +42,7 @@ def test_pretraining_snapshots_and_init_encoder(tmp_path):
            "device": "cpu", "verbose": False, "recipe": "predecessor", "init_encoder": str(first),
            "output_root": str(tmp_path / "out")}
     write_yaml(tmp_path / "p.yaml", cfg)
-    env = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2", "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}  # PYTHONPATH: conftest
     proc = subprocess.run([sys.executable, str(SIMCLR), "-c", str(tmp_path / "p.yaml")], cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr

@@ -10,25 +10,26 @@ import sys
 from pathlib import Path
 
 from utility.config.loader import load_config
-from utility.config.recipe import epoch_steps, excludes_bn_bias, recipe_of, task_for
+from utility.config.recipe import recipe_of, task_for
 from utility.config.schemas import FTE_DEPRECATED, FTEConfig
 from utility.config.tasks import TaskSpec, load_task
 from utility.data.augment import build_augment
 from utility.data.badfiles import BadFiles
 from utility.entry import CrashLog
-from utility.errors import UserError, user_errors
+from utility.errors import UserError
 from utility.methods.registry import pipeline_for
 from utility.models import build_network, count_parameters
 from utility.paths import output_root, resolve_user_path
+from utility.runs.callbacks import BadFileReports
 from utility.runs.startup import Startup, augmentation_path, index_cache_for, resolve_tf_device
+from utility.runs.finetune_optim import optimizer_and_schedule
 from utility.runs.supervised_data import build_data, check_folds
 from utility.runs.evaluation import read_test_row, report_bad_files, test_last_and_best, write_folds_summary
-from utility.training.distributed import is_main, shutdown, world_size
+from utility.distributed import is_main, shutdown, world_size
 from utility.training.checkpoint import atomic_save
 from utility.training.engine import TrainerOptions
-from utility.training.optim import build_optimizer
-from utility.training.schedulers import build_scheduler
 from utility.training.session import RESUME_FREE_KEYS, RunSession, make_run_dir
+from utility.tracking import require_trackers, tracking_for
 
 FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex"}
 
@@ -52,6 +53,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     """Train, validate, test one run (one fold); returns the test metrics of the last model."""
     requested_tf = cfg.tf_device
     cfg.tf_device = resolve_tf_device(cfg.tf_device, cfg.device, run_dir)  # config.yaml records the path that runs
+    require_trackers(cfg.trackers)  # before any work: exit 2 if one is not installed
     session = RunSession.open(cfg, run_dir, free_keys=FREE_KEYS)
     if session.done:
         print(f"run {run_dir} is already complete; results in {run_dir / 'test.log'}. "
@@ -83,24 +85,16 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     data.datasets["train"].transform = cpu_augment  # per-sample, in the loader workers
     bad = BadFiles({k: s.paths for k, s in data.indexed.splits.items()}, cfg.max_bad_fraction, run_dir)
     method = pipe.method(cfg, task, data.indexed, augment, bad)
-    recipe = recipe_of(cfg)
-    optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
-                            exclude_bn_bias=excludes_bn_bias(recipe, cfg.optimizer))
     steps = 1 if cfg.short_training else len(data.loaders["train"])
-    scheduler = user_errors(build_scheduler, optimizer, cfg.scheduler, interval=cfg.scheduling_interval,
-                            steps_per_epoch=steps, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
-                            annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs,
-                            restarts=not recipe.continuous_decaying_cosine,
-                            epoch_steps=None if cfg.short_training else epoch_steps(recipe, len(data.datasets["train"]),
-                                                                                    cfg.batch_size))
+    optimizer, scheduler = optimizer_and_schedule(cfg, model, len(data.datasets["train"]), steps)
     metric, mode = best_settings(cfg, task)
     check_best_metric(method, metric, cfg.best_metric is not None, task.name)
     opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=cfg.scheduling_interval,
                           short_training=cfg.short_training, verbose=cfg.verbose, debug=cfg.debug,
                           log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
-                          best_metric=metric, best_mode=mode, config=cfg.model_dump(mode="json"),
-                          epoch_end=lambda tr: report_bad_files(bad, tr.epoch))
-    trainer = session.trainer(model, method, optimizer, scheduler, opts, train_module)
+                          best_metric=metric, best_mode=mode, config=cfg.model_dump(mode="json"))
+    callbacks = [BadFileReports(bad), tracking_for(cfg, run_dir)]
+    trainer = session.trainer(model, method, optimizer, scheduler, opts, train_module, callbacks)
     if cfg.verbose and is_main():
         sizes = ", ".join(f"{k} {len(s)}" for k, s in data.indexed.splits.items())
         p = count_parameters(model)

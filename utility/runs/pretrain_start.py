@@ -15,7 +15,7 @@ from torch import nn
 from utility.errors import UserError
 from utility.models.weights import load_encoder_weights, read_state_dict, split_state_dict
 from utility.paths import resolve_user_path
-from utility.training.distributed import is_main, launched_by_torchrun
+from utility.distributed import is_main, launched_by_torchrun
 
 
 def predecessor_parallel(cfg: Any) -> str:
