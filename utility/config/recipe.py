@@ -13,8 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
-RECIPES = ("modern", "predecessor")
-SWITCH = "recipe"  # the config key
+RECIPES = ("modern", "predecessor")  # values of the config key `recipe` (schemas.RunBase)
 
 
 @dataclass(frozen=True)
@@ -38,9 +37,8 @@ class Recipe:
 RECIPE_TABLE: dict[str, Recipe] = {
     "modern": Recipe("modern", seg_loss_ce_only=False, predecessor_augmentation=False, clip_noise=False,
                      decay_all_params=False, fte_decay_default=0.95, ssl_decay_default=0.95,
-                     continuous_decaying_cosine=False, ssl_decaying_cosine_decay=True, fractional_epoch_steps=False,
-                     snapshot_zero_based=False,
-                     body_part_lowest=False),
+                     continuous_decaying_cosine=False, ssl_decaying_cosine_decay=True,
+                     fractional_epoch_steps=False, snapshot_zero_based=False, body_part_lowest=False),
     "predecessor": Recipe("predecessor", seg_loss_ce_only=True, predecessor_augmentation=True, clip_noise=True,
                           decay_all_params=True, fte_decay_default=0.99, ssl_decay_default=0.5,
                           continuous_decaying_cosine=True, ssl_decaying_cosine_decay=False,
