@@ -17,6 +17,7 @@ from torch import nn
 
 from utility.config.loader import read_yaml, validate
 from utility.config.schemas import FTE_DEPRECATED, FTEConfig
+from utility.config.recipe import recipe_of, task_for
 from utility.config.tasks import TaskSpec, load_task
 from utility.errors import UserError
 from utility.paths import output_root, resolve_user_path
@@ -173,7 +174,7 @@ def open_subject(args: Any) -> Subject:
         cfg = validate(FTEConfig, raw, "the command line")
         run_dir = None
         base = (weights.parent if weights is not None else Path.cwd()) / "analysis"
-    task = load_task(cfg.task)
+    task = task_for(load_task(cfg.task), recipe_of(cfg))  # labels as the run's recipe read them (CTBR)
     return Subject(cfg, task, weights, base, run_dir, pick_device(cfg.device))
 
 
