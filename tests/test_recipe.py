@@ -311,3 +311,12 @@ def test_every_difference_is_a_row_of_the_docs_table():
     for rule, *_ in DIFFERENCES:
         assert f"`{rule}`" in text, rule
     assert {d[0] for d in DIFFERENCES} == set(vars(recipe_of("modern"))) - {"name"}
+
+
+def test_recipe_key_values_are_the_table():
+    from typing import get_args
+
+    from utility.config.recipe import RECIPES
+    assert set(get_args(FTEConfig.model_fields["recipe"].annotation)) == set(RECIPES) == set(RECIPE_TABLE)
+    with pytest.raises(Exception, match="modern"):
+        fte(recipe="old")
