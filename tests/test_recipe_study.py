@@ -55,3 +55,22 @@ def test_planned_config_equals_the_predecessors(plans, fixture):
         assert diff == {key: (study_value, their_value)}
     else:
         assert diff == {}
+
+
+def _study(tmp_path, **changes) -> Path:
+    data = yaml.safe_load((REPO / "config" / "studies" / "predecessor_e1.yaml").read_text())
+    data.update(changes)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_task_settings_and_run_sources_are_checked(tmp_path):
+    from utility.errors import UserError
+
+    with pytest.raises(UserError, match="task_settings.LiTS-M': not one of the study's tasks"):
+        make_plan(load_study(_study(tmp_path, task_settings={"LiTS-M": {"label": "LiTSM"}})))
+    with pytest.raises(UserError, match="did you mean 'task_settings.CX8.label'"):
+        load_study(_study(tmp_path, task_settings={"CX8": {"lable": "X"}}))
+    with pytest.raises(UserError, match="give one of 'config'"):
+        load_study(_study(tmp_path, pretrain={"A": {"run": "x", "encoder": "y.tar"}}))
