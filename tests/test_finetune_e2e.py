@@ -5,6 +5,7 @@ against independent computations (scikit-learn, torch.load, a forward pass of th
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -156,6 +157,8 @@ def test_multiclass_folder_run_files_and_metrics(tmp_path):
     rd = tmp_path / "out" / "finetuning" / "e2e" / "multiclass"
     assert rd.is_dir(), proc.stdout
     assert not (cwd / "logs_and_checkpoints").exists() and not any(cwd.iterdir())
+    (env,) = [json.loads(line) for line in (rd / "environment.jsonl").read_text().splitlines()]
+    assert env["start"] == "fresh" and env["torch_threads"] == int(child_env()["OMP_NUM_THREADS"])
 
     # resolved config: loadable, validates, holds the CLI overrides over the YAML's values
     resolved = yaml.safe_load((rd / "config.yaml").read_text())

@@ -330,5 +330,3 @@ SIMCLR_DEPRECATED: dict[str, str] = {
     "epoch_num": "resume is automatic and continues from the last checkpoint (init_encoder: start from an encoder)",
     "start_epoch": "resume is automatic and continues from the last checkpoint (init_encoder: start from an encoder)",
 }
-
-PretrainConfig = SimCLRConfig  # every method's pretraining config (the name SimCLRConfig is kept)
