@@ -74,3 +74,27 @@ def test_task_settings_and_run_sources_are_checked(tmp_path):
         load_study(_study(tmp_path, task_settings={"CX8": {"lable": "X"}}))
     with pytest.raises(UserError, match="give one of 'config'"):
         load_study(_study(tmp_path, pretrain={"A": {"run": "x", "encoder": "y.tar"}}))
+
+
+PREDECESSOR_COPY = REPO.parent / "shared" / "predecessor" / "FTE_config"  # a copy of its configs, where one exists
+
+
+@pytest.mark.skipif(not PREDECESSOR_COPY.is_dir(), reason="no copy of the predecessor's configs beside the checkout")
+def test_all_828_planned_configs_equal_the_predecessors_but_the_listed_exceptions(plans):
+    """Every E1-E3 config of the predecessor (where a copy of them lies beside the checkout)."""
+    seen, differing = 0, {}
+    for e, plan in plans.items():
+        theirs = {}
+        for f in (PREDECESSOR_COPY / e.upper()).glob("*.yaml"):
+            d = yaml.safe_load(f.read_text())
+            theirs[d["name"]] = d
+        assert sorted(theirs) == sorted(r.name for r in plan.runs)
+        for r in plan.runs:
+            (ours, our_model), (want, their_model) = resolved(r.config), resolved(theirs[r.name])
+            diff = {k: (ours.get(k), want.get(k)) for k in set(ours) | set(want) if ours.get(k) != want.get(k)}
+            assert our_model == their_model
+            if diff:
+                differing[r.name] = diff
+            seen += 1
+    assert seen == 828
+    assert differing == {name: {key: (a, b)} for name, (key, a, b) in EXCEPTIONS.items()}
