@@ -35,7 +35,8 @@ class RunBase(BaseModel):
     """Keys every training entry point shares (loop sizes, device, precision, outputs)."""
 
     # inf/nan are never a setting (lr: .inf trained with NaN losses)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # frozen: a validated config is never changed; derived values go into a copy (model_copy(update=...))
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="run directory under logs_and_checkpoints/<kind>/")
     seed: Seed = 42
@@ -55,6 +56,11 @@ class RunBase(BaseModel):
     log_losses: bool = True
     output_root: Optional[str] = Field(None, description="default: logs_and_checkpoints/ in the repo")
     data_root: Optional[str] = Field(None, description="default: datasets/ in the repo")
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="NHWC conv weights on CUDA; auto: on with mixed precision (docs/gpu.md)")
+    compile: bool = Field(False, description="torch.compile the model on CUDA (first steps slower)")
+    cudnn_benchmark: Literal["auto", "on", "off"] = Field("auto", description="auto: on with CUDA (fixed shapes)")
+    fused_optimizer: Literal["auto", "on", "off"] = Field("auto", description="fused Adam/AdamW/SGD on CUDA")
     checkpoint_every_steps: Optional[PositiveInt] = Field(
         None, description="also save a resume checkpoint every N steps (long epochs)")
     trackers: list[Literal["wandb", "mlflow"]] = Field(
@@ -163,6 +169,8 @@ class FTEConfig(RunBase, DataKeys):
     folds: Optional[Annotated[int, Field(ge=2)]] = Field(None, description="k-fold cross-validation")
     fold: Optional[NonNegInt] = Field(None, description="run only this fold (0-based) of `folds`")
     save_predictions: bool = Field(True, description="write per-image test predictions")
+    ci_resamples: NonNegInt = Field(1000, description="subject bootstrap resamples for test_ci.csv (0: none)")
+    ci_level: Annotated[float, Field(gt=0, lt=1)] = Field(0.95, description="test_ci.csv interval level")
 
     _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
     _recipe_defaults = model_validator(mode="before")(classmethod(lambda cls, v: fill_defaults(v, "fte")))

@@ -31,7 +31,7 @@ from utility.training.engine import TrainerOptions
 from utility.training.session import RESUME_FREE_KEYS, RunSession, make_run_dir
 from utility.tracking import require_trackers, tracking_for
 
-FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex"}
+FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex", "ci_resamples", "ci_level"}
 
 
 def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
@@ -52,7 +52,7 @@ def check_best_metric(method, metric: str, configured: bool, task_name: str) -> 
 def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     """Train, validate, test one run (one fold); returns the test metrics of the last model."""
     requested_tf = cfg.tf_device
-    cfg.tf_device = resolve_tf_device(cfg.tf_device, cfg.device, run_dir)  # config.yaml records the path that runs
+    cfg = cfg.model_copy(update={"tf_device": resolve_tf_device(cfg.tf_device, cfg.device, run_dir)})  # as it runs
     require_trackers(cfg.trackers)  # before any work: exit 2 if one is not installed
     session = RunSession.open(cfg, run_dir, free_keys=FREE_KEYS)
     if session.done:
@@ -86,7 +86,8 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     bad = BadFiles({k: s.paths for k, s in data.indexed.splits.items()}, cfg.max_bad_fraction, run_dir)
     method = pipe.method(cfg, task, data.indexed, augment, bad)
     steps = 1 if cfg.short_training else len(data.loaders["train"])
-    optimizer, scheduler = optimizer_and_schedule(cfg, model, len(data.datasets["train"]), steps)
+    optimizer, scheduler = optimizer_and_schedule(cfg, model, len(data.datasets["train"]), steps,
+                                                  session.speed.fused_optimizer)
     metric, mode = best_settings(cfg, task)
     check_best_metric(method, metric, cfg.best_metric is not None, task.name)
     opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=cfg.scheduling_interval,

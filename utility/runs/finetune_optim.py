@@ -12,11 +12,13 @@ from utility.training.optim import build_optimizer
 from utility.training.schedulers import build_scheduler
 
 
-def optimizer_and_schedule(cfg: Any, model: nn.Module, n_train: int, steps_per_epoch: int) -> tuple[Any, Any]:
-    """(optimizer, scheduler) for ``cfg``; ``n_train`` images, ``steps_per_epoch`` batches per epoch."""
+def optimizer_and_schedule(cfg: Any, model: nn.Module, n_train: int, steps_per_epoch: int,
+                           fused: bool = False) -> tuple[Any, Any]:
+    """(optimizer, scheduler) for ``cfg``; ``n_train`` images, ``steps_per_epoch`` batches per epoch,
+    ``fused``: the fused optimizer kernels (the session's speed settings)."""
     recipe = recipe_of(cfg)
     optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
-                            exclude_bn_bias=excludes_bn_bias(recipe, cfg.optimizer))
+                            exclude_bn_bias=excludes_bn_bias(recipe, cfg.optimizer), fused=fused)
     scheduler = user_errors(build_scheduler, optimizer, cfg.scheduler, interval=cfg.scheduling_interval,
                             steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
                             annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs,
