@@ -197,7 +197,7 @@ def make_cx8(root: Path, n: int) -> dict[str, str]:
         (root / "CX8" / split).mkdir(parents=True, exist_ok=True)
         (root / "CX8" / split / name).write_bytes(b"")
         labels[name] = "|".join(sorted(set(rng.choice(names, size=int(rng.integers(1, 3))))))
-    rows = ["Image Index,Finding Labels,Follow-up #"] + [f"{k},{v},0" for k, v in labels.items()]
+    rows = ["Image Index,Finding Labels,Follow-up #,Patient ID"] + [f"{k},{v},0,{k[:8]}" for k, v in labels.items()]
     (root / "CX8" / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
     return labels
 

@@ -68,7 +68,7 @@ def write_lits(root: Path, splits=("train", "val", "test"), volumes=2, slices=3,
         vol_dir, seg_dir = root / "Clean_LiTS" / split / "volumes", root / "Clean_LiTS" / split / "segmentations"
         vol_dir.mkdir(parents=True, exist_ok=True)
         seg_dir.mkdir(parents=True, exist_ok=True)
-        for v in range(volumes):
+        for v in range(100 * len(out) - 100, 100 * len(out) - 100 + volumes):  # own volume numbers per split
             for s in range(slices):
                 yy, xx = np.mgrid[0:size, 0:size]
                 cy, cx = rng.integers(size // 3, 2 * size // 3, size=2)
