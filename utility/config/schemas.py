@@ -158,6 +158,10 @@ class FTEConfig(RunBase, DataKeys):
     folds: Optional[Annotated[int, Field(ge=2)]] = Field(None, description="k-fold cross-validation")
     fold: Optional[NonNegInt] = Field(None, description="run only this fold (0-based) of `folds`")
     save_predictions: bool = Field(True, description="write per-image test predictions")
+    allow_subject_overlap: bool = Field(False, description="a subject in more than one of train/val/test: "
+                                        "warn (recorded in leakage.txt) instead of refusing the run")
+    check_duplicates: Optional[bool] = Field(None, description="look for identical image files across splits "
+                                             "(content hash); default: when the task has at most 200,000 files")
 
     _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
 

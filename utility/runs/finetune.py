@@ -20,6 +20,7 @@ from utility.methods.registry import pipeline_for
 from utility.models import build_network, count_parameters
 from utility.paths import output_root, resolve_user_path
 from utility.runs.startup import Startup, augmentation_path, index_cache_for, resolve_tf_device
+from utility.runs.split_audit import audit_splits
 from utility.runs.supervised_data import build_data, check_folds
 from utility.runs.evaluation import read_test_row, report_bad_files, test_last_and_best, write_folds_summary
 from utility.training.distributed import is_main, shutdown, world_size
@@ -29,7 +30,8 @@ from utility.training.optim import build_optimizer
 from utility.training.schedulers import build_scheduler
 from utility.training.session import RESUME_FREE_KEYS, RunSession, make_run_dir
 
-FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex"}
+FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex", "allow_subject_overlap",
+                                 "check_duplicates"}
 
 
 def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
@@ -60,6 +62,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     startup.attach(run_dir)
     pipe = pipeline_for(task.type)
     data = build_data(cfg, task, session.device, pipe, startup, index_cache_for(cfg))
+    audit_splits(cfg, data.indexed, run_dir, startup)
     startup.add("augmentation", None, augmentation_path(cfg.tf_device, requested_tf))
     n_cls = data.indexed.num_classes
     if cfg.w_l is not None and len(cfg.w_l) != n_cls:
