@@ -345,7 +345,8 @@ def test_finetune_startup_lines_log_and_cached_index(tiny_setup, run_finetune):
     import yaml
     run_dir = s["out_root"] / "finetuning" / "t" / "a"
     rows = list(_csv.DictReader((run_dir / "startup.log").open()))
-    assert [r["phase"] for r in rows] == ["index", "cache planning", "augmentation", "first batch"]
+    assert [r["phase"] for r in rows] == ["index", "cache planning", "splits", "augmentation", "first batch"]
+    assert "train 12 samples / 12 subjects" in rows[2]["note"] and "val 4 samples / 4 subjects" in rows[2]["note"]
     assert all(float(r["seconds"]) >= 0 for r in rows if r["seconds"])
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["tf_device"] == "cpu"
     from utility.config.tasks import load_task as _load

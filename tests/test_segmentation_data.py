@@ -126,7 +126,9 @@ def test_brats_size_variant_and_nearest_resize(tmp_path):
     variant = load_task("BraTS-M")
     assert variant.train_fraction == 0.5
     indexed = index_task(variant, tmp_path / "data", seed=0)
-    assert len(indexed.splits["train"]) == 10
+    train = indexed.splits["train"]  # half of the 5 patients (round(2.5) = 2), each with its 4 slices
+    assert train.subject_count() == 2 and len(train) == 8
+    assert set(train.subject_ids().tolist()) <= {f"BraTS20_train_{p:03d}" for p in range(5)}
     _, ds = _dataset(load_task("BraTS"), tmp_path / "data", shape=(40, 40))
     t = ds[0]["target"]
     assert t.shape == (40, 40) and set(np.unique(t.numpy())) <= {0, 1, 2, 3}  # nearest: no blended labels

@@ -60,7 +60,7 @@ def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device, pipe: Pipel
     """``index_cache``: the run's (see :func:`utility.runs.startup.index_cache_for`); None indexes anew."""
     startup = startup or Startup(verbose=False)
     with startup.phase("index", lambda: f"{', '.join(f'{k} {len(s)}' for k, s in indexed.splits.items())}; "
-                                        f"{indexed.how}; {indexed.subjects}"):
+                                        f"{indexed.how}"):
         indexed = index_with_cache(cfg, task, index_cache)
     shape = tuple(cfg.shape_desired or task.shape_desired)
     prep = Preprocess(channels=3 if (cfg.in_channels or 3) == 3 else 1, shape=shape,  # type: ignore[arg-type]
