@@ -224,6 +224,9 @@ class SimCLRConfig(RunBase, DataKeys):
     dataset: Literal["Custom_2D"] = Field("Custom_2D", description="images found recursively in folders")
     dataset_base_dir: list[str] = Field(description="folder(s) of unlabeled images (recursive)")
     random_subset: Annotated[float, Field(gt=0, le=1)] = 1.0
+    subject_regex: Optional[str] = Field(None, description="the subject (patient) of an image: group 1 of this "
+                                         "regex on its path below its dataset_base_dir folder; random_subset "
+                                         "then takes whole subjects; default: each image its own")
     grayscale: bool = False
     image_size: PositiveInt = Field(224, description="crop size of the views")
     resnet: str = Field("resnet50", description="encoder name (any backbone finetuning supports)")
