@@ -203,6 +203,8 @@ class MonitorConfig(BaseModel):
     knn_t: Annotated[float, Field(gt=0)] = 0.07
     linear: bool = Field(False, description="also a logistic-regression probe on the frozen features")
     batch_size: Optional[PositiveInt] = Field(None, description="feature extraction batch; default batch_size")
+    query: str = Field("val", description="the task split measured against train; use one the pretraining "
+                                          "data do not contain (the run warns when they do)")
 
     @model_validator(mode="before")
     @classmethod

@@ -157,6 +157,10 @@ def result_row(plan: Plan, st: RunState, commit: str) -> dict[str, Any]:
     row["config_hash"] = hashlib.sha256((st.run_dir / "config.yaml").read_bytes()).hexdigest()[:12] \
         if (st.run_dir / "config.yaml").is_file() else ""
     row["git_commit"] = commit
+    sizes = {r.get("split"): r for r in read_rows(st.run_dir / "split_sizes.csv")}  # utility/runs/split_audit.py
+    for split in ("train", "val", "test"):
+        for what in ("samples", "subjects"):
+            row[f"{split}_{what}"] = sizes.get(split, {}).get(what, "")
     return row
 
 

@@ -34,7 +34,7 @@ RESUME_FREE_KEYS = frozenset({"epochs", "num_workers", "prefetch_factor", "verbo
 # files of ours an attempt that ended before its first checkpoint may have left
 STALE_FILES = ("train.log", "val.log", "crash.log")
 # written once the data are indexed, before config.yaml (utility/runs/split_audit.py)
-AUDIT_FILES = ("splits.csv.gz", "split_sizes.csv", "leakage.txt")
+AUDIT_FILES = ("splits.csv.gz", "split_sizes.csv", "leakage.txt", "monitor_overlap.txt")
 
 
 def make_run_dir(run_dir: Path) -> None:
