@@ -232,3 +232,52 @@ def test_pretraining_random_subset_takes_whole_subjects(tmp_path):
     names = [p.name for p in (tmp_path / "pat" / "all").rglob("*.png")]
     per_subject = pd.Series([n[1:4] for n in names]).value_counts()
     assert (pd.Series(ids).value_counts() == per_subject[pd.Series(ids).value_counts().index]).all()
+
+
+def test_study_flags_contaminated_and_val_overlapping_sources(tmp_path):
+    """A source pretrained on the task folder holds its test files (contaminated, refused unless allowed);
+    one on train/ holds the val carve-out only (flagged); one on copies of test images under other
+    names is caught by content; status, summary.csv and the report show it."""
+    import csv
+
+    from conftest import make_folder_dataset, small_run_config, task_dict, write_yaml
+    from utility.study import contamination
+    from utility.study.cli import report, status
+    from utility.study.plan import make_plan
+    from utility.study.spec import load_study
+
+    data = tmp_path / "data"
+    paths = make_folder_dataset(data / "tiny", ["a", "b"], 4)
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for i, p in enumerate(paths["test"][:3]):
+        (copies / f"renamed_{i}.png").write_bytes(p.read_bytes())
+    task = write_yaml(tmp_path / "tasks" / "tiny.yaml", task_dict())
+    ft = write_yaml(tmp_path / "ft.yaml", small_run_config(name="base", task=str(task), data_root=str(data)))
+
+    def pre(name, folder):
+        return {"config": str(write_yaml(tmp_path / f"{name}.yaml", {"name": name, "dataset_base_dir": str(folder),
+                                                                      "resnet": "resnet18", "device": "cpu"}))}
+
+    study = {"name": "leak", "pretrain": {"Scratch": None, "All": pre("all", data / "tiny"),
+                                          "Train": pre("train", data / "tiny" / "train"), "Copies": pre("c", copies)},
+             "finetune": {"config": str(ft)}, "tasks": [str(task)], "repeats": {"seeds": [0]},
+             "output_root": str(tmp_path / "out"), "config_dir": str(tmp_path / "cfgs")}
+    plan = make_plan(load_study(write_yaml(tmp_path / "study.yaml", study)))
+    with pytest.raises(UserError, match=r"All on .*tiny.yaml: contaminated \(its pretraining data hold 8 test and "
+                                        r"2 val files.*and 1 more; set allow_contamination: true"):
+        contamination.refuse_or_flag(plan, allowed=False)
+    found = {f.source: f for f in contamination.refuse_or_flag(plan, allowed=True)}
+    assert found["All"].status == "contaminated" and found["All"].test_files == 8
+    assert found["Train"].status == "val overlap" and (found["Train"].test_files, found["Train"].val_files) == (0, 2)
+    assert found["Copies"].status == "contaminated" and found["Copies"].test_files == 3  # by content hash
+    assert "Train on" in status(plan) and "val overlap" in status(plan)
+    for r in plan.runs:  # fake completed runs so summary.csv has rows
+        rd = plan.output_root / "finetuning" / r.name
+        rd.mkdir(parents=True)
+        (rd / "test.log").write_text("accuracy,epoch,model\n0.5,1,last\n")
+    report(plan, quiet=True)
+    with (plan.study_dir / "summary.csv").open() as fh:
+        rows = {r["source"]: r["contamination"] for r in csv.DictReader(fh)}
+    assert rows == {"Scratch": "", "All": "contaminated", "Train": "val overlap", "Copies": "contaminated"}
+    assert "Data overlap" in (plan.study_dir / "report.html").read_text()
