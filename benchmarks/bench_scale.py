@@ -16,6 +16,9 @@ empty PNGs with a Data_Entry_2017.csv of as many rows, then measures:
 * the CX8 label join (112 k rows to 112 k files) vs the former per-file reader (csv module, one
   ``Path`` per row and per file).
 
+The ImageNet task carries subjects (a regex, ~10 images each; issue 20): their bytes per sample, the
+subject-overlap check and writing ``splits.csv.gz`` are printed too.
+
 Prints ``name: ours X, baseline Y, ratio R``. Targets (2 cores): cold < 15 s, warm < 2 s, <= 100 B
 per sample beyond the path bytes, worker RSS growth < 50 MB, join < 3 s. File creation is not timed.
 """
@@ -41,6 +44,7 @@ from utility.config.tasks import load_task  # noqa: E402
 from utility.data.batch_targets import csv_batch  # noqa: E402
 from utility.data.index import index_task  # noqa: E402
 from utility.data.index_cache import IndexCache  # noqa: E402
+from utility.data.leakage import subject_overlap, write_membership  # noqa: E402
 from utility.data.listing import find_images  # noqa: E402
 from utility.data.targets import ReaderContext  # noqa: E402
 
@@ -164,7 +168,10 @@ def main() -> None:
               f"({time.perf_counter() - t:.0f} s, not timed below); {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f}")
         cache = IndexCache(tmp / "index_cache")
-        task = load_task("ImageNet-1k")
+        # subjects in the index (issue 20): about 10 images per subject, by a regex on the file name
+        (tmp / "ImageNet-1k-subjects.yaml").write_text(
+            'extends: ImageNet-1k\nname: ImageNet-1k-subjects\nsubject: {regex: "([^/]+?)\\\\d?\\\\.JPEG$"}\n')
+        task = load_task(str(tmp / "ImageNet-1k-subjects.yaml"))
         t = time.perf_counter()
         cold = index_task(task, tmp, seed=0, cache=cache)
         t_cold = time.perf_counter() - t
@@ -182,6 +189,17 @@ def main() -> None:
         t_warm = time.perf_counter() - t
         assert warm.how.startswith("from cache") and warm.splits["train"].paths == train.paths
         line("index_warm_s", t_warm, t_cold, "s", " (baseline: cold index; target < 2 s)")
+        subj_bytes = train.subjects.nbytes / n
+        line("subject_bytes_per_sample", subj_bytes, None, "B",
+             f" (int32 code + share of the vocabulary; {train.subject_count():,} subjects; included below)")
+        t = time.perf_counter()
+        count, _ = subject_overlap(cold.splits)
+        line("subject_overlap_check_s", time.perf_counter() - t, None, "s",
+             f" ({count} shared: this tree has the same file names in our_val and our_test)")
+        t = time.perf_counter()
+        write_membership(tmp / "splits.csv.gz", cold.splits)
+        line("splits_csv_gz_s", time.perf_counter() - t, None, "s",
+             f" ({sum(len(s) for s in cold.splits.values()):,} rows, {(tmp / 'splits.csv.gz').stat().st_size / 1e6:.1f} MB)")
         path_bytes = len(train.paths.blob) - n  # minus the separators
         beyond = (train.nbytes - path_bytes) / n
         k = min(100_000, n)

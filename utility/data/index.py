@@ -76,6 +76,12 @@ class Split:
         """An integer per sample, equal for the samples of one subject (what grouped splits use)."""
         return self.subjects.codes.astype(np.int64) if self.subjects is not None else np.arange(len(self))
 
+    def unique_subjects(self) -> np.ndarray:
+        """The distinct subject ids, sorted (from the codes in use: no per-sample strings)."""
+        if self.subjects is not None:
+            return self.subjects.vocab[np.unique(self.subjects.codes)]
+        return np.unique(self.subject_ids())
+
     def subject_count(self) -> int:
         return int(len(np.unique(self.subjects.codes))) if self.subjects is not None else len(self)
 

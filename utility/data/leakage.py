@@ -24,7 +24,7 @@ AUTO_DUPLICATE_LIMIT = 200_000  # files; above it the content check runs only wh
 
 def subject_overlap(splits: Mapping[str, Split]) -> tuple[int, list[str]]:
     """(how many subjects are in more than one split, up to three examples 'id (train, test)')."""
-    ids = {name: np.unique(s.subject_ids()) for name, s in splits.items()}
+    ids = {name: s.unique_subjects() for name, s in splits.items()}
     names = list(ids)
     shared = np.zeros(0, dtype=str)
     for i, a in enumerate(names):
