@@ -1,15 +1,19 @@
 """Write the leakage demonstration data (config/studies/leakage_demo.yaml, docs/subjects.md): patients
-that each contribute several near-identical slices.
+that each contribute several near-identical slices, and a stand-in "pretrained" encoder.
 
-    datasets/leakage/all/<class>/p<patient>_s<slice>.png      labelled patients (the tasks' images)
-    datasets/leakage/unlabeled/u<patient>_s<slice>.png         other patients (pretraining only)
+    datasets/leakage/all/<class>/p<patient>_s<slice>.png      30 patients x 6 slices, 16 px
+    datasets/leakage/encoder_lowpass.tar                      ResNet-18 encoder (see below)
 
-Each patient has a strong individual appearance (smooth blobs and a fixed texture); its slices differ
-by a one-pixel shift and a little noise. The class is a patient property shown by a faint spot, and
-for a share of the patients (``flip``) the recorded label disagrees with the spot, as labels in a
-clinic sometimes do. A model that recognises patients can score on a validation image whose
-neighbouring slices it trained on; on new patients only the spot helps. Nothing is downloaded; the
-same seed writes the same files. Safe to run again: existing files are left as they are.
+Each patient has an individual appearance (smooth blobs and a fixed texture); its slices differ by a
+one-pixel shift and a little noise. The class is a patient property that the images do NOT show (as
+an outcome that no scan predicts): on new patients every model is at chance (50 %). A split drawn per
+image puts slices of one patient on both sides, so a model that recognises patients scores well on
+validation and test images anyway.
+
+``encoder_lowpass.tar`` stands in for a pretraining source: a seeded random ResNet-18 whose first
+layer is a smoothing filter (one sign and a random gain per channel). It keeps the patients' smooth
+anatomy, so it recognises patients better than a random encoder; it knows nothing about the class.
+Nothing is downloaded; the same seed writes the same files. Existing files are left as they are.
 """
 from __future__ import annotations
 
@@ -33,12 +37,7 @@ def patient(rng: np.random.Generator, size: int) -> np.ndarray:
     return img / img.max()
 
 
-def slices(base: np.ndarray, spot: bool, n: int, rng: np.random.Generator) -> list[np.ndarray]:
-    size = base.shape[0]
-    img = base.copy()
-    if spot:  # the class cue: a faint spot at a fixed place
-        c = size // 2
-        img[c - 2:c + 2, c - 2:c + 2] += 0.25
+def slices(img: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
     out = []
     for _ in range(n):
         s = np.roll(img, tuple(rng.integers(-1, 2, 2)), axis=(0, 1)) + rng.normal(0, 0.02, img.shape)
@@ -46,26 +45,41 @@ def slices(base: np.ndarray, spot: bool, n: int, rng: np.random.Generator) -> li
     return out
 
 
-def write(out: Path, patients: int = 40, unlabeled: int = 40, per_patient: int = 6, size: int = 16,
-          flip: float = 0.3, seed: int = 0) -> int:
+def write(out: Path, patients: int = 30, per_patient: int = 6, size: int = 16, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     written = 0
-    for p in range(patients + unlabeled):
+    labels = rng.permutation(np.arange(patients) % 2)  # half each; not visible in the images
+    for p in range(patients):
         base = patient(rng, size)
-        spot = bool(rng.random() < 0.5)
-        label = int(spot) ^ int(rng.random() < flip)
-        imgs = slices(base, spot, per_patient, rng)
-        for k, img in enumerate(imgs):
-            if p < patients:
-                path = out / "all" / ("pos" if label else "neg") / f"p{p:03d}_s{k}.png"
-            else:
-                path = out / "unlabeled" / f"u{p:03d}_s{k}.png"
+        label = int(labels[p])
+        for k, img in enumerate(slices(base, per_patient, rng)):
+            path = out / "all" / ("pos" if label else "neg") / f"p{p:03d}_s{k}.png"
             if path.exists():
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img, mode="L").save(path)
             written += 1
-    return written
+    return written + write_encoder(out / "encoder_lowpass.tar", seed)
+
+
+def write_encoder(path: Path, seed: int) -> int:
+    """The stand-in pretrained encoder (module docstring); 0 when it exists."""
+    if path.exists():
+        return 0
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from utility.models.encoders import build_encoder
+
+    torch.manual_seed(seed)
+    enc, _ = build_encoder("resnet18", 3)
+    with torch.no_grad():
+        w = enc.conv1.weight
+        sign = torch.sign(w.sum(dim=(1, 2, 3), keepdim=True))
+        w.copy_(w.abs().mean() * sign.expand_as(w) * torch.rand(w.shape[0], 1, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(enc.state_dict(), path)
+    return 1
 
 
 def main() -> int:
@@ -73,7 +87,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "leakage")
     args = ap.parse_args()
     n = write(args.out)
-    print(f"leakage demo data: {n} new images written to {args.out}" if n else f"leakage demo data already in {args.out}")
+    print(f"leakage demo data: {n} new files written to {args.out}" if n else f"leakage demo data already in {args.out}")
     return 0
 
 
