@@ -144,8 +144,10 @@ def _one(plan: Plan, label: str, task_name: str, pre: np.ndarray, cache: IndexCa
 
 def describe(f: Finding) -> str:
     if f.status in ("contaminated", "val overlap"):
-        return (f"{f.source} on {f.task}: {f.status} (its pretraining data hold {f.test_files} test and {f.val_files} "
-                f"val files, {f.test_subjects} test and {f.val_subjects} val subjects of the task)")
+        subjects = (f", {f.test_subjects} test and {f.val_subjects} val subjects" if f.test_subjects or f.val_subjects
+                    else "")
+        return (f"{f.source} on {f.task}: {f.status} (its pretraining data hold {f.test_files} test and "
+                f"{f.val_files} val files of the task{subjects})")
     return f"{f.source} on {f.task}: {f.status}" + (f" ({f.note})" if f.note else "")
 
 
