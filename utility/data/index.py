@@ -105,9 +105,13 @@ class Split:
 def join_splits(parts: Sequence[Split], name: str) -> Split:
     """The samples of ``parts`` one after the other, subjects included (k-fold's pool)."""
     lens = [len(p) for p in parts]
+    subjects = [p.subjects for p in parts]
+    if any(s is None for s in subjects) and any(s is not None for s in subjects):  # e.g. NIfTI slices in one only
+        subjects = [IdColumn.from_strings(p.subject_ids()) if s is None else s for p, s in zip(parts, subjects)]
+    sessions = [p.sessions for p in parts]
+    sessions = sessions if all(s is not None for s in sessions) else [None] * len(parts)
     return Split(name, concat([p.paths for p in parts]), concat([p.targets for p in parts]),
-                 concat_ids([p.subjects for p in parts], lens), concat_ids([p.sessions for p in parts], lens),
-                 parts[0].home)
+                 concat_ids(subjects, lens), concat_ids(sessions, lens), parts[0].home)
 
 
 @dataclass
