@@ -45,7 +45,7 @@ def slices(img: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray
     return out
 
 
-def write(out: Path, patients: int = 30, per_patient: int = 6, size: int = 16, seed: int = 0) -> int:
+def write(out: Path, patients: int = 40, per_patient: int = 6, size: int = 16, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     written = 0
     labels = rng.permutation(np.arange(patients) % 2)  # half each; not visible in the images
