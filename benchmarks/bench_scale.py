@@ -170,7 +170,7 @@ def main() -> None:
         cache = IndexCache(tmp / "index_cache")
         # subjects in the index (issue 20): about 10 images per subject, by a regex on the file name
         (tmp / "ImageNet-1k-subjects.yaml").write_text(
-            'extends: ImageNet-1k\nname: ImageNet-1k-subjects\nsubject: {regex: "([^/]+?)\\\\d?\\\\.JPEG$"}\n')
+            'extends: ImageNet-1k\nname: ImageNet-1k-subjects\nsubject: {regex: "(n\\\\d{8}(?:_\\\\d*?)?)\\\\d?\\\\.JPEG$"}\n')
         task = load_task(str(tmp / "ImageNet-1k-subjects.yaml"))
         t = time.perf_counter()
         cold = index_task(task, tmp, seed=0, cache=cache)

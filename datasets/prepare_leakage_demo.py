@@ -1,7 +1,7 @@
 """Write the leakage demonstration data (config/studies/leakage_demo.yaml, docs/subjects.md): patients
 that each contribute several near-identical slices, and a stand-in "pretrained" encoder.
 
-    datasets/leakage/all/<class>/p<patient>_s<slice>.png      30 patients x 6 slices, 16 px
+    datasets/leakage/all/<class>/p<patient>_s<slice>.png      40 patients x 6 slices, 16 px
     datasets/leakage/encoder_lowpass.tar                      ResNet-18 encoder (see below)
 
 Each patient has an individual appearance (smooth blobs and a fixed texture); its slices differ by a

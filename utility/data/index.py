@@ -26,7 +26,7 @@ from utility.data.index_cache import IndexCache
 from utility.data.labeltable import posix, read_table, rows_with
 from utility.data.listing import Stamp, expand_volumes, find_images, stamp
 from utility.data.splits import grouped_fraction, grouped_kfold
-from utility.data.subjects import IdColumn, concat_ids, read_ids, relative_to, volume_subjects
+from utility.data.subjects import IdColumn, concat_ids, read_ids, relative_paths, volume_subjects
 from utility.data.targets import _READERS, ReaderContext, get_target_reader, read_synsets
 from utility.errors import UserError
 
@@ -64,7 +64,7 @@ class Split:
 
     def relative_paths(self) -> list[str]:
         """Each path relative to the task folder (``home``)."""
-        return relative_to(self.paths.strings(), self.home) if self.home else self.paths.strings()
+        return relative_paths(self.paths, self.home)
 
     def subject_ids(self) -> np.ndarray:
         """One subject id (str) per sample; without a subject rule the path relative to the task folder."""
@@ -287,7 +287,7 @@ def _with_subjects(task: TaskSpec, data_dir: Path, split_dir: Path, split: Split
     one volume are one subject and every other sample its own (nothing stored)."""
     rule = task.subject
     if rule is None:
-        subjects, sessions = volume_subjects(relative_to(split.paths.strings(), str(data_dir))), None
+        subjects, sessions = volume_subjects(relative_paths(split.paths, str(data_dir))), None
     else:
         what = f"split {split.name}"
         subjects = read_ids(rule, task, data_dir, split_dir, split.paths, what)
