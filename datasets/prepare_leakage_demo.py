@@ -67,12 +67,11 @@ def write_encoder(path: Path, seed: int) -> int:
     if path.exists():
         return 0
     import torch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from utility.models.encoders import build_encoder
+    import torchvision
 
     torch.manual_seed(seed)
-    enc, _ = build_encoder("resnet18", 3)
+    enc = torchvision.models.resnet18(weights=None)  # the project's encoder: torchvision keys, fc removed
+    enc.fc = torch.nn.Identity()
     with torch.no_grad():
         w = enc.conv1.weight
         sign = torch.sign(w.sum(dim=(1, 2, 3), keepdim=True))

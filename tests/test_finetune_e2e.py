@@ -5,6 +5,7 @@ against independent computations (scikit-learn, torch.load, a forward pass of th
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -24,10 +25,9 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 
 REPO = Path(__file__).resolve().parent.parent
 FINETUNE = REPO / "pkgs" / "FTE" / "finetune.py"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from utility.models import get_model  # noqa: E402
+from conftest import kill_when
+from utility.models import get_model
 
 CLASSES = ["horizontal", "noise", "vertical"]  # sorted: the folders reader orders classes by name
 
@@ -157,6 +157,8 @@ def test_multiclass_folder_run_files_and_metrics(tmp_path):
     rd = tmp_path / "out" / "finetuning" / "e2e" / "multiclass"
     assert rd.is_dir(), proc.stdout
     assert not (cwd / "logs_and_checkpoints").exists() and not any(cwd.iterdir())
+    (env,) = [json.loads(line) for line in (rd / "environment.jsonl").read_text().splitlines()]
+    assert env["start"] == "fresh" and env["torch_threads"] == int(child_env()["OMP_NUM_THREADS"])
 
     # resolved config: loadable, validates, holds the CLI overrides over the YAML's values
     resolved = yaml.safe_load((rd / "config.yaml").read_text())
@@ -195,8 +197,11 @@ def test_multiclass_folder_run_files_and_metrics(tmp_path):
 
     # predictions of the whole test split, and every test metric recomputed from them
     pcols, prows = read_csv(rd / "predictions_test_last.csv")
-    assert pcols == ["file", "target", "predicted"] + [f"prob_{c}" for c in CLASSES]
+    assert pcols == ["file", "target", "predicted"] + [f"prob_{c}" for c in CLASSES] + ["subject"]
     assert sorted(Path(r["file"]).resolve() for r in prows) == sorted(p.resolve() for p in paths["test"])
+    # no subject rule: each image is its own subject, named by its relative path
+    assert all(Path(r["file"]).as_posix().endswith("/" + r["subject"]) for r in prows)
+    assert len({r["subject"] for r in prows}) == len(prows)
     y = np.array([CLASSES.index(r["target"]) for r in prows])
     assert all(Path(r["file"]).parent.name == r["target"] for r in prows)
     probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in prows])
@@ -212,6 +217,22 @@ def test_multiclass_folder_run_files_and_metrics(tmp_path):
     assert test["auc_macro"] == pytest.approx(np.mean(aucs), abs=1e-9)
     ce = -np.mean(np.log(probs[np.arange(len(y)), y]))
     assert test["avg_val_loss"] == pytest.approx(ce, rel=1e-3, abs=1e-5)
+
+    # test_ci.csv: every test metric but the loss, its value as in test.log, and the percentile
+    # interval of 1000 subject resamples drawn with the run's seed, recomputed here with scikit-learn
+    ccols, crows = read_csv(rd / "test_ci.csv")
+    assert ccols[:4] == ["metric", "value", "ci_low", "ci_high"]
+    ci = {r["metric"]: r for r in crows}
+    assert list(ci) == [k for k in tcols if k not in ("avg_val_loss", "epoch", "model")]
+    assert all(float(ci[k]["value"]) == test[k] for k in ci)
+    n = len(prows)
+    assert {r["subjects"] for r in crows} == {str(n)} and {r["resamples"] for r in crows} == {"1000"}
+    subjects = np.unique([r["subject"] for r in prows], return_inverse=True)[1]
+    draws = np.random.default_rng(1).integers(0, n, (1000, n))
+    accs = [accuracy_score(y[m], pred[m]) for m in (np.concatenate([np.flatnonzero(subjects == s) for s in d])
+                                                    for d in draws)]
+    assert float(ci["accuracy"]["ci_low"]) == pytest.approx(np.percentile(accs, 2.5), abs=1e-9)
+    assert float(ci["accuracy"]["ci_high"]) == pytest.approx(np.percentile(accs, 97.5), abs=1e-9)
 
     # confusion matrix of the test split (last model)
     with (rd / "confusion_matrices" / "test_last.csv").open(newline="") as fh:
@@ -299,7 +320,7 @@ def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
     pcols, prows = read_csv(rd / "predictions_test_last.csv")
     assert len(prows) == counts["test"] * len(kinds)
     safe = [n.replace(" ", "_") for n in ML_CLASSES]
-    assert pcols[3:] == [f"prob_{n}" for n in safe]
+    assert pcols[3:] == [f"prob_{n}" for n in safe] + ["subject"]
     probs = np.array([[float(r[f"prob_{n}"]) for n in safe] for r in prows])
     truth = np.array([[int(n in r["target"].split("|")) for n in ML_CLASSES] for r in prows])
     assert truth[:, 3].sum() == 0 and truth[:, :3].sum(0).min() > 0
@@ -309,6 +330,9 @@ def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
         assert r["target"] == kinds[kind]
 
     assert math.isnan(test["auc_Hernia"])
+    ci = {r["metric"]: r for r in read_csv(rd / "test_ci.csv")[1]}    # no positives in any resample either
+    assert ci["auc_Hernia"]["ci_low"] == "nan" and ci["auc_Hernia"]["undefined"] == ci["auc_Hernia"]["resamples"]
+    assert float(ci["auc_avg_overall"]["ci_low"]) <= float(ci["auc_avg_overall"]["ci_high"])
     aucs = [roc_auc_score(truth[:, j], probs[:, j]) for j in range(3)]
     for j in range(3):
         assert test[f"auc_{safe[j]}"] == pytest.approx(aucs[j], abs=1e-9)
@@ -333,24 +357,6 @@ def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
 def resume_overrides(toy: dict, name: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "epochs": 3, "data_root": str(toy["data"]), "output_root": str(toy["out"]),
             "no_augs": True, "num_workers": 0, "seed": 7, **extra}
-
-
-def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 600) -> int:
-    """Start ``cmd``, SIGKILL it as soon as ``ready()`` is true; returns its exit status."""
-    proc = subprocess.Popen(cmd, cwd=str(cwd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=child_env())
-    t0 = time.time()
-    try:
-        while proc.poll() is None and time.time() - t0 < timeout:
-            if ready():
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        return proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def train_rows_of_epoch(path: Path, epoch: int) -> int:
@@ -404,7 +410,7 @@ def test_resume_after_mid_epoch_kill(reference_run):
     ov = {**ref["overrides"], "name": "resume/killed_mid", "checkpoint_every_steps": 1}
     rd = toy["out"] / "finetuning" / "resume" / "killed_mid"
     cmd = command(toy["cfg"], ov)
-    status = kill_when(cmd, toy["cwd"], lambda: train_rows_of_epoch(rd / "train.log", 2) >= 2)
+    status = kill_when(cmd, toy["cwd"], lambda: train_rows_of_epoch(rd / "train.log", 2) >= 2, child_env())
     assert status == -signal.SIGKILL, "the run ended before it could be killed mid-training"
     assert not (rd / "test.log").exists()
     ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
@@ -433,7 +439,7 @@ def test_resume_from_epoch_boundary_matches_uninterrupted(reference_run):
     rd = toy["out"] / "finetuning" / "resume" / "killed_epoch"
     cmd = command(toy["cfg"], ov)
     # without per-step checkpoints the only checkpoints are written at the end of an epoch
-    status = kill_when(cmd, toy["cwd"], lambda: (rd / "checkpoint_last.pt").exists())
+    status = kill_when(cmd, toy["cwd"], lambda: (rd / "checkpoint_last.pt").exists(), child_env())
     assert status == -signal.SIGKILL
     ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
     assert ck["batch_in_epoch"] == 0 and 1 <= ck["epoch"] < 3

@@ -1,6 +1,11 @@
 """User-facing errors: a mistake by the user ends with one short message and a non-zero exit."""
 from __future__ import annotations
 
+import signal
+
+# the signals that stop a run after a checkpoint (training.stopsignal); DataLoader workers ignore them
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 class UserError(Exception):
     """A problem the user can fix (bad key, missing folder, wrong checkpoint).
@@ -11,11 +16,16 @@ class UserError(Exception):
     exit_code = 2
 
 
+class SettingError(ValueError):
+    """A builder (optimizer, scheduler) cannot serve a configured value; :func:`user_errors` reports it as a
+    UserError. Other exceptions of a builder stay bugs with their traceback."""
+
+
 def user_errors(fn, *args, **kwargs):
-    """Call a builder whose ValueErrors describe bad settings (optimizer, scheduler) as UserErrors."""
+    """Call a builder; its SettingErrors (bad settings) become UserErrors naming the builder."""
     try:
         return fn(*args, **kwargs)
-    except ValueError as exc:
+    except SettingError as exc:
         raise UserError(f"{getattr(fn, '__name__', 'setting')}: {exc}") from None
 
 

@@ -158,6 +158,8 @@ class FTEConfig(RunBase, DataKeys):
     folds: Optional[Annotated[int, Field(ge=2)]] = Field(None, description="k-fold cross-validation")
     fold: Optional[NonNegInt] = Field(None, description="run only this fold (0-based) of `folds`")
     save_predictions: bool = Field(True, description="write per-image test predictions")
+    ci_resamples: NonNegInt = Field(1000, description="subject bootstrap resamples for test_ci.csv (0: none)")
+    ci_level: Annotated[float, Field(gt=0, lt=1)] = Field(0.95, description="test_ci.csv interval level")
     allow_subject_overlap: bool = Field(False, description="a subject in more than one of train/val/test: "
                                         "warn (recorded in leakage.txt) instead of refusing the run")
     check_duplicates: Optional[bool] = Field(None, description="look for identical image files across splits "
@@ -310,5 +312,3 @@ SIMCLR_DEPRECATED: dict[str, str] = {
     "epoch_num": "resume is automatic and continues from the last checkpoint",
     "start_epoch": "resume is automatic and continues from the last checkpoint",
 }
-
-PretrainConfig = SimCLRConfig  # every method's pretraining config (the name SimCLRConfig is kept)

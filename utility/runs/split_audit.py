@@ -15,7 +15,7 @@ from utility.data.leakage import (duplicate_files, overlap_message, sizes_text, 
                                   want_duplicates, write_membership)
 from utility.errors import UserError
 from utility.runs.startup import Startup
-from utility.training.distributed import is_main
+from utility.distributed import is_main
 
 _SAID: set[str] = set()  # tasks whose "no subject rule" note was printed (once per process)
 

@@ -34,8 +34,10 @@ def metrics_of(plan: Plan) -> dict[str, list[str]]:
 
 
 def report(plan: Plan, quiet: bool = False) -> Path:
+    from utility.study.multiplicity import adjust_summary
     from utility.study.report import write_report
     from utility.study.stats import summarize, write_summary
+    from utility.study.subject_stats import add_subject_statistics
 
     table = job_table(plan)
     states, rows = collect(plan, table)
@@ -44,6 +46,8 @@ def report(plan: Plan, quiet: bool = False) -> Path:
     write_results(plan.study_dir / "results.csv", rows)
     mets = metrics_of(plan)
     summary = summarize(rows, mets, list(plan.spec.pretrain), list(plan.spec.grid))
+    add_subject_statistics(summary, states, list(plan.spec.pretrain), list(plan.spec.grid))
+    adjust_summary(summary, list(plan.spec.grid))
     found = contamination.findings_of(plan)
     for row in summary:
         row["contamination"] = contamination.label_of(found, row["source"], row["task"])
@@ -76,9 +80,13 @@ def summary_text(plan: Plan, summary: list[dict[str, Any]]) -> str:
         half = row["ci95_high"] - row["mean"]
         text = f"  {row['source']:<{width}}  {row['mean']:.3f}" + ("" if math.isnan(half) else f" ± {half:.3f}")
         text += f"  (n={row['n']})"
+        low = row.get("subjects_ci95_low", math.nan)
+        if not math.isnan(low):
+            text += f"  [{low:.3f}, {row['subjects_ci95_high']:.3f}] over {row['n_subjects']} subjects"
         p = row.get(f"p_vs_{ref}")
         if row["source"] != ref and isinstance(p, float) and not math.isnan(p):
-            text += f"  {row[f'pct_change_vs_{ref}']:+.1f} % vs {ref}, p = {p:.2g} ({row[f'test_vs_{ref}']})"
+            text += f"  {row[f'pct_change_vs_{ref}']:+.1f} % vs {ref}, p = {p:.2g} ({row[f'test_vs_{ref}']}" \
+                    f"; Holm {row.get(f'p_holm_vs_{ref}', math.nan):.2g})"
         lines.append(text)
     return "\n".join(lines) if lines else "no completed runs yet"
 
@@ -147,9 +155,27 @@ def run_queue(plan: Plan, args: argparse.Namespace) -> int:
             continue
 
 
+def check_gpus(plan: Plan, args: argparse.Namespace) -> None:
+    """Jobs that need GPUs on a machine without any would all wait forever: stop before queueing."""
+    if plan.spec.gpus_per_job == 0 or args.backend == "slurm":
+        return
+    from utility.queue.gpus import resolve
+
+    ids, source = resolve(args.gpus)
+    if not ids:
+        raise UserError(f"study {plan.spec.name}: gpus_per_job is {plan.spec.gpus_per_job} (the default is 1) but "
+                        f"no GPU is available here ({source}); set gpus_per_job: 0 in {args.config} to run on CPU")
+
+
 def main(argv: list[str]) -> int:
+    from utility.config.help import key_lines
+    from utility.study.spec import FinetuneBase, PretrainSource, Repeats, StudySpec
+
+    keys = [*key_lines(StudySpec, ""), *key_lines(PretrainSource, "pretrain.<source>."),
+            *key_lines(FinetuneBase, "finetune."), *key_lines(Repeats, "repeats.")]
     ap = argparse.ArgumentParser(prog="pkgs/Study/study.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(["keys of the study YAML (config/studies/*.yaml):", *keys]))
     ap.add_argument("command", nargs="?", choices=["run", "report", "status"], default="run")
     ap.add_argument("-c", "--config", type=Path, required=True, help="the study YAML")
     ap.add_argument("--plan-only", action="store_true", help="write configs and jobs, run nothing")
@@ -172,6 +198,8 @@ def main(argv: list[str]) -> int:
         report(plan)
         return 0
     contamination.refuse_or_flag(plan, plan.spec.allow_contamination)
+    if not (args.plan_only or args.jobs):
+        check_gpus(plan, args)
     new_cfg = write_configs(plan)
     new_jobs = append_jobs(plan)
     print(f"study {plan.spec.name}: {len(plan.pretrain)} pretraining + {len(plan.runs)} finetuning runs; "

@@ -15,6 +15,7 @@ import numpy as np
 from utility.config.tasks import SIZE_VARIANTS, _VARIANT_RE
 from utility.study import contamination
 from utility.study.plan import Plan
+from utility.study.report_uncertainty import section, survives
 from utility.study.results import PretrainState, RunState, as_float, read_rows
 
 
@@ -134,11 +135,16 @@ class Report:
                 if c.get(f"test_vs_{ref}"):
                     tests.add(c[f"test_vs_{ref}"])
                 sig = " class=sig" if isinstance(p, float) and p < 0.05 else ""
+                sig = " class=surv" if survives(c, f"p_holm_vs_{ref}") else sig
                 tds += f"<td{sig}>{_pct(pct)} ({_p(p)})</td>"
             out.append(f"<tr>{tds}</tr>")
         note = (f"Best mean per row in bold. Change of the mean against {html.escape(ref)} with the two-sided "
-                f"p-value ({html.escape(', '.join(sorted(tests)) or 'no test: too few repeats')}); p &lt; 0.05 shaded.")
+                f"p-value ({html.escape(', '.join(sorted(tests)) or 'no test: too few repeats')}); p &lt; 0.05 shaded, "
+                "bold when it survives Holm's correction over the whole study.")
         self.parts.append("".join(out) + f"</table><p class=note>{note}</p>")
+
+    def uncertainty(self) -> None:
+        self.parts.append(section(self.summary, self.sources, self.plan.spec.reference, list(self.plan.spec.grid)))
 
     def bars(self) -> None:
         """One grouped bar chart per mode and metric: tasks along x, one bar per source (and grid point)."""
@@ -309,12 +315,12 @@ class Report:
         self.parts.append(f"<h2 id=runs>Runs not completed ({len(bad)})</h2><ul>{''.join(items)}</ul>")
 
     def render(self) -> str:
-        for section in (self.header, self.overlap, self.table, self.bars, self.curves, self.convergence,
-                        self.data_size, self.missing):
+        for section in (self.header, self.overlap, self.table, self.uncertainty, self.bars, self.curves,
+                        self.convergence, self.data_size, self.missing):
             section()
         style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
                  "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-                 "font-size:14px}td.best{font-weight:bold}td.sig{background:#dcefdc}.note{color:#666;"
+                 "font-size:14px}td.best{font-weight:bold}td.sig{background:#dcefdc}td.surv{background:#b9e3b9;font-weight:bold}.note{color:#666;"
                  "font-size:13px}.q{font-size:16px}img{margin:6px 0;display:block}"
                  ".figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}"
                  "a.failed,li.failed b{color:#b00020}a.missing,a.interrupted,a.running{color:#555}"

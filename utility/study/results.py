@@ -157,6 +157,11 @@ def result_row(plan: Plan, st: RunState, commit: str) -> dict[str, Any]:
     row["config_hash"] = hashlib.sha256((st.run_dir / "config.yaml").read_bytes()).hexdigest()[:12] \
         if (st.run_dir / "config.yaml").is_file() else ""
     row["git_commit"] = commit
+    ci = {c.get("metric"): c for c in read_rows(st.run_dir / "test_ci.csv")}   # the run's subject bootstrap
+    for m in plan.spec.metrics or [metric]:
+        if m in ci:
+            row[f"last_{m}_subjects_ci_low"] = as_float(ci[m].get("ci_low"))
+            row[f"last_{m}_subjects_ci_high"] = as_float(ci[m].get("ci_high"))
     sizes = {r.get("split"): r for r in read_rows(st.run_dir / "split_sizes.csv")}  # utility/runs/split_audit.py
     for split in ("train", "val", "test"):
         for what in ("samples", "subjects"):

@@ -17,13 +17,15 @@ from torch import nn
 
 from utility.config.loader import dump_config
 from utility.entry import CrashLog
-from utility.errors import UserError
-from utility.tracking import require_trackers, track
+from utility.errors import Stopped, UserError
 from utility.training import parallel
+from utility.training.callbacks import Callback
 from utility.training.checkpoint import RESUME_KEYS, load_checkpoint, seed_everything
-from utility.training.distributed import is_main, main_decides
+from utility.distributed import is_main, main_decides
 from utility.training.engine import Amp, Method, Trainer, TrainerOptions
+from utility.training.environment import ENV_FILE, record_environment
 from utility.training.runlock import LOCK_NAME, RunLock
+from utility.training.stopsignal import StopOnSignal
 
 T = TypeVar("T")
 
@@ -32,7 +34,7 @@ RESUME_FREE_KEYS = frozenset({"epochs", "num_workers", "prefetch_factor", "verbo
                               "log_losses", "checkpoint_every_steps", "output_root", "data_root", "opmode",
                               "trackers", "tracker_project"})
 # files of ours an attempt that ended before its first checkpoint may have left
-STALE_FILES = ("train.log", "val.log", "crash.log")
+STALE_FILES = ("train.log", "val.log", "crash.log", ENV_FILE)
 # written once the data are indexed, before config.yaml (utility/runs/split_audit.py)
 AUDIT_FILES = ("splits.csv.gz", "split_sizes.csv", "leakage.txt", "monitor_overlap.txt")
 
@@ -98,7 +100,38 @@ def decide_run_state(run_dir: Path, new: dict[str, Any], epochs: int, free_keys:
     ck = load_checkpoint(ck_path, RESUME_KEYS)
     if ck.get("finished") and ck.get("epoch", 0) >= epochs:
         return "done"
+    check_epochs_left(run_dir, ck, epochs)
     return "resume"
+
+
+def check_epochs_left(run_dir: Path, ck: dict[str, Any], epochs: int) -> None:
+    """An interrupted run resumed with fewer ``epochs`` than it has (partly) trained would end as a
+    shorter run whose logs and weights hold more: refused, with what it has trained."""
+    done, steps = int(ck.get("epoch", 0)), int(ck.get("batch_in_epoch", 0))
+    started = done + (1 if steps else 0)
+    if epochs < started:
+        where = f"in epoch {done + 1} ({done} epoch(s) and {steps} step(s) trained)" if steps \
+            else f"after epoch {done}"
+        raise UserError(f"run directory {run_dir} was interrupted {where}; epochs {epochs} is fewer, so it "
+                        f"would end as a shorter run holding more training: resume it with epochs >= {started} "
+                        "or choose another name (nothing was changed)")
+
+
+def finish_or_stop(trainer: Trainer, finish: Callable[[Trainer], T]) -> T:
+    """After the last step: a stop asked for meanwhile (during the last validation or checkpoint)
+    ends the run interrupted, with ``finish`` (the final test, the product's weights) left for the
+    resumption; a stop asked for during ``finish`` lets it complete. Either way a run that reports
+    success has its test results."""
+    signum = trainer._stop_signal()  # every rank reaches this point together (DDP: a collective)
+    if signum:
+        raise Stopped(signum, f"training complete (checkpoint saved after epoch {trainer.epoch}); the final "
+                              "test / weights are written when it is started again")
+    if trainer.stop is not None:
+        trainer.stop.then = "finishing the run first (final test / weights), then it is complete"
+    result = finish(trainer)
+    trainer.finished = True
+    trainer.save()
+    return result
 
 
 class RunSession:
@@ -112,7 +145,6 @@ class RunSession:
     @classmethod
     def open(cls, cfg: Any, run_dir: Path, parallel_mode: Optional[str] = None,
              free_keys: Iterable[str] = RESUME_FREE_KEYS) -> "RunSession":
-        require_trackers(getattr(cfg, "trackers", []))  # before any work: exit 2 if one is not installed
         mode, device = parallel.setup(parallel_mode or cfg.parallel, cfg.device)
         lock_holder: list[RunLock] = []
 
@@ -145,9 +177,9 @@ class RunSession:
         return parallel.wrap(model, self.mode, self.device, gpus)
 
     def trainer(self, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any,
-                opts: TrainerOptions, train_module: nn.Module) -> Trainer:
+                opts: TrainerOptions, train_module: nn.Module, callbacks: Iterable[Callback] = ()) -> Trainer:
         return Trainer(model, method, optimizer, scheduler, Amp(self.device, self.cfg.amp),  # type: ignore[attr-defined]
-                       self.run_dir, opts, train_module)
+                       self.run_dir, opts, train_module, callbacks)
 
     def run(self, trainer: Trainer, train_loader: Any, val_loader: Any,
             finish: Callable[[Trainer], T]) -> T:
@@ -155,17 +187,18 @@ class RunSession:
         test), then mark the run finished. The logs are closed whatever happens."""
         if is_main():
             dump_config(self.cfg, self.run_dir / "config.yaml")
+            record_environment(self.run_dir, self.device, self.state)  # threads, CPU, versions
         if self.state == "resume" and trainer.resume():
             print(f"resuming {self.run_dir} at epoch {trainer.epoch + 1} step {trainer.batch_in_epoch}")
-        tracking = track(self.cfg, self.run_dir, self.state == "resume")  # wandb/mlflow follow the CSV logs
+        trainer.callbacks.on_run_start(trainer, self.state == "resume")
         try:
-            trainer.fit(train_loader, val_loader)
-            result = finish(trainer)
-            trainer.finished = True
-            trainer.save()
+            with StopOnSignal() as trainer.stop:  # one handler from the first step until marked finished
+                trainer.fit(train_loader, val_loader)
+                result = finish_or_stop(trainer, finish)
         finally:
+            trainer.stop = None
             trainer.close()
-            tracking.close(trainer.finished)
+            trainer.callbacks.on_run_end(trainer, trainer.finished)
         if self.lock is not None:
             self.lock.release()
         return result
