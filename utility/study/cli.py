@@ -197,9 +197,9 @@ def main(argv: list[str]) -> int:
     if args.command == "report":
         report(plan)
         return 0
-    contamination.refuse_or_flag(plan, plan.spec.allow_contamination)
     if not (args.plan_only or args.jobs):
         check_gpus(plan, args)
+    contamination.refuse_or_flag(plan, plan.spec.allow_contamination)
     new_cfg = write_configs(plan)
     new_jobs = append_jobs(plan)
     print(f"study {plan.spec.name}: {len(plan.pretrain)} pretraining + {len(plan.runs)} finetuning runs; "

@@ -170,12 +170,12 @@ def read(path: Path) -> list[Finding]:
 def refuse_or_flag(plan: Plan, allowed: bool) -> list[Finding]:
     """Check, write contamination.csv, print what is flagged; refuse a contaminated source unless allowed."""
     findings = check(plan)
-    write(plan.study_dir / "contamination.csv", findings)
     bad = [f for f in findings if f.status == "contaminated"]
     if bad and not allowed:
         raise UserError(f"study {plan.spec.name}: {describe(bad[0])}"
                         + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
                         + "; set allow_contamination: true in the study to run it anyway (nothing was queued)")
+    write(plan.study_dir / "contamination.csv", findings)
     for f in findings:
         if f.status in ("contaminated", "val overlap"):
             print(f"note: {describe(f)}")
