@@ -101,9 +101,9 @@ def read_ids(rule: IdRule, task: TaskSpec, data_dir: Path, split_dir: Path, file
     where = f"task {task.name}, {what}"
     if rule.regex is not None:
         return _by_regex(rule.regex, rels, where)
-    full = files.strings()
     if rule.column is not None:
-        return _by_column(rule.column, task, data_dir, full, where)
+        return _by_column(rule.column, task, data_dir, rels, where)
+    full = files.strings()
     if rule.dicom is not None:
         return IdColumn.from_strings([_dicom_value(Path(f), rule.dicom, task, data_dir, split_dir, where) for f in full])
     return _by_reader(rule.reader or "", task, data_dir, split_dir, rels, where)
@@ -129,16 +129,17 @@ def _by_regex(pattern: str, rels: list[str], where: str) -> IdColumn:
     return _check(got, rels, where, f"subject regex {pattern!r} does not match")
 
 
-def _by_column(column: str, task: TaskSpec, data_dir: Path, full: list[str], where: str) -> IdColumn:
+def _by_column(column: str, task: TaskSpec, data_dir: Path, rels: list[str], where: str) -> IdColumn:
+    """The column's value in the labels-table row of each file (keys as the task's layout.match;
+    relative paths: an absolute path would send every key through pathlib)."""
     from utility.data.labeltable import keys_of, read_table
 
     layout = task.layout
     lf = data_dir / (layout.labels_file or "")
     table = read_table(lf, layout.model_copy(update={"label_column": column}).model_dump_json())
-    key_src = relative_to(full, str(data_dir)) if layout.match == "relpath" else full
-    rows = table.lookup(keys_of(key_src, layout.match))
+    rows = table.lookup(keys_of(rels, layout.match))
     values = np.where(rows >= 0, table.labels[np.maximum(rows, 0)], None) if len(rows) else np.zeros(0, object)
-    return _check(values, relative_to(full, str(data_dir)), where, f"no row in {lf}")
+    return _check(values, rels, where, f"no row in {lf}")
 
 
 def _dicom_value(path: Path, keyword: str, task: TaskSpec, data_dir: Path, split_dir: Path, where: str) -> str:
