@@ -26,7 +26,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 REPO = Path(__file__).resolve().parent.parent
 FINETUNE = REPO / "pkgs" / "FTE" / "finetune.py"
 
-from conftest import kill_when
+from conftest import HANG_GUARD_S, kill_when
 from utility.models import get_model
 
 CLASSES = ["horizontal", "noise", "vertical"]  # sorted: the folders reader orders classes by name
@@ -418,7 +418,7 @@ def test_resume_after_mid_epoch_kill(reference_run):
     _, rows = read_csv(rd / "train.log")
     assert any(r["epoch"] == "2" for r in rows)
 
-    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=600,
+    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S,
                              env=child_env()))
     assert f"resuming {rd} at epoch 2 step {ck['batch_in_epoch']}" in proc.stdout
     assert_complete_logs(rd, 3, toy["steps"])
@@ -443,7 +443,7 @@ def test_resume_from_epoch_boundary_matches_uninterrupted(reference_run):
     assert status == -signal.SIGKILL
     ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
     assert ck["batch_in_epoch"] == 0 and 1 <= ck["epoch"] < 3
-    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=600,
+    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S,
                              env=child_env()))
     assert f"resuming {rd} at epoch {ck['epoch'] + 1} step 0" in proc.stdout
     assert_complete_logs(rd, 3, toy["steps"])

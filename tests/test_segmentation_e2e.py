@@ -11,7 +11,7 @@ import pytest
 import torch
 
 
-from conftest import run_finetune, small_run_config, write_yaml
+from conftest import HANG_GUARD_S, run_finetune, small_run_config, write_yaml
 from test_segmentation_data import write_brats, write_lits
 from test_segmentation_model import simclr_encoder_file
 
@@ -34,7 +34,7 @@ def _run(tmp_path: Path, task: str, name: str, classes: int, **overrides):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir(exist_ok=True)
     proc = run_finetune(["-c", cfg_path, "--data_root", tmp_path / "data", "--output_root", tmp_path / "out"],
-                        cwd=cwd, timeout=120)
+                        cwd=cwd, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "out" / "finetuning" / name
     # grouped per class as the predecessor wrote them: dice, iou, precision, recall of class 0, then 1, ...

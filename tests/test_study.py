@@ -13,7 +13,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import REPO, small_run_config, task_dict, write_yaml
+from conftest import HANG_GUARD_S, REPO, small_run_config, task_dict, write_yaml
 
 STUDY = REPO / "pkgs" / "Study" / "study.py"
 
@@ -48,7 +48,7 @@ def plan_of(path: Path):
 
 
 def test_plan_names_configs_jobs_and_dependencies(setup):
-    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     plan = plan_of(setup["path"])
     task = "tiny"  # a task given as a YAML path is named by its file name
@@ -108,7 +108,7 @@ def test_changed_setting_of_an_existing_run_is_refused(setup):
     before = {p: p.read_bytes() for p in (setup["tmp"] / "cfgs").rglob("*.yaml")}
     setup["study"]["finetune"]["overrides"] = {"epochs": 5}
     write_yaml(setup["path"], setup["study"])
-    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 2
     assert "epochs" in proc.stderr and "S1/PT_" in proc.stderr and "Traceback" not in proc.stderr
     assert {p: p.read_bytes() for p in (setup["tmp"] / "cfgs").rglob("*.yaml")} == before
@@ -164,7 +164,7 @@ def test_study_help_lists_the_study_keys(capsys):
 def test_duplicate_label_refused(setup):
     text = setup["path"].read_text().replace("  Scratch: null\n", "  Scratch: null\n  Scratch: null\n", 1)
     setup["path"].write_text(text)
-    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 2 and "Scratch" in proc.stderr and "twice" in proc.stderr
 
 
@@ -271,6 +271,17 @@ def test_pretraining_with_a_given_name_is_shared_between_studies(setup):
     enc = setup["tmp"] / "out" / "pretraining" / "shared" / "SSL" / "encoder_pretrained.tar"
     assert plan.pretrain[0].name == "shared/SSL" and plan.pretrain[0].encoder == enc
     assert {r.config["model_path"] for r in plan.runs if r.source == "SSL"} == {str(enc)}
+
+
+def test_a_run_still_changing_at_its_last_epoch_has_not_converged():
+    from utility.study.results import convergence_epoch, has_converged
+
+    rising = [0.1, 0.5, 0.8, 0.9, 0.9, 0.9]  # trailing means reach .9 only at the last epoch
+    assert not has_converged(rising, convergence_epoch(rising))
+    flat = [0.5, 0.9, 0.9, 0.9, 0.9, 0.9]
+    assert has_converged(flat, convergence_epoch(flat))
+    assert has_converged([0.7], convergence_epoch([0.7]))  # one epoch: nothing to compare
+    assert not has_converged([float("nan")] * 3, None)
 
 
 # ----------------------------------------------------------------------------- uncertainty over subjects

@@ -12,12 +12,12 @@ import sys
 import pytest
 from scipy import stats
 
-from conftest import REPO, make_folder_dataset, small_run_config, task_dict, write_yaml
+from conftest import HANG_GUARD_S, REPO, make_folder_dataset, small_run_config, task_dict, write_yaml
 
 STUDY = REPO / "pkgs" / "Study" / "study.py"
 
 
-def study(*args, timeout=240):
+def study(*args, timeout=HANG_GUARD_S):
     env = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, str(STUDY), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **env})

@@ -54,7 +54,7 @@ def check_best_metric(method, metric: str, configured: bool, task_name: str) -> 
 def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     """Train, validate, test one run (one fold); returns the test metrics of the last model."""
     requested_tf = cfg.tf_device
-    cfg.tf_device = resolve_tf_device(cfg.tf_device, cfg.device, run_dir)  # config.yaml records the path that runs
+    cfg = cfg.model_copy(update={"tf_device": resolve_tf_device(cfg.tf_device, cfg.device, run_dir)})  # as it runs
     require_trackers(cfg.trackers)  # before any work: exit 2 if one is not installed
     session = RunSession.open(cfg, run_dir, free_keys=FREE_KEYS)
     if session.done:
@@ -87,7 +87,8 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     data.datasets["train"].transform = cpu_augment  # per-sample, in the loader workers
     bad = BadFiles({k: s.paths for k, s in data.indexed.splits.items()}, cfg.max_bad_fraction, run_dir)
     method = pipe.method(cfg, task, data.indexed, augment, bad)
-    optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
+                            fused=session.speed.fused_optimizer)
     steps = 1 if cfg.short_training else len(data.loaders["train"])
     scheduler = user_errors(build_scheduler, optimizer, cfg.scheduler, interval=cfg.scheduling_interval,
                             steps_per_epoch=steps, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,

@@ -39,11 +39,11 @@ PRETRAIN_COLUMNS = ["epoch", "step", "loss", "datetime", "lr", "global_step"]
 
 def main(argv: list[str], prog: str = PROG) -> int:
     cfg, _ = load_config(SimCLRConfig, argv, prog, SIMCLR_DEPRECATED)
-    method_cls, settings = resolve_method(cfg)
+    method_cls, settings, cfg = resolve_method(cfg)
     if cfg.monitor is not None:
         load_task(cfg.monitor.task)  # an unknown task is refused before any work
     rule, why = resolve_lr_rule(cfg, raw_config(argv, prog))
-    cfg.lr_rule = rule  # config.yaml records the rule in force
+    cfg = cfg.model_copy(update={"lr_rule": rule})  # config.yaml records the rule in force
     lr = lr_plan(cfg, rule, why)
     run_dir = output_root(cfg.output_root) / "pretraining" / cfg.name
     requested = "dp" if (cfg.dataparallel and cfg.parallel == "auto") else cfg.parallel
@@ -73,7 +73,8 @@ def main(argv: list[str], prog: str = PROG) -> int:
         mprep = Preprocess(channels=cfg.in_channels, shape=shape, normalizer=prep.normalizer, window=prep.window)
         monitor = Monitor(cfg.monitor, mprep, cfg.data_root, cfg.seed, cfg.batch_size, workers, cfg.in_channels,
                           session.device, run_dir, cfg.epochs, seen=split.paths)
-    optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum)
+    optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum,
+                            fused=session.speed.fused_optimizer)
     interval = lr.interval
     scheduler = build_lr_schedule(optimizer, lr, cfg, len(loader))
 

@@ -226,26 +226,35 @@ class Report:
                     x = np.arange(1, n + 1)
                     ax.plot(x, np.nanmean(arr, 0), label=src, color=self.color(src))
                     ax.fill_between(x, np.nanmin(arr, 0), np.nanmax(arr, 0), alpha=0.2, color=self.color(src))
-            axes[0].set(title=f"{task} ({mode}): validation {metric}", xlabel="epoch")
-            axes[1].set(title="training loss (epoch mean)", xlabel="epoch")
+            axes[0].set(title=f"{task} ({mode}): validation {metric}", xlabel="epoch", ylabel=f"validation {metric}")
+            axes[1].set(title="training loss (epoch mean)", xlabel="epoch", ylabel="training loss")
             axes[0].legend(fontsize=8)
             axes[1].legend(fontsize=8)
             self.parts.append(f"<img src='{_fig_uri(fig)}'>")
         self.parts.append("</div>")
 
     def convergence(self) -> None:
-        from utility.study.results import convergence_epoch
+        from utility.study.results import convergence_epoch, has_converged
 
         plt = _plt()
         vals: dict[tuple[str, str], list[float]] = {}
+        still_changing = []
         for st in self.states:
             if st.status != "completed":
                 continue
             metric = st.run.config.get("best_metric") or self.metrics_of.get(st.run.task, ["accuracy"])[0]
-            c = convergence_epoch(_series(st.run_dir / "val.log", metric))
-            if c is not None:
+            series = _series(st.run_dir / "val.log", metric)
+            c = convergence_epoch(series)
+            if c is not None and not has_converged(series, c):
+                still_changing.append(st.run.name)
+            elif c is not None:
                 vals.setdefault((st.run.task, st.run.source), []).append(c)
+        note = (f"<p class=note>Not converged (the metric still changing at the last epoch; left out of the bars): "
+                f"{len(still_changing)} run(s): {html.escape(', '.join(still_changing[:8]))}{' ...' if len(still_changing) > 8 else ''}"
+                "</p>") if still_changing else ""
         if not vals:
+            if note:
+                self.parts.append("<h2>Time to convergence</h2>" + note)
             return
         tasks = [t for t in self.plan.spec.tasks if any(k[0] == t for k in vals)]
         srcs = [s for s in self.sources if any(k[1] == s for k in vals)]
@@ -261,7 +270,7 @@ class Report:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         self.parts.append("<h2>Time to convergence</h2><p class=note>Epoch from which the 3-epoch trailing mean of "
                           "the validation metric stays within 0.5 % of its final value.</p>"
-                          f"<img src='{_fig_uri(fig)}'>")
+                          f"<img src='{_fig_uri(fig)}'>" + note)
 
     def data_size(self) -> None:
         fractions: dict[str, set[float]] = {}
