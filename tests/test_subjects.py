@@ -275,7 +275,13 @@ def test_study_flags_contaminated_and_val_overlapping_sources(tmp_path):
         rd = plan.output_root / "finetuning" / r.name
         rd.mkdir(parents=True)
         (rd / "test.log").write_text("accuracy,epoch,model\n0.5,1,last\n")
+        (rd / "split_sizes.csv").write_text("split,samples,subjects\ntrain,6,3\nval,2,1\ntest,8,8\n")
     report(plan, quiet=True)
+    with (plan.study_dir / "results.csv").open() as fh:
+        res = list(csv.DictReader(fh))
+    assert list(res[0])[-6:] == ["train_samples", "train_subjects", "val_samples", "val_subjects", "test_samples",
+                                 "test_subjects"]
+    assert (res[0]["train_samples"], res[0]["train_subjects"], res[0]["test_subjects"]) == ("6", "3", "8")
     with (plan.study_dir / "summary.csv").open() as fh:
         rows = {r["source"]: r["contamination"] for r in csv.DictReader(fh)}
     assert rows == {"Scratch": "", "All": "contaminated", "Train": "val overlap", "Copies": "contaminated"}
