@@ -17,6 +17,7 @@ from utility.errors import UserError
 from utility.runs.startup import Startup
 from utility.distributed import is_main
 
+AUDIT_KEYS = frozenset({"allow_subject_overlap", "check_duplicates"})  # may change when a run resumes
 _SAID: set[str] = set()  # tasks whose "no subject rule" note was printed (once per process)
 
 
