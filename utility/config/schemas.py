@@ -166,6 +166,10 @@ class FTEConfig(RunBase, DataKeys):
     save_predictions: bool = Field(True, description="write per-image test predictions")
     ci_resamples: NonNegInt = Field(1000, description="subject bootstrap resamples for test_ci.csv (0: none)")
     ci_level: Annotated[float, Field(gt=0, lt=1)] = Field(0.95, description="test_ci.csv interval level")
+    allow_subject_overlap: bool = Field(False, description="a subject in more than one of train/val/test: "
+                                        "warn (recorded in leakage.txt) instead of refusing the run")
+    check_duplicates: Optional[bool] = Field(None, description="look for identical image files across splits "
+                                             "(content hash); default: when the task has at most 200,000 files")
 
     _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
 
@@ -207,6 +211,8 @@ class MonitorConfig(BaseModel):
     knn_t: Annotated[float, Field(gt=0)] = 0.07
     linear: bool = Field(False, description="also a logistic-regression probe on the frozen features")
     batch_size: Optional[PositiveInt] = Field(None, description="feature extraction batch; default batch_size")
+    query: str = Field("val", description="the task split measured against train; use one the pretraining "
+                                          "data do not contain (the run warns when they do)")
 
     @model_validator(mode="before")
     @classmethod
@@ -228,6 +234,9 @@ class SimCLRConfig(RunBase, DataKeys):
     dataset: Literal["Custom_2D"] = Field("Custom_2D", description="images found recursively in folders")
     dataset_base_dir: list[str] = Field(description="folder(s) of unlabeled images (recursive)")
     random_subset: Annotated[float, Field(gt=0, le=1)] = 1.0
+    subject_regex: Optional[str] = Field(None, description="the subject (patient) of an image: group 1 of this "
+                                         "regex on its path below its dataset_base_dir folder; random_subset "
+                                         "then takes whole subjects; default: each image its own")
     grayscale: bool = False
     image_size: PositiveInt = Field(224, description="crop size of the views")
     resnet: str = Field("resnet50", description="encoder name (any backbone finetuning supports)")

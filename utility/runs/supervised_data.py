@@ -9,7 +9,7 @@ import torch
 from utility.config.schemas import FTEConfig
 from utility.config.tasks import TaskSpec
 from utility.data.dataset import Preprocess
-from utility.data.index import IndexedTask, index_task
+from utility.data.index import IndexedTask, index_task, join_splits
 from utility.data.loader import CacheAwareLoader, build_loader, fill_cache
 from utility.errors import UserError
 from utility.methods.registry import Pipeline
@@ -49,10 +49,10 @@ def check_folds(cfg: FTEConfig, task: TaskSpec, cache: Optional[IndexCache] = No
     if not cfg.folds:
         return
     splits = index_with_cache(cfg.model_copy(update={"folds": None, "fold": None, "train_fraction": None}), task, cache).splits
-    n = len(splits["train"]) + len(splits["val"])
+    n = join_splits([splits["train"], splits["val"]], "pool").subject_count()  # folds take whole subjects
     if cfg.folds > n:
         raise UserError(f"config key 'folds': {cfg.folds} folds but task {task.name} has only {n} "
-                        f"train + val samples; use at most {n} folds")
+                        f"train + val subjects; use at most {n} folds")
 
 
 def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device, pipe: Pipeline,

@@ -77,6 +77,8 @@ class StudySpec(Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     metrics: Optional[list[str]] = None
     gpus_per_job: int = Field(1, ge=0)
+    allow_contamination: bool = Field(False, description="run although a pretraining source holds a task's "
+                                      "test files or test subjects (utility/study/contamination.py)")
     output_root: Optional[str] = Field(None, description="runs, studies/ and the jobs file; default logs_and_checkpoints")
     config_dir: Optional[str] = Field(None, description="generated configs; default pkgs/FTE/config/<name>/")
 

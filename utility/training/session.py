@@ -35,6 +35,8 @@ RESUME_FREE_KEYS = frozenset({"epochs", "num_workers", "prefetch_factor", "verbo
                               "trackers", "tracker_project", *speed.SPEED_KEYS})
 # files of ours an attempt that ended before its first checkpoint may have left
 STALE_FILES = ("train.log", "val.log", "crash.log", ENV_FILE)
+# written once the data are indexed, before config.yaml (utility/runs/split_audit.py)
+AUDIT_FILES = ("splits.csv.gz", "split_sizes.csv", "leakage.txt", "monitor_overlap.txt")
 
 
 def make_run_dir(run_dir: Path) -> None:
@@ -82,7 +84,7 @@ def check_run_dir(run_dir: Path, new: dict[str, Any], free_keys: Iterable[str]) 
             shown = "; ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diffs[:4])
             raise UserError(f"run directory {run_dir} holds a run with a different config ({shown}); "
                             "choose another name to start a new run (nothing was overwritten)")
-    elif run_dir.is_dir() and any(p.name not in ("crash.log", LOCK_NAME) for p in run_dir.iterdir()):
+    elif run_dir.is_dir() and any(p.name not in ("crash.log", LOCK_NAME, *AUDIT_FILES) for p in run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} is not empty and holds no run config of ours; "
                         "choose another name or move it away (nothing was overwritten)")
 
