@@ -6,10 +6,12 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from utility.config.runname import check_run_name
+
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 # numpy seeds are 32-bit; larger seeds overflowed deep inside torch after the run had started
-Seed = Annotated[int, Field(ge=-(2**32 - 1), le=2**32 - 1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 def keys_error(keys: tuple[str, ...], what: str) -> ValueError:
@@ -74,12 +76,7 @@ class RunBase(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        v = v.strip().strip("/")
-        if not v or ".." in v.split("/"):
-            raise ValueError("expected a non-empty relative run name without '..'")
-        if any(ord(c) < 32 for c in v):
-            raise ValueError("a run name cannot hold control characters (NUL, newline, tab, ...)")
-        return v
+        return check_run_name(v)
 
 
 class DataKeys(BaseModel):

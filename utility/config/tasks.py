@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from utility.config.yamlsafe import load_file
 from utility.errors import UserError
 from utility.paths import TASKS_DIR
 
@@ -141,10 +141,7 @@ def available_tasks() -> list[str]:
 
 def _read_task_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a task YAML; ``extends: OTHER`` merges OTHER's keys under this file's."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"task file {path} is not valid YAML: {exc}") from None
+    data = load_file(path, f"task file {path}") or {}
     if not isinstance(data, dict):
         raise UserError(f"task file {path} must hold a mapping")
     base_name = data.pop("extends", None)
