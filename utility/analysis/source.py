@@ -174,6 +174,10 @@ def open_subject(args: Any) -> Subject:
         run_dir = None
         base = (weights.parent if weights is not None else Path.cwd()) / "analysis"
     task = load_task(cfg.task)
+    if run_dir is not None:  # someone's run: its task may name code to run
+        from utility.data.targets import refuse_run_code
+
+        refuse_run_code(task, run_dir / "config.yaml", bool(getattr(args, "trust_run_code", False)))
     return Subject(cfg, task, weights, base, run_dir, pick_device(cfg.device))
 
 
