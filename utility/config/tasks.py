@@ -110,6 +110,9 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _splits(self) -> "TaskSpec":
+        if self.window is not None and not self.window[0] < self.window[1]:
+            raise ValueError(f"window {list(self.window)} must be [low, high] with low < high (a zero-width "
+                             "window divides by 0)")
         missing = {"train", "val", "test"} - set(self.splits)
         if missing:
             raise ValueError(f"splits must define train, val and test (missing: {sorted(missing)})")

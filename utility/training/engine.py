@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from utility.data.sampler import EpochSampler
 from utility.training.checkpoint import RESUME_KEYS, atomic_save, load_checkpoint, rng_state, set_rng_state
 from utility.training.distributed import all_reduce_sum, barrier, is_main, rank, world_size
+from utility.training.finite import check_losses
 from utility.errors import Stopped
 from utility.training.rundir import CsvLog, TensorBoard
 from utility.training.stopsignal import StopOnSignal
@@ -376,6 +377,7 @@ class Trainer:
         for (step, gstep, _, lr), v in zip(pending, values):
             self.train_log.write({"epoch": self.epoch + 1, "step": step, "loss": v, "lr": lr,
                                   "global_step": gstep, "datetime": stamp})
+        check_losses(values, [p[1] for p in pending], self.epoch + 1)  # after the rows: train.log shows it
         self.tb.scalars({"loss": values[-1], "lr": pending[-1][3]}, pending[-1][1], "train")
         if self.opts.debug:
             print(f"epoch {self.epoch + 1} step {pending[-1][0]} loss {values[-1]:.6f}", flush=True)
