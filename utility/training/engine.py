@@ -19,8 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from utility.data.sampler import EpochSampler
-from utility.training.checkpoint import (RESUME_KEYS, atomic_save, load_checkpoint, restoring, rng_state,
-                                         set_rng_state)
+from utility.training.checkpoint import RESUME_KEYS, atomic_save, load_checkpoint, rng_state, set_rng_state
 from utility.training.distributed import all_reduce_sum, barrier, is_main, rank, world_size
 from utility.training.finite import check_losses
 from utility.errors import Stopped
@@ -200,20 +199,19 @@ class Trainer:
         if not self.last_path.exists():
             return False
         ck = load_checkpoint(self.last_path, RESUME_KEYS)
-        with restoring(self.last_path):
-            self.model.load_state_dict(ck["model"])
-            self.optimizer.load_state_dict(ck["optimizer"])
-            if self.scheduler is not None and ck.get("scheduler") is not None:
-                self.scheduler.load_state_dict(ck["scheduler"])
-            self.scaler.load_state_dict(ck["scaler"])
-            self.epoch, self.batch_in_epoch = ck["epoch"], ck["batch_in_epoch"]
-            self.global_step = ck["global_step"]
-            self.best_value, self.best_epoch = ck["best_value"], ck["best_epoch"]
-            self.finished = ck.get("finished", False)
-            self.epoch_loss = list(ck.get("epoch_loss", [0.0, 0]))
-            if "method" in ck and hasattr(self.method, "load_state_dict"):
-                self.method.load_state_dict(ck["method"])
-            set_rng_state(ck["rng"])
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.scheduler is not None and ck.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.epoch, self.batch_in_epoch = ck["epoch"], ck["batch_in_epoch"]
+        self.global_step = ck["global_step"]
+        self.best_value, self.best_epoch = ck["best_value"], ck["best_epoch"]
+        self.finished = ck.get("finished", False)
+        self.epoch_loss = list(ck.get("epoch_loss", [0.0, 0]))
+        if "method" in ck and hasattr(self.method, "load_state_dict"):
+            self.method.load_state_dict(ck["method"])
+        set_rng_state(ck["rng"])
         e, b = self.epoch + 1, self.batch_in_epoch  # log rows are 1-based
         self.train_log.keep_rows(lambda r: int(r["epoch"]) < e or (int(r["epoch"]) == e and int(r["step"]) <= b))
         if (self.run_dir / "val.log").exists():

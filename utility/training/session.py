@@ -20,7 +20,7 @@ from utility.entry import CrashLog
 from utility.errors import UserError
 from utility.tracking import require_trackers, track
 from utility.training import parallel
-from utility.training.checkpoint import RESUME_KEYS, load_checkpoint, seed_everything
+from utility.training.checkpoint import RESUME_KEYS, load_checkpoint, restoring, seed_everything
 from utility.training.distributed import is_main, main_decides
 from utility.training.engine import Amp, Method, Trainer, TrainerOptions
 from utility.training.runlock import LOCK_NAME, RunLock
@@ -153,7 +153,9 @@ class RunSession:
         test), then mark the run finished. The logs are closed whatever happens."""
         if is_main():
             dump_config(self.cfg, self.run_dir / "config.yaml")
-        if self.state == "resume" and trainer.resume():
+        with restoring(trainer.last_path):  # another model/optimizer, damaged RNG: one line naming the file
+            resumed = self.state == "resume" and trainer.resume()
+        if resumed:
             print(f"resuming {self.run_dir} at epoch {trainer.epoch + 1} step {trainer.batch_in_epoch}")
         tracking = track(self.cfg, self.run_dir, self.state == "resume")  # wandb/mlflow follow the CSV logs
         try:
