@@ -112,6 +112,10 @@ def make_plan(spec: StudySpec) -> Plan:
     plan = Plan(spec, out_root, config_dir, out_root / "studies" / spec.name)
     for task in spec.tasks:
         load_task(task)  # an unknown task is refused here, with the closest preset named
+    if spec.metrics:
+        from utility.study.metricnames import check_study_metrics
+
+        check_study_metrics(spec.metrics, spec.tasks)
     base_path = resolve_user_path(spec.finetune.config)
     base = read_yaml(base_path)
     base.update(spec.finetune.overrides)
