@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from utility.data.io import split_slice
 from utility.diskspace import is_no_space, no_space_error
 from utility.errors import UserError
 
@@ -56,7 +57,7 @@ def store_key(paths: Sequence[Path], prep_key: str) -> str:
     strings = getattr(paths, "strings", None)  # a PathArray: no Path object per file
     for name in (strings() if strings is not None else [str(p) for p in paths]):
         try:
-            st = os.stat(name.split("::")[0])
+            st = os.stat(split_slice(name)[0])  # a slice of a volume: the volume's file
             # ctime too: a file rewritten with the same size and its mtime restored (touch -r, rsync -t)
             # still gets a new inode change time, which no user call can set back
             h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
