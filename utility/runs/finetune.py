@@ -20,7 +20,7 @@ from utility.methods.registry import pipeline_for
 from utility.models import build_network, count_parameters
 from utility.paths import output_root, resolve_user_path
 from utility.runs.startup import Startup, augmentation_path, index_cache_for, resolve_tf_device
-from utility.runs.supervised_data import build_data, check_folds
+from utility.runs.supervised_data import build_data, check_folds, check_trainable
 from utility.runs.evaluation import read_test_row, report_bad_files, test_last_and_best, write_folds_summary
 from utility.training.distributed import is_main, shutdown, world_size
 from utility.training.checkpoint import atomic_save
@@ -60,6 +60,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     startup.attach(run_dir)
     pipe = pipeline_for(task.type)
     data = build_data(cfg, task, session.device, pipe, startup, index_cache_for(cfg))
+    check_trainable(task, data.indexed)
     startup.add("augmentation", None, augmentation_path(cfg.tf_device, requested_tf))
     n_cls = data.indexed.num_classes
     if cfg.w_l is not None and len(cfg.w_l) != n_cls:
