@@ -4,6 +4,7 @@ numbers or a traceback halfway through."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 from utility.errors import UserError
@@ -41,6 +42,10 @@ def check_ranges(args: Any) -> None:
         bad = [v for v in _each(value) if not ok(v)]
         if bad:
             raise UserError(f"--{name} {bad[0]} is out of range: expected {expected}")
+    for name in ("out", "cache_dir"):
+        value = getattr(args, name, None)
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise UserError(f"--{name} {value} is a file; expected a folder (new or existing)")
     start, end = getattr(args, "start_lr", None), getattr(args, "end_lr", None)
     if start is not None and end is not None and end <= start:
         raise UserError(f"--end_lr {end} must be larger than --start_lr {start}")

@@ -90,7 +90,10 @@ class Subject:
 
     def out_dir(self, command: str, out: Optional[Path]) -> Path:
         """The command's output folder (created by the caller once all inputs are checked)."""
-        return Path(out).resolve() if out is not None else self.base_dir / command
+        folder = Path(out).resolve() if out is not None else self.base_dir / command
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"--out {folder} is a file; expected a folder (new or existing) for the outputs")
+        return folder
 
 
 def check_split(split: str) -> None:
