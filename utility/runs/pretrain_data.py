@@ -30,6 +30,8 @@ def distinct_folders(dirs: list[str]) -> list[Path]:
         raise UserError("dataset_base_dir is empty; expected one or more folders of images")
     folders = []
     for d in dirs:
+        if not str(d).strip():  # '' would resolve to the current folder
+            raise UserError("dataset_base_dir holds an empty folder name; expected folders of images")
         folder = resolve_user_path(d)  # the real path (symlinks resolved)
         if not folder.is_dir():
             raise UserError(f"dataset_base_dir not found: {folder}")
