@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
 import torch
-import yaml
 from pydantic import BaseModel
 from torch import nn
 
 from utility.config.loader import dump_config
+from utility.config.yamlsafe import load_file
 from utility.entry import CrashLog
 from utility.errors import UserError
 from utility.tracking import require_trackers, track
@@ -69,8 +69,8 @@ def check_run_dir(run_dir: Path, new: dict[str, Any], free_keys: Iterable[str]) 
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists():
         try:
-            old = yaml.safe_load(cfg_path.read_text())
-        except yaml.YAMLError:
+            old = load_file(cfg_path, f"run config {cfg_path}")  # alias bombs refused, binary files too
+        except UserError:
             old = None
         if not isinstance(old, dict) or "name" not in old:
             raise UserError(f"run directory {run_dir} holds a config.yaml that is not a run config of ours; "
