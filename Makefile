@@ -5,10 +5,12 @@ VPY := $(VENV)/bin/python
 
 .PHONY: venv demo demo-queue demo-finetune demo-seg study-e2 test bench
 
-$(VENV)/.installed: requirements.txt
+# the pinned requirements, then this checkout as the package `utility` (editable) with the console scripts
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -r requirements.txt
+	$(VPY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(VPY) -m pip install -q --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utility.data.augment import CpuAugment, DeviceAugment, load_preset  # noqa: E402
+from utility.data.augment import CpuAugment, DeviceAugment, load_preset
 
 
 def timed(fn, repeats: int, sync=lambda: None) -> float:

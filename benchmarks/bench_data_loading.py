@@ -33,14 +33,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utility.data.cache import SharedStore  # noqa: E402
-from utility.data.dataset import ImageDataset, Preprocess  # noqa: E402
-from utility.data.loader import CacheAwareLoader  # noqa: E402
-from utility.data.sampler import EpochSampler  # noqa: E402
-from utility.data.index import Split  # noqa: E402
-from utility.data.io import read_image  # noqa: E402
+from utility.data.cache import SharedStore
+from utility.data.dataset import ImageDataset, Preprocess
+from utility.data.loader import CacheAwareLoader
+from utility.data.sampler import EpochSampler
+from utility.data.index import Split
+from utility.data.io import read_image
 
 
 def make_dataset(folder: Path, n: int, size: int) -> list[Path]:

@@ -19,12 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utility.methods.classification import ClassificationMethod  # noqa: E402
-from utility.data.sampler import EpochSampler  # noqa: E402
-from utility.training.engine import Amp, Trainer, TrainerOptions  # noqa: E402
-from utility.models import Classifier, build_encoder  # noqa: E402
+from utility.methods.classification import ClassificationMethod
+from utility.data.sampler import EpochSampler
+from utility.training.engine import Amp, Trainer, TrainerOptions
+from utility.models import Classifier, build_encoder
 
 
 class Synthetic(Dataset):

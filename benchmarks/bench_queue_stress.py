@@ -43,9 +43,8 @@ from collections import Counter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QM = os.path.join(REPO, "QueueManager.py")
-sys.path.insert(0, REPO)
 
-from utility.queue import jobsfile  # noqa: E402
+from utility.queue import jobsfile
 
 PY_APPENDER = r'''
 import os, sys, time

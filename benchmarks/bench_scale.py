@@ -35,14 +35,13 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utility.config.tasks import load_task  # noqa: E402
-from utility.data.batch_targets import csv_batch  # noqa: E402
-from utility.data.index import index_task  # noqa: E402
-from utility.data.index_cache import IndexCache  # noqa: E402
-from utility.data.listing import find_images  # noqa: E402
-from utility.data.targets import ReaderContext  # noqa: E402
+from utility.config.tasks import load_task
+from utility.data.batch_targets import csv_batch
+from utility.data.index import index_task
+from utility.data.index_cache import IndexCache
+from utility.data.listing import find_images
+from utility.data.targets import ReaderContext
 
 
 def touch_many(folder: Path, names: list[str]) -> None:

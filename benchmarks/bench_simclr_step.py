@@ -22,14 +22,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utility.data.sampler import EpochSampler  # noqa: E402
-from utility.training.engine import Amp, Trainer, TrainerOptions  # noqa: E402
-from utility.models import build_encoder  # noqa: E402
-from utility.methods.ntxent import nt_xent  # noqa: E402
-from utility.training.optim import build_optimizer  # noqa: E402
-from utility.methods.simclr import SimCLRMethod, SimCLRModel, SimCLRViews, projection_head  # noqa: E402
+from utility.data.sampler import EpochSampler
+from utility.training.engine import Amp, Trainer, TrainerOptions
+from utility.models import build_encoder
+from utility.methods.ntxent import nt_xent
+from utility.training.optim import build_optimizer
+from utility.methods.simclr import SimCLRMethod, SimCLRModel, SimCLRViews, projection_head
 
 TEMPERATURE = 0.5
 

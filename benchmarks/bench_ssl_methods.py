@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from utility.models import build_encoder  # noqa: E402
+from utility.models import build_encoder
 
 METHODS = ["simclr", "barlow_twins", "byol", "vicreg", "mocov2"]
 LINEAR_CFG = REPO / "pkgs" / "FTE" / "config" / "demo_digits_linear.yaml"

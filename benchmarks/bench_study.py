@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utility.paths import REPO_ROOT  # noqa: E402
-from utility.study.cli import report  # noqa: E402
-from utility.study.jobs import append_jobs  # noqa: E402
-from utility.study.plan import make_plan, write_configs  # noqa: E402
-from utility.study.spec import load_study  # noqa: E402
+from utility.paths import REPO_ROOT
+from utility.study.cli import report
+from utility.study.jobs import append_jobs
+from utility.study.plan import make_plan, write_configs
+from utility.study.spec import load_study
 
 TASKS = ["digits", "digits-M", "digits-S", "digits-XS", "digits-XXS", "CX8", "CX8-M", "CX8-S", "CX8-XS",
          "BraTS", "BraTS-M", "BraTS-S", "BraTS-XS", "LiTS", "LiTS-M", "LiTS-S", "LiTS-XS"]

@@ -26,8 +26,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 FINETUNE = REPO / "pkgs" / "FTE" / "finetune.py"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# entry points started as child processes import this checkout's `utility` even where it is not installed
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
 # ----------------------------------------------------------------------------- images

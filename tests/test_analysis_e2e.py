@@ -21,11 +21,10 @@ from conftest import make_folder_dataset, small_run_config, snapshot, task_dict,
 
 REPO = Path(__file__).resolve().parent.parent
 ANALYZE = REPO / "pkgs" / "Analysis" / "analyze.py"
-sys.path.insert(0, str(REPO))
 
-from utility.analysis.cli import main as analyze_main  # noqa: E402
-from utility.entry import run_entry  # noqa: E402
-from utility.runs.finetune import main as finetune_main  # noqa: E402
+from utility.analysis.cli import main as analyze_main
+from utility.entry import run_entry
+from utility.runs.finetune import main as finetune_main
 
 CLASSES = ["a", "b", "c"]
 

@@ -14,17 +14,16 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utility.analysis import curves as cv  # noqa: E402
-from utility.analysis.cka import cka  # noqa: E402
-from utility.analysis.gradcam import class_target, compute_cams, display, target_layer  # noqa: E402
-from utility.analysis.knn import weighted_knn  # noqa: E402
-from utility.analysis.layers import importance_rows, l2_rows  # noqa: E402
-from utility.analysis.lrfind import lr_at, smooth, suggest  # noqa: E402
-from utility.analysis.probe import C_GRID, probe_rows  # noqa: E402
-from utility.errors import UserError  # noqa: E402
-from utility.models.encoders import Classifier  # noqa: E402
+from utility.analysis import curves as cv
+from utility.analysis.cka import cka
+from utility.analysis.gradcam import class_target, compute_cams, display, target_layer
+from utility.analysis.knn import weighted_knn
+from utility.analysis.layers import importance_rows, l2_rows
+from utility.analysis.lrfind import lr_at, smooth, suggest
+from utility.analysis.probe import C_GRID, probe_rows
+from utility.errors import UserError
+from utility.models.encoders import Classifier
 
 
 def clusters(n: int, classes: int, dim: int, rng: np.random.Generator, spread: float = 1.5):

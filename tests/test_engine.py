@@ -20,10 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from utility.training.engine import Amp, EpochSampler, Trainer, TrainerOptions  # noqa: E402
+from utility.training.engine import Amp, EpochSampler, Trainer, TrainerOptions
 
 N_TRAIN, N_VAL, BATCH, DIM, CLASSES = 40, 12, 8, 6, 3
 

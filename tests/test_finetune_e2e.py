@@ -24,10 +24,8 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 
 REPO = Path(__file__).resolve().parent.parent
 FINETUNE = REPO / "pkgs" / "FTE" / "finetune.py"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from utility.models import get_model  # noqa: E402
+from utility.models import get_model
 
 CLASSES = ["horizontal", "noise", "vertical"]  # sorted: the folders reader orders classes by name
 

@@ -39,7 +39,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 # included) right after global step 3, so the signal lands mid-epoch whatever the machine's speed.
 SIGTERM_AT_STEP = textwrap.dedent("""
     import os, signal, sys
-    sys.path.insert(0, {repo!r})
     from utility.training import engine
     original = engine.Trainer._stop_signal
     def stop_signal(self, sync_point=True):

@@ -11,11 +11,9 @@ import torchvision
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from utility.errors import UserError  # noqa: E402
-from utility.models import (Classifier, build_encoder, get_model, load_into_classifier,  # noqa: E402
+from utility.errors import UserError
+from utility.models import (Classifier, build_encoder, get_model, load_into_classifier,
                             read_state_dict)
 
 

@@ -4,13 +4,12 @@ import re
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_queue_helpers import (QM, REPO, queue_output, start_queue, stop,  # noqa: E402
+from test_queue_helpers import (QM, REPO, queue_output, start_queue, stop,
                                 wait_for, write_jobs)
-from utility.queue import base  # noqa: E402
-from utility.queue.jobsfile import parse_options  # noqa: E402
-from utility.queue.local_backend import LocalBackend  # noqa: E402
-from utility.queue.slurm_backend import SlurmBackend  # noqa: E402
+from utility.queue import base
+from utility.queue.jobsfile import parse_options
+from utility.queue.local_backend import LocalBackend
+from utility.queue.slurm_backend import SlurmBackend
 
 
 def test_both_backends_implement_the_protocol():

@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_queue_helpers import records, run_queue, statuses, write_jobs  # noqa: E402
+from test_queue_helpers import records, run_queue, statuses, write_jobs
 
 REC = """\
 import json, os, sys, time

@@ -2,8 +2,7 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_queue_helpers import (queue_output, replace_text, start_queue, statuses,  # noqa: E402
+from test_queue_helpers import (queue_output, replace_text, start_queue, statuses,
                                 stop, wait_for, write_jobs)
 
 GATE = """\

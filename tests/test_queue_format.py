@@ -5,10 +5,9 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_queue_helpers import (jobsfile, latest, run_queue, statuses,  # noqa: E402
+from test_queue_helpers import (jobsfile, latest, run_queue, statuses,
                                 write_jobs)
-from utility.queue.errors import QueueError  # noqa: E402
+from utility.queue.errors import QueueError
 
 
 PREDECESSOR = (

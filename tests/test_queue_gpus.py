@@ -6,11 +6,10 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_queue_helpers import QM, run_queue, statuses, write_jobs  # noqa: E402
-from utility.queue import gpus as gpus_mod  # noqa: E402
-from utility.queue import scheduler  # noqa: E402
-from utility.queue.errors import QueueError  # noqa: E402
+from test_queue_helpers import QM, run_queue, statuses, write_jobs
+from utility.queue import gpus as gpus_mod
+from utility.queue import scheduler
+from utility.queue.errors import QueueError
 
 REC = """\
 import json, os, sys, time

@@ -7,11 +7,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QM = os.path.join(REPO, "QueueManager.py")
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from utility.queue import jobsfile  # noqa: E402
-from utility.queue.state import StateLog  # noqa: E402
+from utility.queue import jobsfile
+from utility.queue.state import StateLog
 
 
 def write_jobs(tmp_path, text, name="Jobs.csv"):

@@ -3,12 +3,11 @@ import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_queue_helpers import (queue_output, replace_text, start_queue, statuses,  # noqa: E402
+from test_queue_helpers import (queue_output, replace_text, start_queue, statuses,
                                 stop, wait_for, write_jobs)
-from utility.queue.base import Launch  # noqa: E402
-from utility.queue.jobsfile import parse_options  # noqa: E402
-from utility.queue.slurm_backend import SlurmBackend  # noqa: E402
+from utility.queue.base import Launch
+from utility.queue.jobsfile import parse_options
+from utility.queue.slurm_backend import SlurmBackend
 
 
 def test_watch_waits_for_new_lines(tmp_path):

@@ -8,10 +8,9 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_queue_helpers import jobsfile, run_queue, write_jobs  # noqa: E402
-from utility.queue import safewrite  # noqa: E402
-from utility.queue.errors import QueueError  # noqa: E402
+from test_queue_helpers import jobsfile, run_queue, write_jobs
+from utility.queue import safewrite
+from utility.queue.errors import QueueError
 
 try:
     from utility.queue import safewrite

@@ -5,8 +5,7 @@ import signal
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_queue_helpers import (jobsfile, latest, queue_output, run_queue,  # noqa: E402
+from test_queue_helpers import (jobsfile, latest, queue_output, run_queue,
                                 start_queue, statuses, stop, wait_for, write_jobs)
 
 TRAP = """\

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_queue_helpers import (latest, queue_output, run_queue, start_queue,  # noqa: E402
+from test_queue_helpers import (latest, queue_output, run_queue, start_queue,
                                 statuses, stop, wait_for, write_jobs)
 
 

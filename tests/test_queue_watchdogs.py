@@ -3,8 +3,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_queue_helpers import latest, records, run_queue, statuses, write_jobs  # noqa: E402
+from test_queue_helpers import latest, records, run_queue, statuses, write_jobs
 
 SCRIPT = """\
 import os, signal, sys, time

@@ -13,13 +13,12 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from utility.data.augment import AugPreset, CpuAugment, CropSpec, DeviceAugment, load_preset  # noqa: E402
-from utility.data.dataset import Preprocess  # noqa: E402
-from utility.data.index import index_task  # noqa: E402
-from utility.data.segdata import SegDataset, make_seg_dataset  # noqa: E402
-from utility.config.tasks import TaskSpec, load_task  # noqa: E402
+from utility.data.augment import AugPreset, CpuAugment, CropSpec, DeviceAugment, load_preset
+from utility.data.dataset import Preprocess
+from utility.data.index import index_task
+from utility.data.segdata import SegDataset, make_seg_dataset
+from utility.config.tasks import TaskSpec, load_task
 
 # ----------------------------------------------------------------------------- fixtures writing tiny data
 

@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conftest import run_finetune, small_run_config, write_yaml  # noqa: E402
-from test_segmentation_data import write_brats, write_lits  # noqa: E402
-from test_segmentation_model import simclr_encoder_file  # noqa: E402
+from conftest import run_finetune, small_run_config, write_yaml
+from test_segmentation_data import write_brats, write_lits
+from test_segmentation_model import simclr_encoder_file
 
-from utility.models import get_model  # noqa: E402
+from utility.models import get_model
 
 
 def _header(path: Path) -> list[str]:

@@ -10,13 +10,12 @@ import pytest
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utility.errors import UserError  # noqa: E402
-from utility.models import get_model  # noqa: E402
-from utility.methods.segmentation import SegLoss  # noqa: E402
-from utility.models import build_network  # noqa: E402
-from utility.models.unet import UNet, encoder_of  # noqa: E402
+from utility.errors import UserError
+from utility.models import get_model
+from utility.methods.segmentation import SegLoss
+from utility.models import build_network
+from utility.models.unet import UNet, encoder_of
 
 
 def build_unet(*args, **kw):

@@ -219,12 +219,13 @@ def test_every_methods_encoder_file_loads_into_get_model(tmp_path):
     assert all(torch.equal(own[f"encoder.{k}"] if f"encoder.{k}" in own else own[k], v) for k, v in enc.state_dict().items())
 
 
-def test_engine_calls_after_step_once_per_optimizer_step_and_keeps_method_state(tmp_path):
+def test_method_steps_callback_calls_after_step_once_per_optimizer_step_and_state_is_kept(tmp_path):
     """The hook sees the plain model after each optimizer step (the weights already updated) with the
     1-based step and the planned total; the method's state_dict goes into checkpoint_last.pt and back."""
     from torch.utils.data import DataLoader
 
     from utility.methods.base import NoEvaluation
+    from utility.runs.callbacks import MethodSteps
     from utility.training.engine import Amp, Trainer, TrainerOptions
 
     class Hooked(NoEvaluation):
@@ -250,7 +251,7 @@ def test_engine_calls_after_step_once_per_optimizer_step_and_keeps_method_state(
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(torch.randn(12, 3), batch_size=4)
     tr = Trainer(model, method, opt, None, Amp(torch.device("cpu")), tmp_path,
-                 TrainerOptions(epochs=2, seed=0, verbose=False))
+                 TrainerOptions(epochs=2, seed=0, verbose=False), callbacks=[MethodSteps(method)])
     tr.fit(loader, None)
     assert [(s, t) for s, t, _ in method.calls] == [(k, 6) for k in range(1, 7)]
     assert torch.equal(method.calls[-1][2], model.weight.detach())  # after the last update

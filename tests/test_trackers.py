@@ -9,6 +9,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import socket
 import struct
 import sys
@@ -208,7 +209,7 @@ def test_missing_tracker_exits_2_before_any_work(tmp_path):
     cfg = write_yaml(tmp_path / "cfg.yaml", small_run_config(task=task, trackers=["mlflow", "wandb"]))
     out = tmp_path / "out"
     proc = run_finetune(["-c", cfg, "--output_root", out, "--data_root", tmp_path / "nodata"], cwd=tmp_path,
-                        env={"PYTHONPATH": str(shim)})
+                        env={"PYTHONPATH": os.pathsep.join([str(shim), os.environ["PYTHONPATH"]])})
     assert proc.returncode == 2, proc.stderr
     assert "tracker 'mlflow'" in proc.stderr and "pip install -r requirements-trackers.txt" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -258,13 +259,14 @@ def test_failing_tracker_warns_once_and_the_others_go_on(tmp_path, capsys):
 
     broken, healthy = Recorder(fail_on="log_metrics"), Recorder()
     tracking = Tracking(tmp_path, {"broken": broken, "healthy": healthy})
-    log = CsvLog(tmp_path / "val.log", ["epoch", "accuracy", "lr"])
+    log = CsvLog(tmp_path / "val.log", ["epoch", "accuracy", "lr"], on_row=tracking.on_row)
     for e in (1, 2, 3):
         log.write({"epoch": e, "accuracy": e / 10, "lr": 0.1})
-    write_table(tmp_path / "test.log", ["accuracy", "epoch", "model"], [{"accuracy": 0.5, "epoch": 3, "model": "last"}])
+    write_table(tmp_path / "test.log", ["accuracy", "epoch", "model"], [{"accuracy": 0.5, "epoch": 3, "model": "last"}],
+                tracking.on_row)
     (tmp_path / "other").mkdir()
-    CsvLog(tmp_path / "other" / "val.log", ["epoch", "x"]).write({"epoch": 9, "x": 1.0})  # another run's log
-    tracking.close(True)
+    CsvLog(tmp_path / "other" / "val.log", ["epoch", "x"], on_row=tracking.on_row).write({"epoch": 9, "x": 1.0})  # another run's log
+    tracking.on_run_end(None, True)
     log.write({"epoch": 4, "accuracy": 0.4, "lr": 0.1})  # after close: nobody listens
     err = capsys.readouterr().err
     assert err.count("warning: tracker broken failed") == 1 and "server down" in err
@@ -279,7 +281,7 @@ def test_failing_tracker_warns_once_and_the_others_go_on(tmp_path, capsys):
 def test_mlflow_server_down_at_start_warns_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
     pytest.importorskip("mlflow")
     from utility.config.schemas import FTEConfig
-    from utility.tracking import track
+    from utility.tracking import tracking_for
 
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -290,7 +292,8 @@ def test_mlflow_server_down_at_start_warns_and_the_run_goes_on(tmp_path, monkeyp
     cfg = FTEConfig(name="x", task="t", trackers=["mlflow"], output_root=str(tmp_path))
     run_dir = tmp_path / "finetuning" / "x"
     run_dir.mkdir(parents=True)
-    tracking = track(cfg, run_dir, resumed=False)
+    tracking = tracking_for(cfg, run_dir)
+    tracking.on_run_start(None, resumed=False)
     assert tracking.trackers == {}
     assert "warning: tracker mlflow failed (start" in capsys.readouterr().err
     tracking.close(False)

@@ -1,6 +1,11 @@
 """User-facing errors: a mistake by the user ends with one short message and a non-zero exit."""
 from __future__ import annotations
 
+import signal
+
+# the signals that stop a run after a checkpoint (training.stopsignal); DataLoader workers ignore them
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 class UserError(Exception):
     """A problem the user can fix (bad key, missing folder, wrong checkpoint).

@@ -3,11 +3,14 @@
 ``python pkgs/FTE/finetuning_tasks.py`` lists them; ``... NAME`` shows one resolved (size variants too).
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from utility.config.tasks import available_tasks, load_task  # noqa: E402,F401
+try:
+    from utility.config.tasks import available_tasks, load_task  # noqa: F401
+except ModuleNotFoundError as _missing:  # not the project's environment: say which one, not a traceback
+    if (_missing.name or "").startswith("utility."):
+        raise
+    sys.exit(f"{sys.argv[0]}: Python module {_missing.name!r} not found: run it with the project's environment "
+             "(`make venv`, then .venv/bin/python), or `pip install -e .` in yours")
 
 
 def _main(argv: list[str]) -> int:

@@ -6,9 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from utility.metrics.summary import summarize  # noqa: E402
+try:
+    from utility.metrics.summary import summarize
+except ModuleNotFoundError as _missing:  # not the project's environment: say which one, not a traceback
+    if (_missing.name or "").startswith("utility."):
+        raise
+    sys.exit(f"{sys.argv[0]}: Python module {_missing.name!r} not found: run it with the project's environment "
+             "(`make venv`, then .venv/bin/python), or `pip install -e .` in yours")
 
 
 def main() -> int:

@@ -3,12 +3,15 @@
 ``method: simclr | barlow_twins | byol | vicreg | mocov2`` (default simclr) with ``method_settings``;
 the rest of the config is pkgs/SimCLR/main.py's (utility/config/schemas.py, SimCLRConfig)."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from utility.entry import run_entry  # noqa: E402
-from utility.runs.pretrain import main  # noqa: E402
+try:
+    from utility.entry import run_entry
+    from utility.runs.pretrain import main
+except ModuleNotFoundError as _missing:  # not the project's environment: say which one, not a traceback
+    if (_missing.name or "").startswith("utility."):
+        raise
+    sys.exit(f"{sys.argv[0]}: Python module {_missing.name!r} not found: run it with the project's environment "
+             "(`make venv`, then .venv/bin/python), or `pip install -e .` in yours")
 
 if __name__ == "__main__":
     sys.exit(run_entry(lambda argv: main(argv, "pkgs/SSL/pretrain.py")))

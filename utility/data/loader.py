@@ -8,14 +8,22 @@ Until then, and whenever random per-sample CPU augmentation is on, the ordinary 
 """
 from __future__ import annotations
 
+import signal
 from typing import Any, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from utility.data.sampler import EpochSampler
-from utility.training.parallel import per_rank_batch
-from utility.training.stopsignal import worker_ignores_stop
+from utility.distributed import per_rank_batch
+from utility.errors import STOP_SIGNALS
+
+
+def worker_ignores_stop(_worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the queue signals the whole process group; a worker killed by it
+    would make the training process fail before it can save."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 class CacheAwareLoader:

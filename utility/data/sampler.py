@@ -6,7 +6,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from utility.training.distributed import rank, world_size
+from utility.distributed import rank, world_size
 
 
 class EpochSampler(Sampler[int]):

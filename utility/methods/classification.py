@@ -14,7 +14,7 @@ from utility.data.badfiles import BadFiles
 from utility.data.cache import SharedStore
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import IndexedTask, Split
-from utility.training.distributed import all_gather_object, all_reduce_sum, is_dist, world_size
+from utility.distributed import all_gather_object, all_reduce_sum, is_dist, world_size
 from utility.methods.base import SupervisedMethod
 from utility.methods.registry import register_pipeline
 from utility.metrics.classification import ClassificationMetrics

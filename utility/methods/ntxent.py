@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from utility.training.distributed import is_dist, rank, world_size
+from utility.distributed import is_dist, rank, world_size
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -3,8 +3,8 @@ the plug-in contract the registry (utility/methods/ssl_registry.py) and utility/
 
 A method is one class: ``name``, its ``Settings`` (a pydantic model: the keys of ``method_settings``,
 defaults from the paper), ``build_model`` (encoder + heads, the network the engine trains),
-``objective`` (the model's outputs -> a loss), optionally ``after_step`` (the engine calls it after
-every optimizer step: EMA targets), ``state_dict``/``load_state_dict`` (state outside the model that
+``objective`` (the model's outputs -> a loss), optionally ``after_step`` (called after every optimizer
+step through the trainer callback runs/callbacks.MethodSteps: EMA targets), ``state_dict``/``load_state_dict`` (state outside the model that
 resume must restore: MoCo's queue) and ``check`` (refuse settings the data cannot serve).
 """
 from __future__ import annotations
@@ -59,6 +59,9 @@ class SSLMethod(NoEvaluation):
     def objective(self, out: Any) -> torch.Tensor:
         """The loss from the model's outputs (called in float32, autocast off)."""
         raise NotImplementedError
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """After every optimizer step, with the plain model (EMA/momentum targets); most methods need nothing."""
 
     # ------------------------------------------------------------------ the shared step
     def two_views(self, batch: dict[str, Any], ctx: StepContext) -> Optional[tuple[torch.Tensor, torch.Tensor, int]]:

@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from utility.training.distributed import is_dist
+from utility.distributed import is_dist
 
 METRICS = ("dice", "iou", "precision", "recall")
 

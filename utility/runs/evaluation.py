@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from utility.data.badfiles import BadFiles
-from utility.training.distributed import is_main
+from utility.distributed import is_main
 from utility.training.engine import Trainer
 from utility.training.rundir import write_table
 
@@ -27,7 +27,7 @@ def test_last_and_best(trainer: Trainer, loader: Any, run_dir: Path, metric: str
             continue
         m = trainer.evaluate(loader, f"test_{which}", "test")
         row = {**m, "epoch": epoch, "model": which}
-        write_table(run_dir / log_name, list(row), [row])
+        write_table(run_dir / log_name, list(row), [row], trainer.callbacks.on_row)
         trainer.tb.scalars(m, epoch, f"test_{which}")
         if which == "last":
             out = m

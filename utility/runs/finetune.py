@@ -19,15 +19,17 @@ from utility.errors import UserError, user_errors
 from utility.methods.registry import pipeline_for
 from utility.models import build_network, count_parameters
 from utility.paths import output_root, resolve_user_path
+from utility.runs.callbacks import BadFileReports
 from utility.runs.startup import Startup, augmentation_path, index_cache_for, resolve_tf_device
 from utility.runs.supervised_data import build_data, check_folds, check_trainable
 from utility.runs.evaluation import read_test_row, report_bad_files, test_last_and_best, write_folds_summary
-from utility.training.distributed import is_main, shutdown, world_size
+from utility.distributed import is_main, shutdown, world_size
 from utility.training.checkpoint import atomic_save
 from utility.training.engine import TrainerOptions
 from utility.training.optim import build_optimizer
 from utility.training.schedulers import build_scheduler
 from utility.training.session import RESUME_FREE_KEYS, RunSession, make_run_dir
+from utility.tracking import require_trackers, tracking_for
 
 FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex"}
 
@@ -51,6 +53,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     """Train, validate, test one run (one fold); returns the test metrics of the last model."""
     requested_tf = cfg.tf_device
     cfg.tf_device = resolve_tf_device(cfg.tf_device, cfg.device, run_dir)  # config.yaml records the path that runs
+    require_trackers(cfg.trackers)  # before any work: exit 2 if one is not installed
     session = RunSession.open(cfg, run_dir, free_keys=FREE_KEYS)
     if session.done:
         print(f"run {run_dir} is already complete; results in {run_dir / 'test.log'}. "
@@ -92,9 +95,9 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=cfg.scheduling_interval,
                           short_training=cfg.short_training, verbose=cfg.verbose, debug=cfg.debug,
                           log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
-                          best_metric=metric, best_mode=mode, config=cfg.model_dump(mode="json"),
-                          epoch_end=lambda tr: report_bad_files(bad, tr.epoch))
-    trainer = session.trainer(model, method, optimizer, scheduler, opts, train_module)
+                          best_metric=metric, best_mode=mode, config=cfg.model_dump(mode="json"))
+    callbacks = [BadFileReports(bad), tracking_for(cfg, run_dir)]
+    trainer = session.trainer(model, method, optimizer, scheduler, opts, train_module, callbacks)
     if cfg.verbose and is_main():
         sizes = ", ".join(f"{k} {len(s)}" for k, s in data.indexed.splits.items())
         p = count_parameters(model)

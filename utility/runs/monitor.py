@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from utility.data.preprocess import conform_channels
 from utility.errors import UserError
 from utility.metrics.knn import knn_accuracy
 from utility.paths import DEFAULT_DATA_ROOT, resolve_user_path
+from utility.training.callbacks import Callback
 from utility.training.checkpoint import rng_state, set_rng_state
 from utility.training.rundir import CsvLog
 
@@ -110,8 +111,8 @@ def measure(encoder: nn.Module, data: LabelledFeatures, device: torch.device, in
     return row
 
 
-class Monitor:
-    """The trainer's epoch-end hook part that measures the encoder (rank 0 only, as epoch_end is)."""
+class Monitor(Callback):
+    """A trainer callback that measures the encoder after due epochs (built on rank 0 only)."""
 
     def __init__(self, mcfg: MonitorConfig, prep: Preprocess, data_root: Optional[str], seed: int, batch_size: int,
                  workers: int, in_channels: int, device: torch.device, run_dir: Path, epochs: int) -> None:
@@ -140,6 +141,12 @@ class Monitor:
         print(f"monitor epoch {epoch}: knn_accuracy {row['knn_accuracy']:.4f}"
               + (f"  linear_accuracy {row['linear_accuracy']:.4f}" if self.cfg.linear else ""), flush=True)
         return row
+
+    def on_epoch_end(self, trainer: Any) -> None:
+        self(trainer.model.encoder, trainer.epoch, trainer.tb)
+
+    def on_run_end(self, trainer: Any, finished: bool) -> None:
+        self.close()
 
     def close(self) -> None:
         self.log.close()

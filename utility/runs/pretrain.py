@@ -20,13 +20,14 @@ from utility.methods.ssl_base import save_encoder
 from utility.methods.views import TwoViews
 from utility.models import build_encoder, count_parameters
 from utility.paths import output_root
-from utility.runs.evaluation import report_bad_files
+from utility.runs.callbacks import BadFileReports, EncoderSnapshots, MethodSteps
 from utility.runs.monitor import Monitor
 from utility.runs.simclr_config import PROG, build_lr_schedule, lr_plan, raw_config, resolve_lr_rule
 from utility.runs.pretrain_data import build_pretrain_data
 from utility.runs.ssl_config import check_batch_size, resolve_method
 from utility.runs.startup import Startup
-from utility.training.distributed import is_main, shutdown
+from utility.tracking import require_trackers, tracking_for
+from utility.distributed import is_main, shutdown
 from utility.training.engine import Trainer, TrainerOptions
 from utility.training.optim import build_optimizer
 from utility.training.session import RESUME_FREE_KEYS, RunSession
@@ -47,6 +48,7 @@ def main(argv: list[str], prog: str = PROG) -> int:
     run_dir = output_root(cfg.output_root) / "pretraining" / cfg.name
     requested = "dp" if (cfg.dataparallel and cfg.parallel == "auto") else cfg.parallel
     check_batch_size(cfg, method_cls)
+    require_trackers(cfg.trackers)  # before any work: exit 2 if one is not installed
     session = RunSession.open(cfg, run_dir, requested, FREE_KEYS)
     if session.done:
         print(f"run {run_dir} is already complete: {run_dir / 'encoder_pretrained.tar'}")
@@ -75,19 +77,13 @@ def main(argv: list[str], prog: str = PROG) -> int:
     interval = lr.interval
     scheduler = build_lr_schedule(optimizer, lr, cfg, len(loader))
 
-    def snapshot(tr: Trainer) -> None:
-        report_bad_files(bad, tr.epoch)
-        if monitor is not None:
-            monitor(model.encoder, tr.epoch, tr.tb)
-        if cfg.enc_save_frequency and tr.epoch % cfg.enc_save_frequency == 0:
-            save_encoder(model, run_dir / f"encoder_{tr.epoch}.tar")
-
     opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=interval,
                           verbose=cfg.verbose and not cfg.low_verbosity, debug=cfg.debug,
                           log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
-                          config=cfg.model_dump(mode="json"), train_columns=PRETRAIN_COLUMNS,
-                          epoch_end=snapshot)
-    trainer = session.trainer(model, method, optimizer, scheduler, opts, train_module)
+                          config=cfg.model_dump(mode="json"), train_columns=PRETRAIN_COLUMNS)
+    callbacks = [MethodSteps(method), BadFileReports(bad), *([monitor] if monitor else []),
+                 EncoderSnapshots(model, run_dir, cfg.enc_save_frequency), tracking_for(cfg, run_dir)]
+    trainer = session.trainer(model, method, optimizer, scheduler, opts, train_module, callbacks)
     if cfg.verbose and is_main():
         p = count_parameters(model)
         print(f"{method_cls.label}: {len(ds)} images, encoder {cfg.resnet} ({p['total']:,} parameters with the heads), "

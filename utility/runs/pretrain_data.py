@@ -20,7 +20,7 @@ from utility.errors import UserError
 from utility.paths import resolve_user_path
 from utility.runs.ssl_config import check_image_count
 from utility.runs.startup import Startup, index_cache_for
-from utility.training.distributed import is_dist, main_decides
+from utility.distributed import is_dist, main_decides
 
 
 def distinct_folders(dirs: list[str]) -> list[Path]:

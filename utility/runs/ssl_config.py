@@ -10,7 +10,7 @@ from utility.errors import UserError
 from utility.methods.ssl_base import MethodSettings, SSLMethod
 from utility.methods.ssl_registry import SIMCLR_KEYS, method_class, resolve_settings
 from utility.paths import resolve_user_path
-from utility.training.distributed import world_size
+from utility.distributed import world_size
 
 
 def resolve_method(cfg: SimCLRConfig) -> tuple[type[SSLMethod], MethodSettings]:

@@ -19,7 +19,7 @@ import yaml
 
 from utility.data.index_cache import IndexCache
 from utility.paths import output_root, resolve_user_path
-from utility.training.distributed import is_main
+from utility.distributed import is_main
 
 FIELDS = ["datetime", "phase", "seconds", "note"]
 

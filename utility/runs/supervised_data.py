@@ -17,7 +17,7 @@ from utility.methods.registry import Pipeline
 from utility.paths import DEFAULT_DATA_ROOT, resolve_user_path
 from utility.data.index_cache import IndexCache
 from utility.runs.startup import Startup
-from utility.training.distributed import is_dist, main_decides
+from utility.distributed import is_dist, main_decides
 
 
 @dataclass

@@ -16,13 +16,13 @@ import numbers
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from utility.paths import output_root
 from utility.tracking.base import RunInfo, Tracker, flatten
 from utility.tracking.registry import tracker_class
-from utility.training.distributed import is_main
-from utility.training.rundir import observe_rows
+from utility.distributed import is_main
+from utility.training.callbacks import Callback
 
 STATE_FILE = "trackers.json"
 TRAIN_BATCH_ROWS = 200  # train.log rows per call (one HTTP request per step would slow a remote server down)
@@ -38,13 +38,36 @@ def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
 
 
-class Tracking:
-    """The open trackers of one run; :meth:`close` ends them (also when the run failed)."""
+class Tracking(Callback):
+    """The trackers of one run, a callback on its trainer: started at run start (or continued on
+    resume), fed every CSV row, ended at run end (also when the run failed)."""
 
-    def __init__(self, run_dir: Path, trackers: dict[str, Tracker]) -> None:
-        self.run_dir, self.trackers = run_dir, trackers
+    def __init__(self, run_dir: Path, trackers: dict[str, Tracker], cfg: Any = None) -> None:
+        self.run_dir, self.trackers, self.cfg = run_dir, trackers, cfg
         self.pending: list[tuple[int, dict[str, float]]] = []
-        self._stop: Callable[[], None] = observe_rows(self.on_row) if trackers else (lambda: None)
+
+    def on_run_start(self, trainer: Any, resumed: bool) -> None:
+        self.start(resumed)
+
+    def on_run_end(self, trainer: Any, finished: bool) -> None:
+        self.close(finished)
+
+    def start(self, resumed: bool) -> None:
+        """Start (or, ``resumed``, continue) each tracker run and give it the params."""
+        if not self.trackers:
+            return
+        info = run_info(self.cfg, self.run_dir)
+        state = read_state(self.run_dir) if resumed else {}
+        for name in list(self.trackers):
+            started = self.call(name, "start", replace(info, previous=dict(state.get(name) or {})))
+            if started is not None:
+                state[name] = started
+        try:
+            write_state(self.run_dir, state)
+        except OSError as exc:  # the run's own files will say more; the trackers go on without resume
+            print(f"warning: {self.run_dir / STATE_FILE} not written ({exc}); a resumed run starts new tracker "
+                  "runs", file=sys.stderr, flush=True)
+        self.call_all("log_params", flatten(self.cfg.model_dump(mode="json")))
 
     def call(self, name: str, method: str, *args: Any) -> Any:
         """``tracker.method(*args)``; a failure warns once and drops the tracker."""
@@ -97,7 +120,6 @@ class Tracking:
         self.flush()
         self.call_all("finish", finished)
         self.trackers = {}
-        self._stop()
 
 
 def run_info(cfg: Any, run_dir: Path) -> RunInfo:
@@ -127,23 +149,10 @@ def write_state(run_dir: Path, state: dict[str, Any]) -> None:
     tmp.replace(run_dir / STATE_FILE)
 
 
-def track(cfg: Any, run_dir: Path, resumed: bool) -> Tracking:
-    """Start (or, ``resumed``, continue) the trackers of ``cfg.trackers`` on rank 0 and give them
-    the params; elsewhere, or with no trackers, a Tracking that does nothing."""
+def tracking_for(cfg: Any, run_dir: Path) -> Tracking:
+    """The trainer callback for the trackers of ``cfg.trackers`` (rank 0); elsewhere, or with none,
+    one that does nothing."""
     names = list(getattr(cfg, "trackers", None) or [])
     if not names or not is_main():
         return Tracking(run_dir, {})
-    info = run_info(cfg, run_dir)
-    state = read_state(run_dir) if resumed else {}
-    tracking = Tracking(run_dir, {n: tracker_class(n)() for n in names})
-    for name in names:
-        started = tracking.call(name, "start", replace(info, previous=dict(state.get(name) or {})))
-        if started is not None:
-            state[name] = started
-    try:
-        write_state(run_dir, state)
-    except OSError as exc:  # the run's own files will say more; the trackers go on without resume
-        print(f"warning: {run_dir / STATE_FILE} not written ({exc}); a resumed run starts new tracker runs",
-              file=sys.stderr, flush=True)
-    tracking.call_all("log_params", flatten(cfg.model_dump(mode="json")))
-    return tracking
+    return Tracking(run_dir, {n: tracker_class(n)() for n in names}, cfg)

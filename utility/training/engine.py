@@ -12,15 +12,16 @@ import time
 from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from utility.data.sampler import EpochSampler
+from utility.training.callbacks import Callback, CallbackList
 from utility.training.checkpoint import RESUME_KEYS, atomic_save, load_checkpoint, rng_state, set_rng_state
-from utility.training.distributed import all_reduce_sum, barrier, is_main, rank, world_size
+from utility.distributed import all_reduce_sum, barrier, is_main, rank, world_size
 from utility.training.finite import check_losses
 from utility.errors import Stopped
 from utility.training.rundir import CsvLog, TensorBoard
@@ -50,9 +51,8 @@ class Method(Protocol):
     def eval_artifacts(self, out_dir: Path, tag: str) -> None:
         """Write per-evaluation files (confusion matrix, predictions) named by ``tag``."""
 
-    # optional: ``after_step(model, step, total_steps)``, called after every optimizer step with the plain
-    # model (EMA/momentum targets); ``state_dict()``/``load_state_dict(d)``: method state outside the model
-    # (a MoCo queue) that checkpoint_last.pt keeps for resume.
+    # optional: ``state_dict()``/``load_state_dict(d)``: method state outside the model (a MoCo queue) that
+    # checkpoint_last.pt keeps for resume. What runs after every step (EMA targets) is a callback.
 
 
 @dataclass
@@ -141,7 +141,6 @@ class TrainerOptions:
     best_mode: str = "max"
     config: dict[str, Any] = field(default_factory=dict)
     train_columns: list[str] = field(default_factory=lambda: list(TRAIN_COLUMNS))
-    epoch_end: Optional[Callable[["Trainer"], None]] = None  # e.g. SimCLR's encoder snapshots
 
 
 class Trainer:
@@ -149,7 +148,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
                  scheduler: Optional[torch.optim.lr_scheduler.LRScheduler], amp: Amp,
-                 run_dir: Path, opts: TrainerOptions, train_module: Optional[nn.Module] = None) -> None:
+                 run_dir: Path, opts: TrainerOptions, train_module: Optional[nn.Module] = None,
+                 callbacks: Iterable[Callback] = ()) -> None:
         self.model = model                          # the plain network (saved, evaluated)
         self.train_module = train_module or model   # what runs forward (DataParallel/DDP wrapper)
         self.method, self.optimizer, self.scheduler, self.amp = method, optimizer, scheduler, amp
@@ -162,11 +162,11 @@ class Trainer:
         self.finished = False
         self.epoch_loss = [0.0, 0]  # running (sum, batches) of the current epoch, kept across resume
         self.epoch_lr = 0.0  # the LR the current epoch's last step used (val.log's lr)
-        self.train_log = CsvLog(run_dir / "train.log", opts.train_columns, opts.log_losses)
+        self.callbacks = CallbackList(callbacks)  # monitors, snapshots, trackers (training/callbacks.py)
+        self.train_log = CsvLog(run_dir / "train.log", opts.train_columns, opts.log_losses, self.callbacks.on_row)
         self.val_log: Optional[CsvLog] = None
         self.tb = TensorBoard(run_dir / "tensorboard")
         self.stop: Optional[StopOnSignal] = None  # set while fit runs: SIGTERM/SIGINT -> save and stop
-        self.after_step: Optional[Callable[[nn.Module, int, int], None]] = getattr(method, "after_step", None)
         self.total_steps = 0  # optimizer steps planned over all epochs (set by fit; EMA schedules)
 
     # ------------------------------------------------------------------ checkpoints
@@ -280,6 +280,7 @@ class Trainer:
             if val_loader is not None:
                 metrics = self.evaluate(val_loader, f"val_epoch_{self.epoch + 1}", "val")
                 row.update(metrics)
+                self.callbacks.on_validation_end(self, metrics)
                 key = self.opts.best_metric
                 if key is not None and key not in metrics:
                     raise KeyError(f"best_metric '{key}' is not a validation metric ({', '.join(metrics)})")
@@ -293,8 +294,7 @@ class Trainer:
             self._write_val(row)
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             self.epoch_loss = [0.0, 0]
-            if self.opts.epoch_end is not None and is_main():
-                self.opts.epoch_end(self)
+            self.callbacks.on_epoch_end(self)
             self.save()
             if self.opts.verbose and is_main():
                 shown = {k: v for k, v in list(row.items())[:6]}
@@ -306,7 +306,7 @@ class Trainer:
 
     def _write_val(self, row: dict[str, Any]) -> None:
         if self.val_log is None:
-            self.val_log = CsvLog(self.run_dir / "val.log", list(row), self.opts.log_losses)
+            self.val_log = CsvLog(self.run_dir / "val.log", list(row), self.opts.log_losses, self.callbacks.on_row)
             if self.val_log.path.exists() and self.val_log.path.stat().st_size:
                 self.val_log.columns = self._val_header()
         self.val_log.write(row)
@@ -338,8 +338,7 @@ class Trainer:
                 self.scheduler.step()
             self.batch_in_epoch += 1
             self.global_step += 1
-            if self.after_step is not None:
-                self.after_step(self.model, self.global_step, self.total_steps)
+            self.callbacks.on_step_end(self)
             n_batches += 1
             detached = loss.detach()
             loss_sum += detached

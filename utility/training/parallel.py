@@ -12,7 +12,7 @@ import sys
 import torch
 from torch import nn
 
-from utility.training.distributed import init_from_env, is_dist, launched_by_torchrun, local_rank, world_size
+from utility.distributed import init_from_env, is_dist, launched_by_torchrun, local_rank
 from utility.errors import UserError
 
 
@@ -48,14 +48,6 @@ def setup(requested: str, device_name: str) -> tuple[str, torch.device]:
     if device_name == "auto":
         return mode, torch.device("cuda" if use_cuda else "cpu")
     return mode, torch.device(device_name)
-
-
-def per_rank_batch(batch_size: int) -> int:
-    w = world_size()
-    if batch_size % w:
-        raise UserError(f"batch_size {batch_size} is the global batch and must be divisible by the "
-                        f"{w} processes")
-    return batch_size // w
 
 
 def sync_batchnorm(model: nn.Module, enabled: bool, device_name: str) -> nn.Module:

@@ -5,26 +5,17 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
-from utility.training.distributed import is_main
-
-
-RowObserver = Callable[[Path, dict[str, Any]], None]
-_observers: list[RowObserver] = []
+from utility.distributed import is_main
 
 
-def observe_rows(fn: RowObserver) -> Callable[[], None]:
-    """Have ``fn(path, row)`` called after every row a :class:`CsvLog` or :func:`write_table`
-    writes (rank 0; the row as the file holds it, its columns only). Experiment trackers
-    (utility/tracking/) follow the run this way. Returns the function that stops it."""
-    _observers.append(fn)
-    return lambda: _observers.remove(fn) if fn in _observers else None
+RowObserver = Callable[[Path, dict[str, Any]], None]  # (log file, row): a run's callbacks (on_row)
 
 
-def _notify(path: Path, columns: list[str], row: dict[str, Any]) -> None:
-    for fn in list(_observers):
-        fn(path, {c: row.get(c, "") for c in columns})
+def _notify(on_row: Optional[RowObserver], path: Path, columns: list[str], row: dict[str, Any]) -> None:
+    if on_row is not None:
+        on_row(path, {c: row.get(c, "") for c in columns})
 
 
 def fmt(v: Any) -> str:
@@ -35,10 +26,11 @@ def fmt(v: Any) -> str:
 
 class CsvLog:
     """Append-only CSV with a fixed header. On resume, rows past the checkpoint are dropped first
-    so that no row appears twice."""
+    so that no row appears twice. ``on_row(path, row)`` follows every row written (trackers)."""
 
-    def __init__(self, path: Path, columns: list[str], enabled: bool = True) -> None:
-        self.path = path
+    def __init__(self, path: Path, columns: list[str], enabled: bool = True,
+                 on_row: Optional[RowObserver] = None) -> None:
+        self.path, self.on_row = path, on_row
         self.columns = list(columns)
         self.enabled = enabled and is_main()
         self._fh = None
@@ -58,7 +50,7 @@ class CsvLog:
         self._open()
         csv.writer(self._fh, lineterminator="\n").writerow([fmt(row.get(c, "")) for c in self.columns])
         self._fh.flush()
-        _notify(self.path, self.columns, row)
+        _notify(self.on_row, self.path, self.columns, row)
 
     def keep_rows(self, keep: Callable[[dict[str, str]], bool]) -> None:
         """Rewrite the file keeping only rows for which ``keep`` is true (resume)."""
@@ -112,8 +104,9 @@ class TensorBoard:
             self._w = None
 
 
-def write_table(path: Path, columns: list[str], rows: Iterable[dict[str, Any]]) -> None:
-    """A whole CSV at once (test logs, predictions), written atomically."""
+def write_table(path: Path, columns: list[str], rows: Iterable[dict[str, Any]],
+                on_row: Optional[RowObserver] = None) -> None:
+    """A whole CSV at once (test logs, predictions), written atomically; ``on_row`` as for CsvLog."""
     if not is_main():
         return
     rows = list(rows)
@@ -124,4 +117,4 @@ def write_table(path: Path, columns: list[str], rows: Iterable[dict[str, Any]]) 
         w.writerows([fmt(r.get(c, "")) for c in columns] for r in rows)
     tmp.replace(path)
     for r in rows:
-        _notify(path, columns, r)
+        _notify(on_row, path, columns, r)

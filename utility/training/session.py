@@ -18,10 +18,10 @@ from utility.config.loader import dump_config
 from utility.config.yamlsafe import load_file
 from utility.entry import CrashLog
 from utility.errors import UserError
-from utility.tracking import require_trackers, track
 from utility.training import parallel
+from utility.training.callbacks import Callback
 from utility.training.checkpoint import RESUME_KEYS, load_checkpoint, restoring, seed_everything
-from utility.training.distributed import is_main, main_decides
+from utility.distributed import is_main, main_decides
 from utility.training.engine import Amp, Method, Trainer, TrainerOptions
 from utility.training.runlock import LOCK_NAME, RunLock
 
@@ -110,7 +110,6 @@ class RunSession:
     @classmethod
     def open(cls, cfg: Any, run_dir: Path, parallel_mode: Optional[str] = None,
              free_keys: Iterable[str] = RESUME_FREE_KEYS) -> "RunSession":
-        require_trackers(getattr(cfg, "trackers", []))  # before any work: exit 2 if one is not installed
         mode, device = parallel.setup(parallel_mode or cfg.parallel, cfg.device)
         lock_holder: list[RunLock] = []
 
@@ -143,9 +142,9 @@ class RunSession:
         return parallel.wrap(model, self.mode, self.device, gpus)
 
     def trainer(self, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any,
-                opts: TrainerOptions, train_module: nn.Module) -> Trainer:
+                opts: TrainerOptions, train_module: nn.Module, callbacks: Iterable[Callback] = ()) -> Trainer:
         return Trainer(model, method, optimizer, scheduler, Amp(self.device, self.cfg.amp),  # type: ignore[attr-defined]
-                       self.run_dir, opts, train_module)
+                       self.run_dir, opts, train_module, callbacks)
 
     def run(self, trainer: Trainer, train_loader: Any, val_loader: Any,
             finish: Callable[[Trainer], T]) -> T:
@@ -157,7 +156,7 @@ class RunSession:
             resumed = self.state == "resume" and trainer.resume()
         if resumed:
             print(f"resuming {self.run_dir} at epoch {trainer.epoch + 1} step {trainer.batch_in_epoch}")
-        tracking = track(self.cfg, self.run_dir, self.state == "resume")  # wandb/mlflow follow the CSV logs
+        trainer.callbacks.on_run_start(trainer, self.state == "resume")
         try:
             trainer.fit(train_loader, val_loader)
             result = finish(trainer)
@@ -165,7 +164,7 @@ class RunSession:
             trainer.save()
         finally:
             trainer.close()
-            tracking.close(trainer.finished)
+            trainer.callbacks.on_run_end(trainer, trainer.finished)
         if self.lock is not None:
             self.lock.release()
         return result

@@ -3,7 +3,7 @@
 The queue (docs/QUEUE.md) and SLURM stop a job with SIGTERM and kill it after a grace period; a
 run that died at once lost everything since its last epoch checkpoint. While :class:`StopOnSignal`
 is active the first SIGTERM/SIGINT only sets a flag the engine reads after every step; a second
-one stops at once (the old behaviour). DataLoader workers ignore both (see :func:`worker_ignores_stop`):
+one stops at once (the old behaviour). DataLoader workers ignore both (``utility.data.loader.worker_ignores_stop``):
 they end with their parent, which must not see them die first.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ import threading
 from types import FrameType
 from typing import Any, Optional
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from utility.errors import STOP_SIGNALS as SIGNALS
+
 
 
 class StopOnSignal:
@@ -45,10 +46,3 @@ class StopOnSignal:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
-
-
-def worker_ignores_stop(_worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: the queue signals the whole process group; a worker killed by it
-    would make the training process fail before it can save."""
-    for s in SIGNALS:
-        signal.signal(s, signal.SIG_IGN)

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from utility.errors import UserError
+
 
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -20,6 +22,15 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
+
+
+def per_rank_batch(batch_size: int) -> int:
+    """The images each process loads: ``batch_size`` is the global batch."""
+    w = world_size()
+    if batch_size % w:
+        raise UserError(f"batch_size {batch_size} is the global batch and must be divisible by the "
+                        f"{w} processes")
+    return batch_size // w
 
 
 def local_rank() -> int:
