@@ -36,7 +36,10 @@ def expanded_size(node: yaml.Node, memo: dict[int, int] | None = None) -> int:
 
 def load_text(text: str, what: str, loader: type = yaml.SafeLoader) -> Any:
     """One YAML document; ``what`` names its source in messages (e.g. 'config file x.yaml')."""
-    ld = loader(text)
+    try:
+        ld = loader(text)  # the reader already refuses unprintable characters (NUL, ...)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} is not valid YAML: {exc}") from None
     try:
         node = ld.get_single_node()
         if node is None:
