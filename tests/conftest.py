@@ -154,6 +154,54 @@ def run_finetune(args: Sequence[Any], cwd: Path, timeout: float = 300, cpu_only:
     return subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+# Deadlines are hang guards only, never a speed test: generous, and a busy machine may raise them further.
+HANG_GUARD_S = float(os.environ.get("TEST_HANG_GUARD_S", "1800"))
+
+
+def spawn_workers(fn: Any, init_file: Path, *args: Any, nprocs: int = 2) -> None:
+    """``fn(rank, str(init_file), *args)`` in ``nprocs`` spawned processes (a gloo group through the file
+    ``init_file``); fails, killing them, only when they have not finished within HANG_GUARD_S (a hang)."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ctx = mp.start_processes(fn, args=(str(init_file), *args), nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                if proc.is_alive():
+                    proc.kill()
+            pytest.fail(f"{getattr(fn, '__name__', fn)}: the {nprocs} workers did not finish within "
+                        f"{HANG_GUARD_S:.0f} s: a hang (deadlock?)")
+
+
+def kill_when(cmd: Sequence[Any], cwd: Path, ready: Any, env: Optional[Mapping[str, str]] = None) -> int:
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` is true (a checkpoint exists, a log has rows);
+    returns its exit status (-9 when killed; another one when it ended first)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=str(cwd), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(env) if env is not None else None)
+    deadline = time.monotonic() + HANG_GUARD_S
+    try:
+        while proc.poll() is None:
+            if ready():
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"{cmd[1] if len(cmd) > 1 else cmd[0]}: not ready and not ended within "
+                            f"{HANG_GUARD_S:.0f} s: a hang")
+            time.sleep(0.02)
+        return proc.wait(timeout=HANG_GUARD_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """{relative path: bytes} of every file under ``folder`` (to prove nothing was touched)."""
     folder = Path(folder)
@@ -211,3 +259,53 @@ def tiny_setup(tmp_path, make_folder_dataset, write_task_yaml):
     cwd.mkdir()
     return {"data_root": data_root, "out_root": tmp_path / "out", "task": task, "config": config,
             "cwd": cwd, "paths": paths}
+
+
+# ----------------------------------------------------------------------------- test tiers (markers)
+
+DDP_FILES = {"test_ddp.py", "test_simclr_ddp.py", "test_ssl_ddp.py"}
+# what starts a child process (an entry point, the queue, a spawn): such a test is e2e, not unit
+SPAWN_HINTS = ("subprocess", "sys.executable", "run_finetune", "run_queue", "start_queue", "Popen", "mp.spawn",
+               "spawn(", "os.fork", "QM,", "run_analyze", "run_study", "run_entry_point")
+TIERS = ("unit", "e2e", "ddp", "queue", "slurm", "slow")
+
+
+def _spawns(item: pytest.Item) -> bool:
+    """The test's source, or that of a module-level function it calls, starts a child process."""
+    import inspect
+
+    fn = getattr(item, "function", None)
+    if fn is None:
+        return False
+    if any(f in SPAWN_HINTS for f in getattr(item, "fixturenames", ())):
+        return True
+    sources = [fn]
+    module_globals = getattr(fn, "__globals__", {})
+    sources += [module_globals[n] for n in fn.__code__.co_names
+                if inspect.isfunction(module_globals.get(n)) and module_globals[n].__module__ == fn.__module__]
+    for f in sources:
+        try:
+            text = inspect.getsource(f)
+        except (OSError, TypeError):
+            continue
+        if any(h in text for h in SPAWN_HINTS):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test gets its tier: ddp, queue (+ slurm) by file, e2e when it starts a child process, else
+    unit (in-process; ``make test-fast`` runs these). A marker written on a test wins."""
+    for item in items:
+        name = item.path.name
+        own = {m.name for m in item.iter_markers()} & set(TIERS)
+        if name in DDP_FILES:
+            own.add("ddp")
+        if name.startswith("test_queue"):
+            own.add("queue")
+        if name == "test_queue_slurm.py":
+            own.add("slurm")
+        if not own and _spawns(item):
+            own.add("e2e")
+        for tier in own or {"unit"}:
+            item.add_marker(getattr(pytest.mark, tier))

@@ -35,7 +35,8 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from conftest import REPO, make_folder_dataset, small_run_config, task_dict, write_class_image, write_yaml
+from conftest import (HANG_GUARD_S, REPO, make_folder_dataset, small_run_config, spawn_workers, task_dict,
+                      write_class_image, write_yaml)
 
 WORLD = 2
 CLASSES = ["a", "b", "c"]
@@ -46,17 +47,9 @@ SIMCLR = REPO / "pkgs" / "SimCLR" / "main.py"
 
 # ============================================================================ helpers
 
-def spawn(fn, tmp_path: Path, *args, timeout: float = 60) -> None:
+def spawn(fn, tmp_path: Path, *args) -> None:
     """Run ``fn(rank, init_file, *args)`` in WORLD processes; fail (not hang) on a deadlock."""
-    init = tmp_path / f"pg_{fn.__name__}_{time.monotonic_ns()}"
-    ctx = mp.start_processes(fn, args=(str(init), *args), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"{fn.__name__}: distributed workers did not finish within {timeout}s (deadlock?)")
+    spawn_workers(fn, tmp_path / f"pg_{fn.__name__}_{time.monotonic_ns()}", *args, nprocs=WORLD)
 
 
 def init_group(rank: int, init_file: str) -> None:
@@ -167,7 +160,7 @@ def _grad_worker(rank: int, init_file: str, out_dir: str) -> None:
 def grad_results(tmp_path_factory):
     """Per-rank (loss, grads) of every variant and weighting, from one 2-process spawn."""
     d = tmp_path_factory.mktemp("ddp_grads")
-    spawn(_grad_worker, d, str(d), timeout=150)
+    spawn(_grad_worker, d, str(d))
     return [torch.load(d / f"grads_rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -274,7 +267,7 @@ def same(a: float, b: float) -> bool:
 
 
 def test_distributed_evaluation_equals_single_process(tmp_path):
-    spawn(_eval_worker, tmp_path, str(tmp_path), N_EVAL, timeout=120)
+    spawn(_eval_worker, tmp_path, str(tmp_path), N_EVAL)
     single = evaluate_once(tmp_path / "single", N_EVAL, 2 * EVAL_BATCH, ddp=False)
     got = [torch.load(tmp_path / f"metrics_rank{r}.pt", weights_only=False) for r in range(WORLD)]
     assert {"accuracy", "avg_val_loss", "auc_macro"} <= set(single)
@@ -312,7 +305,7 @@ def test_distributed_evaluation_with_fewer_samples_than_ranks(tmp_path):
     """One sample, two ranks: rank 1's shard is empty (no batch at all). It must not deadlock
     (DDP's forward broadcasts BatchNorm buffers, a collective rank 1 never joins) and must
     count the sample once."""
-    spawn(_eval_worker, tmp_path, str(tmp_path), 1, timeout=90)
+    spawn(_eval_worker, tmp_path, str(tmp_path), 1)
     single = evaluate_once(tmp_path / "single", 1, 4, ddp=False)
     for r in range(WORLD):
         got = torch.load(tmp_path / f"metrics_rank{r}.pt", weights_only=False)
@@ -397,7 +390,7 @@ def cpu_env() -> dict[str, str]:
     return env
 
 
-def torchrun(script: Path, args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def torchrun(script: Path, args, cwd: Path, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(WORLD), str(script), *map(str, args)]
     return subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, timeout=timeout, env=cpu_env())
 
@@ -495,7 +488,7 @@ def test_parallel_ddp_without_torchrun_is_a_user_error(ddp_run):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     proc = subprocess.run([sys.executable, str(FINETUNE), *map(str, args)], cwd=str(ddp_run["cwd"]),
-                          capture_output=True, text=True, timeout=60, env=env)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
     assert proc.returncode == 2, proc.stderr
     assert "torchrun" in proc.stderr and "Traceback" not in proc.stderr
     assert not (ddp_run["root"] / "out" / "finetuning" / "ddp" / "no_torchrun" / "train.log").exists()
@@ -506,7 +499,7 @@ def test_torchrun_batch_size_not_divisible_is_a_user_error(ddp_run):
     """Each worker exits 2 with a message naming batch_size; torchrun itself then exits 1 and
     reports the workers' exit code 2 (torchrun never passes a worker's exit code through)."""
     args = [*ddp_run["args"], "--batch_size", "7", "--name", "ddp/odd_batch"]
-    proc = torchrun(FINETUNE, args, ddp_run["cwd"], timeout=90)
+    proc = torchrun(FINETUNE, args, ddp_run["cwd"])
     assert proc.returncode != 0
     worker_errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert worker_errors and all("batch_size 7" in ln and "2 processes" in ln for ln in worker_errors), \
@@ -528,7 +521,7 @@ def test_torchrun_simclr_writes_encoder_once(tmp_path):
         "resnet": "resnet18", "image_size": 16, "shape_desired": [24, 24], "batch_size": 8, "epochs": 2,
         "num_workers": 0, "seed": 3, "optimizer": "Adam", "lr": 1e-3, "projection_dim": 16,
         "enc_save_frequency": 1, "device": "cpu", "verbose": True, "output_root": str(tmp_path / "out")})
-    proc = torchrun(SIMCLR, ["-c", cfg], tmp_path, timeout=120)
+    proc = torchrun(SIMCLR, ["-c", cfg], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rd = tmp_path / "out" / "pretraining" / "ddp" / "simclr"
     assert proc.stdout.count("encoder written to") == 1
@@ -559,7 +552,7 @@ def test_torchrun_segmentation_counts_every_test_pixel_once(tmp_path):
     cfg = write_yaml(tmp_path / "seg.yaml", small_run_config(name="ddp/seg", task=task_path, epochs=1,
                                                              shape_desired=[side, side], w_l=[1, 1, 2]))
     proc = torchrun(FINETUNE, ["-c", cfg, "--num_workers", "0", "--data_root", tmp_path / "data",
-                               "--output_root", tmp_path / "out"], tmp_path, timeout=120)
+                               "--output_root", tmp_path / "out"], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rd = tmp_path / "out" / "finetuning" / "ddp" / "seg"
     _, rows = read_csv(rd / "train.log")
@@ -621,7 +614,7 @@ def _syncbn_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_syncbn_converts_batchnorm_under_process_group(tmp_path):
     from utility.config.schemas import FTEConfig
-    spawn(_syncbn_worker, tmp_path, str(tmp_path), timeout=90)
+    spawn(_syncbn_worker, tmp_path, str(tmp_path))
     for r in range(WORLD):
         out = torch.load(tmp_path / f"syncbn_rank{r}.pt", weights_only=False)
         assert out[True] and set(out[True]) == {"SyncBatchNorm"}

@@ -5,6 +5,7 @@ against independent computations (scikit-learn, torch.load, a forward pass of th
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -25,6 +26,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 REPO = Path(__file__).resolve().parent.parent
 FINETUNE = REPO / "pkgs" / "FTE" / "finetune.py"
 
+from conftest import kill_when
 from utility.models import get_model
 
 CLASSES = ["horizontal", "noise", "vertical"]  # sorted: the folders reader orders classes by name
@@ -155,6 +157,8 @@ def test_multiclass_folder_run_files_and_metrics(tmp_path):
     rd = tmp_path / "out" / "finetuning" / "e2e" / "multiclass"
     assert rd.is_dir(), proc.stdout
     assert not (cwd / "logs_and_checkpoints").exists() and not any(cwd.iterdir())
+    (env,) = [json.loads(line) for line in (rd / "environment.jsonl").read_text().splitlines()]
+    assert env["start"] == "fresh" and env["torch_threads"] == int(child_env()["OMP_NUM_THREADS"])
 
     # resolved config: loadable, validates, holds the CLI overrides over the YAML's values
     resolved = yaml.safe_load((rd / "config.yaml").read_text())
@@ -333,24 +337,6 @@ def resume_overrides(toy: dict, name: str, **extra: Any) -> dict[str, Any]:
             "no_augs": True, "num_workers": 0, "seed": 7, **extra}
 
 
-def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 600) -> int:
-    """Start ``cmd``, SIGKILL it as soon as ``ready()`` is true; returns its exit status."""
-    proc = subprocess.Popen(cmd, cwd=str(cwd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=child_env())
-    t0 = time.time()
-    try:
-        while proc.poll() is None and time.time() - t0 < timeout:
-            if ready():
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-        return proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def train_rows_of_epoch(path: Path, epoch: int) -> int:
     if not path.exists():
         return 0
@@ -402,7 +388,7 @@ def test_resume_after_mid_epoch_kill(reference_run):
     ov = {**ref["overrides"], "name": "resume/killed_mid", "checkpoint_every_steps": 1}
     rd = toy["out"] / "finetuning" / "resume" / "killed_mid"
     cmd = command(toy["cfg"], ov)
-    status = kill_when(cmd, toy["cwd"], lambda: train_rows_of_epoch(rd / "train.log", 2) >= 2)
+    status = kill_when(cmd, toy["cwd"], lambda: train_rows_of_epoch(rd / "train.log", 2) >= 2, child_env())
     assert status == -signal.SIGKILL, "the run ended before it could be killed mid-training"
     assert not (rd / "test.log").exists()
     ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
@@ -431,7 +417,7 @@ def test_resume_from_epoch_boundary_matches_uninterrupted(reference_run):
     rd = toy["out"] / "finetuning" / "resume" / "killed_epoch"
     cmd = command(toy["cfg"], ov)
     # without per-step checkpoints the only checkpoints are written at the end of an epoch
-    status = kill_when(cmd, toy["cwd"], lambda: (rd / "checkpoint_last.pt").exists())
+    status = kill_when(cmd, toy["cwd"], lambda: (rd / "checkpoint_last.pt").exists(), child_env())
     assert status == -signal.SIGKILL
     ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
     assert ck["batch_in_epoch"] == 0 and 1 <= ck["epoch"] < 3

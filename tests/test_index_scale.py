@@ -354,7 +354,7 @@ def test_finetune_startup_lines_log_and_cached_index(tiny_setup, run_finetune):
 
 
 def old_read_label_table(path: Path, layout) -> dict[str, str]:
-    """The former csv-module reader (targets.read_label_table before issue 16)."""
+    """The former csv-module reader (the csv-module label reader before issue 16)."""
     delim = layout.delimiter or ("\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
     with path.open(newline="") as fh:
         rows = list(csv_module.reader(fh, delimiter=delim))

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from test_finetune_e2e import (base_config, child_env, command, kill_when, make_stripes_dataset, ok, read_csv,
+from conftest import kill_when
+from test_finetune_e2e import (base_config, child_env, command, make_stripes_dataset, ok, read_csv,
                                run, train_rows_of_epoch, write_yaml)
 from test_simclr_e2e import make_unlabeled_tree, run_simclr
 from test_simclr_e2e import base_config as simclr_config
@@ -128,7 +129,7 @@ def test_resume_mid_epoch_gives_the_uninterrupted_numbers(toy):
     rd = toy["out"] / "finetuning" / "mid" / "killed"
     cmd = command(toy["cfg"], {**common, "name": "mid/killed", "checkpoint_every_steps": 1})
     # the second row of epoch 2 is written after the checkpoint of its first step was saved
-    status = kill_when(cmd, toy["cwd"], lambda: train_rows_of_epoch(rd / "train.log", 2) >= 2)
+    status = kill_when(cmd, toy["cwd"], lambda: train_rows_of_epoch(rd / "train.log", 2) >= 2, child_env())
     assert status == -signal.SIGKILL, "the run ended before it could be killed mid-training"
     ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
     assert ck["epoch"] >= 1 and ck["batch_in_epoch"] >= 1, "no mid-epoch checkpoint to resume from"

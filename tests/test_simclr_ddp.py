@@ -11,15 +11,14 @@ per-replica loss: negatives only from the local batch) the loss and gradients mu
 """
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
+
+from conftest import spawn_workers
 
 from utility.methods.ntxent import nt_xent
 from utility.methods.simclr import SimCLRModel, projection_head
@@ -95,14 +94,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("ddp")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ctx = mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=False)
-    deadline = time.time() + 90
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("DDP workers did not finish within 90 s")
+    spawn_workers(_worker, tmp / "init", str(tmp), nprocs=WORLD)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

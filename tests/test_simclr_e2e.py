@@ -24,7 +24,8 @@ import torch
 import torchvision
 import yaml
 
-from conftest import REPO, run_finetune, small_run_config, write_class_image, write_png, write_yaml
+from conftest import (HANG_GUARD_S, REPO, kill_when, run_finetune, small_run_config, write_class_image, write_png,
+                      write_yaml)
 
 SIMCLR = REPO / "pkgs" / "SimCLR" / "main.py"
 BATCH = 8
@@ -43,7 +44,7 @@ def simclr_cmd(*args) -> list[str]:
     return [sys.executable, str(SIMCLR), *map(str, args)]
 
 
-def run_simclr(args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_simclr(args, cwd: Path, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     return subprocess.run(simclr_cmd(*args), cwd=str(cwd), capture_output=True, text=True,
                           timeout=timeout, env=env())
 
@@ -113,28 +114,18 @@ def full_run(work) -> dict:
     killed_cfg = write_yaml(work["tmp"] / "killed.yaml", base_config(work["data"], "t/killed"))
     killed_dir = work["out"] / "pretraining" / "t" / "killed"
     ck = killed_dir / "checkpoint_last.pt"
-    killed = subprocess.Popen(simclr_cmd("-c", killed_cfg, "--output_root", work["out"]), cwd=str(work["cwd"]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
     full = subprocess.Popen(simclr_cmd("-c", full_cfg, "--output_root", work["out"]), cwd=str(work["cwd"]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     try:
-        deadline = time.time() + 150
-        while killed.poll() is None:
-            if ck.exists():
-                killed.send_signal(signal.SIGKILL)
-                killed.wait(timeout=30)
-                break
-            assert time.time() < deadline, "no checkpoint within 150 s"
-            time.sleep(0.01)
-        out, err = full.communicate(timeout=max(1.0, deadline - time.time()))
+        killed_rc = kill_when(simclr_cmd("-c", killed_cfg, "--output_root", work["out"]), work["cwd"], ck.exists, env())
+        out, err = full.communicate(timeout=HANG_GUARD_S)
     finally:
-        for p in (killed, full):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        if full.poll() is None:
+            full.kill()
+            full.wait()
     assert full.returncode == 0, out + err
     return {"dir": work["out"] / "pretraining" / "t" / "full", "killed_cfg": killed_cfg,
-            "killed_dir": killed_dir, "killed_rc": killed.returncode}
+            "killed_dir": killed_dir, "killed_rc": killed_rc}
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -10,15 +10,14 @@ so the queue and the targets are identical on all ranks.
 """
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
+
+from conftest import spawn_workers
 
 from utility.methods.byol import BYOLNet
 from utility.methods.heads import mlp
@@ -99,14 +98,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("ssl_ddp")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ctx = mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=False)
-    deadline = time.time() + 120
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("DDP workers did not finish within 120 s")
+    spawn_workers(_worker, tmp / "init", str(tmp), nprocs=WORLD)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, make_folder_dataset, task_dict, write_yaml
+from conftest import HANG_GUARD_S, REPO, kill_when, make_folder_dataset, task_dict, write_yaml
 from utility.entry import run_entry
 from utility.runs.pretrain import main as pretrain_main
 
@@ -81,29 +81,20 @@ def runs(work) -> dict:
     killed_cfg = write_yaml(work["tmp"] / "killed.yaml", config(work, "t/killed"))
     killed_dir = work["out"] / "pretraining" / "t" / "killed"
     ck = killed_dir / "checkpoint_last.pt"
-    killed = subprocess.Popen(cmd(PRETRAIN, "-c", killed_cfg), cwd=str(work["cwd"]), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env=env())
     full = subprocess.Popen(cmd(PRETRAIN, "-c", full_cfg), cwd=str(work["cwd"]), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env())
     try:
-        deadline = time.time() + 240
-        while killed.poll() is None:
-            if ck.exists():
-                killed.send_signal(signal.SIGKILL)
-                killed.wait(timeout=30)
-                break
-            assert time.time() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.01)
-        out, err = full.communicate(timeout=max(1.0, deadline - time.time()))
+        killed_rc = kill_when(cmd(PRETRAIN, "-c", killed_cfg), work["cwd"], ck.exists, env())
+        out, err = full.communicate(timeout=HANG_GUARD_S)
     finally:
-        for p in (killed, full):
-            if p.poll() is None:
-                p.kill()
+        if full.poll() is None:
+            full.kill()
+            full.wait()
     state = torch.load(ck, map_location="cpu", weights_only=True)
     resumed = subprocess.run(cmd(PRETRAIN, "-c", killed_cfg), cwd=str(work["cwd"]), capture_output=True, text=True,
-                             timeout=240, env=env())
+                             timeout=HANG_GUARD_S, env=env())
     return {"full": (full.returncode, out, err), "full_dir": work["out"] / "pretraining" / "t" / "full",
-            "killed_rc": killed.returncode, "killed_epoch": state["epoch"], "killed_dir": killed_dir,
+            "killed_rc": killed_rc, "killed_epoch": state["epoch"], "killed_dir": killed_dir,
             "resumed": resumed}
 
 

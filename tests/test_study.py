@@ -123,15 +123,42 @@ def test_changed_setting_of_an_existing_run_is_refused(setup):
     (lambda s: s["pretrain"]["SSL"].update(overrides={"temperature": -1}), ["SSL", "temperature"]),
     (lambda s: s["finetune"].update(confg="x"), ["finetune.confg", "finetune.config"]),
 ])
-def test_bad_study_refused_before_anything_is_written(setup, change, words):
+def test_bad_study_refused_before_anything_is_written(setup, change, words, capsys):
+    from utility.entry import run_entry
+    from utility.study.cli import main
+
     change(setup["study"])
     write_yaml(setup["path"], setup["study"])
-    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert run_entry(main, ["-c", str(setup["path"]), "--plan-only"]) == 2  # in-process, as the entry point runs it
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
     for w in words:
-        assert w in proc.stderr
+        assert w in err
     assert not (setup["tmp"] / "cfgs").exists() and not (setup["tmp"] / "out").exists()
+
+
+def test_gpu_jobs_on_a_machine_without_gpus_stop_before_queueing(setup, monkeypatch, capsys):
+    import utility.queue.gpus as gpus
+    from utility.entry import run_entry
+    from utility.study.cli import main
+
+    monkeypatch.setattr(gpus, "resolve", lambda arg: ([], "nvidia-smi -L"))
+    assert run_entry(main, ["-c", str(setup["path"])]) == 2  # gpus_per_job: the default 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gpus_per_job is 1" in err[0] and "set gpus_per_job: 0" in err[0], err
+    assert not (setup["tmp"] / "cfgs").exists() and not (setup["tmp"] / "out").exists()
+    assert run_entry(main, ["-c", str(setup["path"]), "--plan-only"]) == 0  # planning needs no GPU
+
+
+def test_study_help_lists_the_study_keys(capsys):
+    from utility.study.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "  gpus_per_job int >= 0 (default 1)" in out and "  repeats.folds int >= 2 or null (default null)" in out
+    assert "  pretrain.<source>.encoder str or null" in out and "  finetune.config str (default required)" in out
 
 
 def test_duplicate_label_refused(setup):

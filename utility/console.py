@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import sys
 
+def _help_first(schema_name: str, prog: str) -> None:
+    """``--help``: the config keys, without importing torch (utility/config/help.py)."""
+    from utility.config import schemas
+    from utility.config.help import exit_on_help
+    exit_on_help(sys.argv[1:], getattr(schemas, schema_name), prog)
+
 
 def finetune() -> int:
     """``tli-finetune`` = ``python pkgs/FTE/finetune.py``."""
+    _help_first("FTEConfig", "tli-finetune")
     from utility.entry import run_entry
     from utility.runs.finetune import main
     return run_entry(main)
@@ -17,6 +24,7 @@ def finetune() -> int:
 
 def pretrain() -> int:
     """``tli-pretrain`` = ``python pkgs/SSL/pretrain.py`` (any SSL method by name)."""
+    _help_first("SimCLRConfig", "tli-pretrain")
     from utility.entry import run_entry
     from utility.runs.pretrain import main
     return run_entry(lambda argv: main(argv, "tli-pretrain"))
@@ -24,6 +32,7 @@ def pretrain() -> int:
 
 def simclr() -> int:
     """``tli-simclr`` = ``python pkgs/SimCLR/main.py`` (the predecessor's SimCLR command)."""
+    _help_first("SimCLRConfig", "tli-simclr")
     from utility.entry import run_entry
     from utility.runs.pretrain import main
     return run_entry(lambda argv: main(argv, "tli-simclr"))

@@ -33,11 +33,16 @@ def shorten(text: str) -> str:
     return "\n".join(out)
 
 
+class SettingError(ValueError):
+    """A builder (optimizer, scheduler) cannot serve a configured value; :func:`user_errors` reports it as a
+    UserError. Other exceptions of a builder stay bugs with their traceback."""
+
+
 def user_errors(fn, *args, **kwargs):
-    """Call a builder whose ValueErrors describe bad settings (optimizer, scheduler) as UserErrors."""
+    """Call a builder; its SettingErrors (bad settings) become UserErrors naming the builder."""
     try:
         return fn(*args, **kwargs)
-    except ValueError as exc:
+    except SettingError as exc:
         raise UserError(f"{getattr(fn, '__name__', 'setting')}: {exc}") from None
 
 

@@ -10,14 +10,6 @@ DEFAULT_DATA_ROOT: Path = REPO_ROOT / "datasets"
 DEFAULT_OUTPUT_ROOT: Path = REPO_ROOT / "logs_and_checkpoints"
 
 
-def resolve_path(p: str | Path | None, base: Path) -> Path | None:
-    """Absolute paths stay; relative ones are taken relative to ``base``; ``~`` is expanded."""
-    if p is None:
-        return None
-    path = Path(p).expanduser()
-    return path if path.is_absolute() else (base / path)
-
-
 def resolve_user_path(p: str | Path) -> Path:
     """An input the user names (data, weights, cache): the cwd first, then the repository root
     (where predecessor configs ran)."""

@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
 from utility.errors import UserError
+from utility.metrics.classification import DECISION_THRESHOLD
 
 
 @dataclass
@@ -139,9 +140,9 @@ def calibration(s: Scores, bins: int = 15) -> tuple[list[dict], float]:
 
 
 def confusion(s: Scores) -> np.ndarray:
-    """Multi-class [C, C] (rows truth, columns argmax); multi-label [C, 2, 2] at 0.5."""
+    """Multi-class [C, C] (rows truth, columns argmax); multi-label [C, 2, 2] at DECISION_THRESHOLD."""
     from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix
 
     if s.multilabel:
-        return multilabel_confusion_matrix(s.targets, (s.probs >= 0.5).astype(int))
+        return multilabel_confusion_matrix(s.targets, (s.probs >= DECISION_THRESHOLD).astype(int))
     return confusion_matrix(s.targets, s.probs.argmax(axis=1), labels=list(range(len(s.classes))))

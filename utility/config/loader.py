@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from utility.config.help import USAGE, exit_on_help
 from utility.config.yamlsafe import load_file, load_text
 from utility.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
 
-USAGE = "usage: {prog} -c CONFIG.yaml [--key value ...]"
 
 
 def parse_argv(argv: list[str], prog: str) -> tuple[Path | None, dict[str, Any]]:
@@ -170,6 +170,7 @@ def validate(schema: type[M], raw: dict[str, Any], source: str,
 def load_config(schema: type[M], argv: list[str], prog: str,
                 deprecated: dict[str, str] | None = None) -> tuple[M, Path | None]:
     """YAML file + overrides -> validated config object. Overrides win over the file."""
+    exit_on_help(argv, schema, prog)
     path, overrides = parse_argv(argv, prog)
     raw: dict[str, Any] = read_yaml(path) if path is not None else {}
     raw.update(overrides)

@@ -303,5 +303,3 @@ SIMCLR_DEPRECATED: dict[str, str] = {
     "epoch_num": "resume is automatic and continues from the last checkpoint",
     "start_epoch": "resume is automatic and continues from the last checkpoint",
 }
-
-PretrainConfig = SimCLRConfig  # every method's pretraining config (the name SimCLRConfig is kept)

@@ -154,11 +154,6 @@ def folder_target(path: Path, ctx: ReaderContext) -> str:
     return rel.parts[0]
 
 
-def read_label_table(path: Path, layout_json: str) -> dict[str, str]:
-    """Map key (basename / relative path / stem) -> raw label text, read once per file."""
-    return read_table(path, layout_json).as_dict()
-
-
 def key_for(path: Path, layout: LayoutSpec, root: Path | None = None) -> str:
     if layout.match == "basename":
         return path.name

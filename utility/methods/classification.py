@@ -99,7 +99,8 @@ class ClassificationMethod(SupervisedMethod):
             row: dict[str, Any] = {"file": str(files[i]) if i < len(files) else str(i)}
             if self.multilabel:
                 row["target"] = "|".join(n for n, t in zip(self.class_names, targets[k]) if t)
-                row["predicted"] = "|".join(n for n, p in zip(self.class_names, probs[k]) if p >= 0.5)
+                row["predicted"] = "|".join(n for n, p in zip(self.class_names, probs[k])
+                                            if p >= self.metrics.threshold)
             else:
                 row["target"] = self.class_names[int(targets[k])]
                 row["predicted"] = self.class_names[int(probs[k].argmax())]

@@ -97,6 +97,11 @@ def _binary_auc(truth: np.ndarray, score: np.ndarray) -> float:
         return float(roc_auc_score(truth, score))
 
 
+# A multi-label prediction is positive when its sigmoid probability reaches this: the one setting used by
+# the metrics, the predictions_*.csv files and the analysis curves (utility/analysis/curves.py).
+DECISION_THRESHOLD = 0.5
+
+
 class ClassificationMetrics:
     """Accumulates predictions of one evaluation pass and computes the metric row.
 
@@ -111,7 +116,7 @@ class ClassificationMetrics:
         num_classes: int,
         multilabel: bool,
         class_names: list[str] | None = None,
-        threshold: float = 0.5,
+        threshold: float = DECISION_THRESHOLD,
     ) -> None:
         num_classes = int(num_classes)
         if multilabel and num_classes < 1:

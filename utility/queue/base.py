@@ -218,5 +218,3 @@ class Backend(abc.ABC):
     def forget(self, token: int) -> None:
         self.handles.pop(token, None)
 
-
-HandleTable = Backend        # the earlier name of the shared part

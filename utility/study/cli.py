@@ -141,9 +141,27 @@ def run_queue(plan: Plan, args: argparse.Namespace) -> int:
             continue
 
 
+def check_gpus(plan: Plan, args: argparse.Namespace) -> None:
+    """Jobs that need GPUs on a machine without any would all wait forever: stop before queueing."""
+    if plan.spec.gpus_per_job == 0 or args.backend == "slurm":
+        return
+    from utility.queue.gpus import resolve
+
+    ids, source = resolve(args.gpus)
+    if not ids:
+        raise UserError(f"study {plan.spec.name}: gpus_per_job is {plan.spec.gpus_per_job} (the default is 1) but "
+                        f"no GPU is available here ({source}); set gpus_per_job: 0 in {args.config} to run on CPU")
+
+
 def main(argv: list[str]) -> int:
+    from utility.config.help import key_lines
+    from utility.study.spec import FinetuneBase, PretrainSource, Repeats, StudySpec
+
+    keys = [*key_lines(StudySpec, ""), *key_lines(PretrainSource, "pretrain.<source>."),
+            *key_lines(FinetuneBase, "finetune."), *key_lines(Repeats, "repeats.")]
     ap = argparse.ArgumentParser(prog="pkgs/Study/study.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(["keys of the study YAML (config/studies/*.yaml):", *keys]))
     ap.add_argument("command", nargs="?", choices=["run", "report", "status"], default="run")
     ap.add_argument("-c", "--config", type=Path, required=True, help="the study YAML")
     ap.add_argument("--plan-only", action="store_true", help="write configs and jobs, run nothing")
@@ -170,6 +188,8 @@ def main(argv: list[str]) -> int:
     if args.command == "report":
         report(plan)
         return 0
+    if not (args.plan_only or args.jobs):
+        check_gpus(plan, args)
     new_cfg = write_configs(plan)
     new_jobs = append_jobs(plan)
     print(f"study {plan.spec.name}: {len(plan.pretrain)} pretraining + {len(plan.runs)} finetuning runs; "

@@ -41,11 +41,15 @@ class PretrainSource(Strict):
 
 
 class FinetuneBase(Strict):
+    """The finetuning config every run starts from (``config``), with ``overrides``."""
+
     config: str
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
 class Repeats(Strict):
+    """Each run repeated with these ``seeds``, or as ``folds``-fold cross-validation."""
+
     seeds: Optional[list[int]] = None
     folds: Optional[int] = Field(None, ge=2)
 
@@ -63,6 +67,8 @@ class Repeats(Strict):
 
 
 class StudySpec(Strict):
+    """A study: pretraining sources x tasks x modes x grid, each repeated (the study YAML)."""
+
     name: str
     pretrain: dict[str, Optional[PretrainSource]]
     finetune: FinetuneBase

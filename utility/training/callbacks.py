@@ -8,7 +8,7 @@ checks ``utility.distributed.is_main()`` itself, so one that needs a collective 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 Trainer = Any  # utility.training.engine.Trainer (which imports this module)
 
@@ -44,25 +44,24 @@ class CallbackList(Callback):
         self.items: list[Callback] = list(callbacks)
 
     def on_run_start(self, trainer: Trainer, resumed: bool) -> None:
-        for cb in self.items:
-            cb.on_run_start(trainer, resumed)
+        self._each(lambda cb: cb.on_run_start(trainer, resumed))
 
     def on_step_end(self, trainer: Trainer) -> None:
-        for cb in self.items:
+        for cb in self.items:  # the hot path: once per optimizer step
             cb.on_step_end(trainer)
 
     def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        for cb in self.items:
-            cb.on_validation_end(trainer, metrics)
+        self._each(lambda cb: cb.on_validation_end(trainer, metrics))
 
     def on_epoch_end(self, trainer: Trainer) -> None:
-        for cb in self.items:
-            cb.on_epoch_end(trainer)
+        self._each(lambda cb: cb.on_epoch_end(trainer))
 
     def on_row(self, path: Path, row: dict[str, Any]) -> None:
-        for cb in self.items:
-            cb.on_row(path, row)
+        self._each(lambda cb: cb.on_row(path, row))
 
     def on_run_end(self, trainer: Trainer, finished: bool) -> None:
+        self._each(lambda cb: cb.on_run_end(trainer, finished))
+
+    def _each(self, event: Callable[[Callback], None]) -> None:
         for cb in self.items:
-            cb.on_run_end(trainer, finished)
+            event(cb)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+
+from utility.errors import SettingError
 from torch import nn
 
 __all__ = ["NORM_LAYER_TYPES", "param_groups", "LARS", "build_optimizer", "OPTIMIZER_NAMES"]
@@ -92,13 +94,13 @@ class LARS(torch.optim.Optimizer):
         eps: float = 0.0,
     ) -> None:
         if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
+            raise SettingError(f"Invalid learning rate: {lr}")
         if momentum < 0.0:
-            raise ValueError(f"Invalid momentum: {momentum}")
+            raise SettingError(f"Invalid momentum: {momentum}")
         if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay: {weight_decay}")
+            raise SettingError(f"Invalid weight_decay: {weight_decay}")
         if eta <= 0.0:
-            raise ValueError(f"Invalid eta (trust coefficient): {eta}")
+            raise SettingError(f"Invalid eta (trust coefficient): {eta}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, eps=eps,
                         lars_exclude=False)
         super().__init__(params, defaults)
@@ -169,10 +171,13 @@ def build_optimizer(
     key = str(name).strip().lower() if name is not None else ""
     valid = {n.lower(): n for n in OPTIMIZER_NAMES}
     if key not in valid:
-        raise ValueError(f"Unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZER_NAMES)}")
+        raise SettingError(f"Unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZER_NAMES)}")
     groups = param_groups(model, weight_decay, exclude_bn_bias=exclude_bn_bias)
     if not groups:
-        raise ValueError("The model has no trainable parameters (all have requires_grad=False)")
+        raise SettingError("The model has no trainable parameters (all have requires_grad=False)")
+    for value, what in ((lr, "learning rate"), (weight_decay, "weight_decay"), (momentum, "momentum")):
+        if not value >= 0.0:  # torch's optimizers would say so too, as a ValueError of any kind
+            raise SettingError(f"Invalid {what}: {value}")
     if key == "adam":
         return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
     if key == "adamw":

@@ -27,10 +27,14 @@ per epoch, with its ``stepwise_scheduler`` on top.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+
+from utility.distributed import is_main
+from utility.errors import SettingError
 
 __all__ = ["SCHEDULER_NAMES", "INTERVALS", "ScheduleFactor", "EpochTimesStepFactor", "ResumableLambdaLR",
            "build_scheduler", "build_epoch_times_step_scheduler", "lr_at"]
@@ -46,12 +50,12 @@ def _normalise_name(name: str | None) -> str | None:
     if name is None:
         return None
     if not isinstance(name, str):
-        raise ValueError(f"Unknown scheduler {name!r}; valid choices: {_choices()}")
+        raise SettingError(f"Unknown scheduler {name!r}; valid choices: {_choices()}")
     key = name.strip().lower()
     if key in _CONSTANT_ALIASES:
         return None
     if key not in SCHEDULER_NAMES:
-        raise ValueError(f"Unknown scheduler {name!r}; valid choices: {_choices()}")
+        raise SettingError(f"Unknown scheduler {name!r}; valid choices: {_choices()}")
     return key
 
 
@@ -81,19 +85,19 @@ class ScheduleFactor:
     ) -> None:
         self.name = _normalise_name(name)
         if interval not in INTERVALS:
-            raise ValueError(f"Unknown scheduling interval {interval!r}; valid choices: {', '.join(INTERVALS)}")
+            raise SettingError(f"Unknown scheduling interval {interval!r}; valid choices: {', '.join(INTERVALS)}")
         if int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+            raise SettingError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
         if decay_per_epoch <= 0:
-            raise ValueError(f"decay_per_epoch must be > 0, got {decay_per_epoch!r}")
+            raise SettingError(f"decay_per_epoch must be > 0, got {decay_per_epoch!r}")
         if warmup_epochs is None:
             warmup_epochs = 0.0
         if warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs!r}")
+            raise SettingError(f"warmup_epochs must be >= 0, got {warmup_epochs!r}")
         if annealing_time is None:
             annealing_time = DEFAULT_ANNEALING_TIME[interval]
         if annealing_time <= 0:
-            raise ValueError(f"annealing_time must be > 0, got {annealing_time!r}")
+            raise SettingError(f"annealing_time must be > 0, got {annealing_time!r}")
 
         self.interval = interval
         self.steps_per_epoch = int(steps_per_epoch)
@@ -109,7 +113,7 @@ class ScheduleFactor:
         self.period_units = _as_units(self.annealing_time * self.units_per_epoch)
         self.total_units = _as_units(self.epochs * self.units_per_epoch) - self.warmup_units
         if self.name == "cosine_total" and self.total_units <= 0:
-            raise ValueError(
+            raise SettingError(
                 f"cosine_total needs training longer than warmup: epochs={epochs!r}, warmup_epochs={warmup_epochs!r}"
             )
 
@@ -195,13 +199,37 @@ class ResumableLambdaLR(LambdaLR):
         self._last_lr = lrs
 
 
+def fitted_warmup(name: str | None, *, interval: str, steps_per_epoch: int, epochs: float,
+                  warmup_epochs: float | None = 0.0, **_: Any) -> float:
+    """cosine_total anneals over the steps after warmup, so a warmup as long as the run (a one-epoch smoke
+    test of a long recipe) is shortened to half the run, or dropped when the run is too short to split."""
+    if not warmup_epochs or _normalise_name(name) != "cosine_total":
+        return warmup_epochs or 0.0
+    units = steps_per_epoch if interval == "step" else 1
+    total = _as_units(epochs * units)
+
+    def left(w: float) -> float:  # scheduler steps after a warmup of w epochs (as ScheduleFactor counts)
+        return total - (max(1, int(round(w * units))) if w > 0 else 0)
+
+    if left(warmup_epochs) > 0:
+        return warmup_epochs
+    return epochs / 2 if left(epochs / 2) > 0 else 0.0
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str | None, **schedule: Any) -> ResumableLambdaLR:
     """LR scheduler for config key ``scheduler`` (see module doc).  ``schedule``: the keyword arguments of
     :class:`ScheduleFactor` (interval, steps_per_epoch, epochs, decay_per_epoch, annealing_time,
     warmup_epochs).  Call ``.step()`` once per optimizer step when ``interval == "step"`` and once per epoch
     when ``interval == "epoch"``.  Names are case-insensitive; ``None``, ``"None"``, ``"null"`` and
     ``"constant"`` mean a constant LR.  The same factor applies to every parameter group (each relative to
-    its own initial lr)."""
+    its own initial lr). A cosine_total warmup that leaves no step to anneal is shortened (:func:`fitted_warmup`)
+    with one notice."""
+    warmup = fitted_warmup(name, **schedule)
+    if warmup != (schedule.get("warmup_epochs") or 0.0):
+        if is_main():
+            print(f"note: warmup_epochs {schedule['warmup_epochs']:g} leaves no step to anneal in {schedule['epochs']:g} "
+                  f"epoch(s); cosine_total warms up for {warmup:g} epoch(s) instead", file=sys.stderr, flush=True)
+        schedule = {**schedule, "warmup_epochs": warmup}
     return ResumableLambdaLR(optimizer, ScheduleFactor(name, **schedule))
 
 

@@ -23,6 +23,7 @@ from utility.training.callbacks import Callback
 from utility.training.checkpoint import RESUME_KEYS, load_checkpoint, restoring, seed_everything
 from utility.distributed import is_main, main_decides
 from utility.training.engine import Amp, Method, Trainer, TrainerOptions
+from utility.training.environment import ENV_FILE, record_environment
 from utility.training.runlock import LOCK_NAME, RunLock
 
 T = TypeVar("T")
@@ -32,7 +33,7 @@ RESUME_FREE_KEYS = frozenset({"epochs", "num_workers", "prefetch_factor", "verbo
                               "log_losses", "checkpoint_every_steps", "output_root", "data_root", "opmode",
                               "trackers", "tracker_project"})
 # files of ours an attempt that ended before its first checkpoint may have left
-STALE_FILES = ("train.log", "val.log", "crash.log")
+STALE_FILES = ("train.log", "val.log", "crash.log", ENV_FILE)
 
 
 def make_run_dir(run_dir: Path) -> None:
@@ -152,6 +153,7 @@ class RunSession:
         test), then mark the run finished. The logs are closed whatever happens."""
         if is_main():
             dump_config(self.cfg, self.run_dir / "config.yaml")
+            record_environment(self.run_dir, self.device, self.state)  # threads, CPU, versions
         with restoring(trainer.last_path):  # another model/optimizer, damaged RNG: one line naming the file
             resumed = self.state == "resume" and trainer.resume()
         if resumed:

@@ -1,0 +1,62 @@
+"""``--help`` of the config-driven entry points lists every key of the schema (type, default, description,
+grouped) and answers before torch is imported."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from utility.config.help import config_help, type_text
+from utility.config.loader import load_config
+from utility.config.schemas import FTEConfig, SimCLRConfig
+
+
+@pytest.mark.parametrize("schema", [FTEConfig, SimCLRConfig])
+def test_help_lists_every_key_once_with_its_default(schema):
+    text = config_help(schema, "prog.py")
+    keys = [line.split()[0][2:] for line in text.splitlines() if line.startswith("  --")]
+    assert sorted(keys) == sorted(schema.model_fields) and len(keys) == len(set(keys))
+    for key, field in schema.model_fields.items():
+        line = next(x for x in text.splitlines() if x.startswith(f"  --{key} "))
+        if field.description:
+            assert line.endswith(f": {field.description}")
+    assert "(RunBase):" in text and "(DataKeys):" in text and f"({schema.__name__}):" in text
+
+
+def test_help_lines_say_type_bounds_and_default():
+    text = config_help(FTEConfig, "pkgs/FTE/finetune.py")
+    assert text.startswith("usage: pkgs/FTE/finetune.py -c CONFIG.yaml")
+    assert "  --batch_size int >= 1 (default 32)\n" in text
+    assert "  --amp auto|fp16|bf16|off (default auto): auto: fp16 with GradScaler" in text
+    assert "  --output_root str or null (default null): " in text
+    assert "  --name str (default required): " in text
+    assert type_text(list[tuple[int, str]]) == "list[tuple[int, str]]"
+
+
+def test_load_config_help_exits_0_with_the_keys(capsys):
+    with pytest.raises(SystemExit) as exc:
+        load_config(SimCLRConfig, ["-c", "missing.yaml", "--help"], "pkgs/SimCLR/main.py")
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--temperature float > 0 (default 0.5)" in out and "--dataset_base_dir" in out
+
+
+PROBE = r"""
+import runpy, sys
+sys.argv = [sys.argv[1], "--help"]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exc:
+    print("EXIT", exc.code, "TORCH", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("script", ["pkgs/FTE/finetune.py", "pkgs/SSL/pretrain.py"])
+def test_entry_help_answers_before_torch_is_imported(script, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(REPO / script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.rstrip().endswith("EXIT 0 TORCH False"), proc.stdout[-500:]
+    assert "  --epochs int >= 1 (default 10)" in proc.stdout
