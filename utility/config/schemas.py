@@ -13,7 +13,7 @@ NonNegInt = Annotated[int, Field(ge=0)]
 # numpy seeds are 32-bit; larger seeds overflowed deep inside torch after the run had started
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 # contrastive logits are cosine / T: below 1e-3 they pass 1000 and the loss turns inf/NaN (1e-30 did)
-Temperature = Annotated[float, Field(ge=1e-3, description="at least 0.001")]
+Temperature = Annotated[float, Field(ge=1e-3)]
 
 
 def keys_error(keys: tuple[str, ...], what: str) -> ValueError:
