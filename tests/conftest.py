@@ -140,7 +140,7 @@ def small_run_config(name: str = "t/run", task: str | Path = "tiny", **overrides
 
 # ----------------------------------------------------------------------------- subprocesses
 
-def run_finetune(args: Sequence[Any], cwd: Path, timeout: float = 300, cpu_only: bool = True,
+def run_finetune(args: Sequence[Any], cwd: Path, timeout: Optional[float] = None, cpu_only: bool = True,
                  env: Optional[Mapping[str, str]] = None) -> subprocess.CompletedProcess:
     """``python pkgs/FTE/finetune.py *args`` exactly as a user runs it, from ``cwd`` (use a folder
     other than the repository to prove runs work from anywhere). Output is captured as text.
@@ -151,7 +151,8 @@ def run_finetune(args: Sequence[Any], cwd: Path, timeout: float = 300, cpu_only:
         full_env["CUDA_VISIBLE_DEVICES"] = ""
     full_env.update(env or {})
     cmd = [sys.executable, str(FINETUNE), *map(str, args)]
-    return subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(cmd, cwd=str(cwd), capture_output=True, text=True, timeout=timeout or HANG_GUARD_S,
+                          env=full_env)
 
 
 # Deadlines are hang guards only, never a speed test: generous, and a busy machine may raise them further.
@@ -240,7 +241,7 @@ def task_yaml(write_task_yaml) -> Path:
 
 @pytest.fixture(name="run_finetune")
 def run_finetune_fixture():
-    """``run_finetune(args, cwd, timeout=300) -> CompletedProcess`` (see the module function)."""
+    """``run_finetune(args, cwd, timeout=None) -> CompletedProcess`` (see the module function)."""
     return run_finetune
 
 

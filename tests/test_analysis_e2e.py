@@ -17,7 +17,7 @@ from sklearn.metrics import accuracy_score, precision_recall_curve, roc_curve
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from conftest import make_folder_dataset, small_run_config, snapshot, task_dict, write_yaml
+from conftest import HANG_GUARD_S, make_folder_dataset, small_run_config, snapshot, task_dict, write_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 ANALYZE = REPO / "pkgs" / "Analysis" / "analyze.py"
@@ -50,7 +50,7 @@ def run(tmp_path_factory):
 def analyze(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}
     return subprocess.run([sys.executable, str(ANALYZE), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=env)
+                          text=True, timeout=HANG_GUARD_S, env=env)
 
 
 def inproc(*args) -> int:

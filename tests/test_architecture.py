@@ -7,6 +7,7 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from conftest import HANG_GUARD_S
 
 REPO = Path(__file__).resolve().parent.parent
 UTILITY = REPO / "utility"
@@ -216,7 +217,7 @@ def test_every_module_imports_in_isolation():
     The libraries they use are imported once in the parent, so each forked child runs only our code."""
     names = sorted(all_modules())
     proc = subprocess.run([sys.executable, "-c", ISOLATED_IMPORTS, ",".join(sorted(external_imports())), *names],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "FAILED:\n" in proc.stdout, proc.stdout + proc.stderr[-3000:]
 

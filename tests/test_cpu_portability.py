@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import HANG_GUARD_S, REPO
 
 ORDER = ("default", "avx2", "avx512")  # each needs the instructions of the ones before it
 
@@ -45,7 +45,7 @@ def test_exact_float_comparisons_hold_on_other_cpu_kernels(capability, threads):
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, OMP_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *EXACT_COMPARISONS],
-                          cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
+                          cwd=str(REPO), env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert f"{len(EXACT_COMPARISONS)} passed" in proc.stdout
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_finetune, write_yaml
+from conftest import HANG_GUARD_S, run_finetune, write_yaml
 from test_predecessor_weights import PredecessorClassifier, randomize_
 from utility.config.tasks import load_task
 from utility.data.body_part import classes_of
@@ -144,7 +144,7 @@ def test_ctbr_s_end_to_end_from_predecessor_config_and_weights(ctbr_root, tmp_pa
     cfg = write_yaml(tmp_path / "ctbr_s.yaml", {**PREDECESSOR_CTBR, "model_path": str(weights)})
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    proc = run_finetune(["-c", cfg, "--data_root", ctbr_root, "--output_root", tmp_path / "out"], cwd=cwd, timeout=240)
+    proc = run_finetune(["-c", cfg, "--data_root", ctbr_root, "--output_root", tmp_path / "out"], cwd=cwd, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len([ln for ln in proc.stderr.splitlines() if "w_m" in ln]) == 1
     assert "warning: loading" not in proc.stderr

@@ -295,7 +295,8 @@ def test_distributed_evaluation_equals_single_process(tmp_path):
     for r in rows:
         ref = by_file[r["file"]]
         assert r["target"] == ref["target"] and r["predicted"] == ref["predicted"]
-        for c in cols[3:]:
+        assert r["subject"] == ref["subject"] == r["file"]   # the method was given no subjects
+        for c in (c for c in cols if c.startswith("prob_")):
             assert float(r[c]) == pytest.approx(float(ref[c]), abs=1e-6)
     assert (tmp_path / "ddp" / "confusion_matrices" / "test_x.csv").read_text() == \
         (tmp_path / "single" / "confusion_matrices" / "test_x.csv").read_text()
@@ -574,6 +575,16 @@ def test_torchrun_segmentation_counts_every_test_pixel_once(tmp_path):
         if denom > 0:
             assert test[f"dice_avg_class_{c}"] == pytest.approx(2 * tp[c] / denom, abs=1e-9)
             assert test[f"iou_avg_class_{c}"] == pytest.approx(tp[c] / (tp[c] + fp + fn), abs=1e-9)
+    # each image's counts gathered from both ranks once: they sum to the matrix; test_ci.csv from them
+    pcols, prows = read_csv(rd / "predictions_test_last.csv")
+    assert len(prows) == n_test and len({r["file"] for r in prows}) == n_test
+    k = cm.shape[0]
+    per = np.array([[int(r[f"px_true{t}_pred{q}"]) for t in range(k) for q in range(k)] for r in prows])
+    np.testing.assert_array_equal(per.sum(0).reshape(k, k), cm)
+    _, crows = read_csv(rd / "test_ci.csv")
+    ci = {r["metric"]: r for r in crows}
+    assert ci["dice_avg_class_1"]["samples"] == str(n_test)
+    assert ci["dice_avg_class_1"]["value"] == trows[0]["dice_avg_class_1"]
 
 
 # ============================================================================ 5. syncbn

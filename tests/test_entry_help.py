@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import HANG_GUARD_S, REPO
 from utility.config.help import config_help, type_text
 from utility.config.loader import load_config
 from utility.config.schemas import FTEConfig, SimCLRConfig
@@ -56,7 +56,37 @@ except SystemExit as exc:
 @pytest.mark.parametrize("script", ["pkgs/FTE/finetune.py", "pkgs/SSL/pretrain.py"])
 def test_entry_help_answers_before_torch_is_imported(script, tmp_path):
     proc = subprocess.run([sys.executable, "-c", PROBE, str(REPO / script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.rstrip().endswith("EXIT 0 TORCH False"), proc.stdout[-500:]
     assert "  --epochs int >= 1 (default 10)" in proc.stdout
+
+
+def test_print_config_shows_the_resolved_config_and_runs_nothing(tmp_path, capsys):
+    import yaml
+
+    from conftest import small_run_config, write_yaml
+    from utility.config.loader import validate
+
+    cfg = write_yaml(tmp_path / "run.yaml", small_run_config(name="p/q", task="tiny", epochs=3))
+    with pytest.raises(SystemExit) as exc:
+        load_config(FTEConfig, ["-c", str(cfg), "--lr", "0.5", "--print-config"], "finetune.py")
+    assert exc.value.code == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["lr"] == 0.5 and shown["epochs"] == 3 and shown["head_dropout"] == 0.0  # override, file, default
+    assert validate(FTEConfig, shown, "printed").model_dump() == FTEConfig(**shown).model_dump()
+    assert not (tmp_path / "logs_and_checkpoints").exists()
+
+
+def test_json_schema_per_config_kind(tmp_path):
+    import json
+
+    from utility.config.__main__ import main
+
+    assert main(["schema", str(tmp_path)]) == 0
+    for kind, model in (("finetune", FTEConfig), ("pretrain", SimCLRConfig)):
+        schema = json.loads((tmp_path / f"{kind}.schema.json").read_text())
+        assert set(schema["properties"]) == set(model.model_fields)
+        assert schema["properties"]["batch_size"]["minimum"] == 1
+    assert "properties" in json.loads((tmp_path / "task.schema.json").read_text())
+    assert main(["nonsense"]) == 2

@@ -26,7 +26,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 REPO = Path(__file__).resolve().parent.parent
 FINETUNE = REPO / "pkgs" / "FTE" / "finetune.py"
 
-from conftest import kill_when
+from conftest import HANG_GUARD_S, kill_when
 from utility.models import get_model
 
 CLASSES = ["horizontal", "noise", "vertical"]  # sorted: the folders reader orders classes by name
@@ -197,8 +197,11 @@ def test_multiclass_folder_run_files_and_metrics(tmp_path):
 
     # predictions of the whole test split, and every test metric recomputed from them
     pcols, prows = read_csv(rd / "predictions_test_last.csv")
-    assert pcols == ["file", "target", "predicted"] + [f"prob_{c}" for c in CLASSES]
+    assert pcols == ["file", "target", "predicted"] + [f"prob_{c}" for c in CLASSES] + ["subject"]
     assert sorted(Path(r["file"]).resolve() for r in prows) == sorted(p.resolve() for p in paths["test"])
+    # no subject rule: each image is its own subject, named by its relative path
+    assert all(Path(r["file"]).as_posix().endswith("/" + r["subject"]) for r in prows)
+    assert len({r["subject"] for r in prows}) == len(prows)
     y = np.array([CLASSES.index(r["target"]) for r in prows])
     assert all(Path(r["file"]).parent.name == r["target"] for r in prows)
     probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in prows])
@@ -214,6 +217,22 @@ def test_multiclass_folder_run_files_and_metrics(tmp_path):
     assert test["auc_macro"] == pytest.approx(np.mean(aucs), abs=1e-9)
     ce = -np.mean(np.log(probs[np.arange(len(y)), y]))
     assert test["avg_val_loss"] == pytest.approx(ce, rel=1e-3, abs=1e-5)
+
+    # test_ci.csv: every test metric but the loss, its value as in test.log, and the percentile
+    # interval of 1000 subject resamples drawn with the run's seed, recomputed here with scikit-learn
+    ccols, crows = read_csv(rd / "test_ci.csv")
+    assert ccols[:4] == ["metric", "value", "ci_low", "ci_high"]
+    ci = {r["metric"]: r for r in crows}
+    assert list(ci) == [k for k in tcols if k not in ("avg_val_loss", "epoch", "model")]
+    assert all(float(ci[k]["value"]) == test[k] for k in ci)
+    n = len(prows)
+    assert {r["subjects"] for r in crows} == {str(n)} and {r["resamples"] for r in crows} == {"1000"}
+    subjects = np.unique([r["subject"] for r in prows], return_inverse=True)[1]
+    draws = np.random.default_rng(1).integers(0, n, (1000, n))
+    accs = [accuracy_score(y[m], pred[m]) for m in (np.concatenate([np.flatnonzero(subjects == s) for s in d])
+                                                    for d in draws)]
+    assert float(ci["accuracy"]["ci_low"]) == pytest.approx(np.percentile(accs, 2.5), abs=1e-9)
+    assert float(ci["accuracy"]["ci_high"]) == pytest.approx(np.percentile(accs, 97.5), abs=1e-9)
 
     # confusion matrix of the test split (last model)
     with (rd / "confusion_matrices" / "test_last.csv").open(newline="") as fh:
@@ -301,7 +320,7 @@ def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
     pcols, prows = read_csv(rd / "predictions_test_last.csv")
     assert len(prows) == counts["test"] * len(kinds)
     safe = [n.replace(" ", "_") for n in ML_CLASSES]
-    assert pcols[3:] == [f"prob_{n}" for n in safe]
+    assert pcols[3:] == [f"prob_{n}" for n in safe] + ["subject"]
     probs = np.array([[float(r[f"prob_{n}"]) for n in safe] for r in prows])
     truth = np.array([[int(n in r["target"].split("|")) for n in ML_CLASSES] for r in prows])
     assert truth[:, 3].sum() == 0 and truth[:, :3].sum(0).min() > 0
@@ -311,6 +330,9 @@ def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
         assert r["target"] == kinds[kind]
 
     assert math.isnan(test["auc_Hernia"])
+    ci = {r["metric"]: r for r in read_csv(rd / "test_ci.csv")[1]}    # no positives in any resample either
+    assert ci["auc_Hernia"]["ci_low"] == "nan" and ci["auc_Hernia"]["undefined"] == ci["auc_Hernia"]["resamples"]
+    assert float(ci["auc_avg_overall"]["ci_low"]) <= float(ci["auc_avg_overall"]["ci_high"])
     aucs = [roc_auc_score(truth[:, j], probs[:, j]) for j in range(3)]
     for j in range(3):
         assert test[f"auc_{safe[j]}"] == pytest.approx(aucs[j], abs=1e-9)
@@ -396,7 +418,7 @@ def test_resume_after_mid_epoch_kill(reference_run):
     _, rows = read_csv(rd / "train.log")
     assert any(r["epoch"] == "2" for r in rows)
 
-    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=600,
+    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S,
                              env=child_env()))
     assert f"resuming {rd} at epoch 2 step {ck['batch_in_epoch']}" in proc.stdout
     assert_complete_logs(rd, 3, toy["steps"])
@@ -421,7 +443,7 @@ def test_resume_from_epoch_boundary_matches_uninterrupted(reference_run):
     assert status == -signal.SIGKILL
     ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
     assert ck["batch_in_epoch"] == 0 and 1 <= ck["epoch"] < 3
-    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=600,
+    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S,
                              env=child_env()))
     assert f"resuming {rd} at epoch {ck['epoch'] + 1} step 0" in proc.stdout
     assert_complete_logs(rd, 3, toy["steps"])

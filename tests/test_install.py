@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD_S
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = {"tli-finetune": "-c CONFIG.yaml", "tli-pretrain": "-c CONFIG.yaml", "tli-simclr": "-c CONFIG.yaml",
@@ -32,7 +33,7 @@ def _clean_env() -> dict[str, str]:
 
 def _pip(py: Path, *args: str, cwd: Path) -> None:
     proc = subprocess.run([str(py), "-m", "pip", *args, "--no-build-isolation", "--no-index", "-q"], cwd=cwd,
-                          capture_output=True, text=True, timeout=600, env=_clean_env())
+                          capture_output=True, text=True, timeout=HANG_GUARD_S, env=_clean_env())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
@@ -52,12 +53,12 @@ def installed(tmp_path_factory) -> Path:
 def test_editable_install_gives_the_package_and_console_scripts(installed, tmp_path):
     probe = "import utility, utility.models; from utility.models import get_model; print(utility.__file__)"
     proc = subprocess.run([str(installed / "python"), "-c", probe], cwd=tmp_path, capture_output=True, text=True,
-                          env=_clean_env(), timeout=600)
+                          env=_clean_env(), timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert Path(proc.stdout.strip()) == REPO / "utility" / "__init__.py"
     for name, expected in SCRIPTS.items():
         proc = subprocess.run([str(installed / name), "--help"], cwd=tmp_path, capture_output=True, text=True,
-                              env=_clean_env(), timeout=600)
+                              env=_clean_env(), timeout=HANG_GUARD_S)
         assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
         assert "usage:" in proc.stdout and expected in proc.stdout, f"{name}: {proc.stdout[:500]}"
 
@@ -69,7 +70,7 @@ def test_the_wheel_holds_every_subpackage(tmp_path):
                  "requirements-trackers.txt"):
         shutil.copy(REPO / name, src / name)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=600,
+                           "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=HANG_GUARD_S,
                           env=_clean_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = tmp_path.glob("*.whl")
@@ -86,7 +87,7 @@ def test_the_wheel_holds_every_subpackage(tmp_path):
 def test_entry_script_outside_the_environment_says_which_to_use(script, tmp_path):
     """``python -S``: no site-packages (neither the dependencies nor an install of this project)."""
     proc = subprocess.run([sys.executable, "-S", str(REPO / script), "--help"], cwd=tmp_path, capture_output=True,
-                          text=True, env=_clean_env(), timeout=120)
+                          text=True, env=_clean_env(), timeout=HANG_GUARD_S)
     assert proc.returncode == 1
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()

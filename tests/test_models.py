@@ -220,3 +220,21 @@ def test_freeze_encoder_unfreeze_last_n():
     for block in (model.encoder.conv1, model.encoder.bn1, model.encoder.layer1, model.encoder.layer3):
         assert not any(p.requires_grad for p in block.parameters())
     assert not model.encoder.layer3.training and not model.encoder.bn1.training
+
+
+def test_get_model_finds_a_relative_file_from_another_folder_and_names_the_demo_encoder(tmp_path, monkeypatch):
+    """A newcomer outside the repository root: a relative path is looked up in the cwd, then the repository;
+    a missing file's message says where `make demo` puts its encoder. in_channels=1 takes grayscale."""
+    import pytest
+    import torch
+
+    from utility.errors import UserError
+    from utility.models import get_model
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="logs_and_checkpoints/pretraining/demo/SimCLR/encoder_pretrained.tar"):
+        get_model("resnet18", "no/such/encoder.tar", classes=2)
+    enc = get_model("resnet18", None, classes=2, in_channels=1)
+    torch.save(enc.encoder.state_dict(), tmp_path / "enc.tar")
+    net = get_model("resnet18", "enc.tar", classes=2, in_channels=1)
+    assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 2)

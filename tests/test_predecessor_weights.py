@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from utility.errors import UserError
 from utility.models import build_network, get_model
+from conftest import HANG_GUARD_S
 
 
 def randomize_(module: nn.Module, seed: int) -> nn.Module:
@@ -214,7 +215,7 @@ def test_predecessor_unet_through_finetune_model_path(tmp_path):
                            shape_desired=[32, 32], batch_size=4, no_augs=True, frozen_encoder=True,
                            model_path=str(weights))
     proc = run_finetune(["-c", write_yaml(tmp_path / "cfg.yaml", cfg), "--data_root", tmp_path / "data",
-                         "--output_root", tmp_path / "out"], cwd=tmp_path, timeout=240)
+                         "--output_root", tmp_path / "out"], cwd=tmp_path, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "warning: loading" not in proc.stderr
     run = tmp_path / "out" / "finetuning" / "seg" / "pred"

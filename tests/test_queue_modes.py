@@ -31,6 +31,7 @@ def test_watch_waits_for_new_lines(tmp_path):
 def test_sbatch_command_line(tmp_path):
     b = SlurmBackend.__new__(SlurmBackend)          # no cluster needed to build the argv
     b.partition, b.time_limit, b.sbatch_args = "gpu", "1-00:00:00", ["--mem=8G"]
+    b.signal_before, b.max_requeues = 120, 20
     opts = parse_options("gpus=2;timeout=90m;sbatch=--qos=high --exclusive")
     log = str(tmp_path / "x.log")
     la = Launch(1, "python a.py --w_l [1,2]", opts, [], 2, str(tmp_path), log, "L1")
@@ -44,5 +45,10 @@ def test_sbatch_command_line(tmp_path):
     argv2 = b.sbatch_argv(la2, "/s.sbatch")
     assert "--time=1-00:00:00" in argv2 and "--partition=debug" in argv2
     assert not any(a.startswith("--gres") for a in argv2)
+    assert "--requeue" in argv and "--signal=B:USR1@120" in argv      # checkpoint, then requeue
+    b.time_limit = "0:03:00"                                           # 3 min: signal at half
+    assert "--signal=B:USR1@90" in b.sbatch_argv(la2, "/s.sbatch")
     script = b.script_text(la)
     assert "python a.py --w_l '[1,2]'" in script and f"> {log}.rc" in script
+    assert '"$rc timeout"' in script and "scontrol requeue" not in script   # its own timeout ends it
+    assert "scontrol requeue" in b.script_text(la2) and "-lt 20" in b.script_text(la2)

@@ -142,3 +142,51 @@ def test_after_is_submitted_with_afterok_and_a_failed_dependency_cancels(tmp_pat
     assert dep["reason"] == "dependency L3 (id=bad) failed" and dep["status"] == "failed"
     assert not (tmp_path / "dep.t").exists()               # never ran
     assert slurm_state(dep["slurm_id"]) in ("CANCELLED", None)
+
+
+TRAIN = """\
+import os, signal, sys, time
+stop = []
+signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
+if os.path.exists('ckpt'):                 # resumed: finish quickly
+    print('resumed from', open('ckpt').read(), flush=True)
+    time.sleep(1)
+    open('train.done', 'w').write(repr(time.time()))
+    sys.exit(0)
+t0 = time.time()
+print('training', flush=True)
+while not stop and time.time() - t0 < 150:  # 'trains' until the time-limit signal
+    time.sleep(0.05)
+if not stop:
+    sys.exit(1)
+open('ckpt', 'w').write(f'{time.time() - t0:.1f} s')
+print('checkpoint saved', flush=True)
+sys.exit(143)
+"""
+
+
+def test_time_limit_signal_checkpoints_requeues_and_resumes_before_afterok(tmp_path):
+    """A job longer than its 1-minute limit: SLURM signals it before the limit (USR1 to the
+    batch script -> SIGTERM to the job), it checkpoints and exits 143, the script requeues
+    it (same job id), it resumes and completes; its afterok dependant starts only then."""
+    (tmp_path / "train.py").write_text(TRAIN)
+    dep = f"{PY} -c \"import time; open('dep.start', 'w').write(repr(time.time()))\""
+    jobs = write_jobs(tmp_path, f"{PY} train.py,open,gpus=0;id=train\n{dep},open,gpus=0;after=train\n")
+    r = run_queue(tmp_path, jobs, "--backend", "slurm", "--time", "1", "--signal-before", "50",
+                  "--poll", "0.5", timeout=200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert statuses(jobs) == ["completed", "completed"], r.stdout
+    assert "checkpoint saved" in r.stdout and "resumed from" in r.stdout, r.stdout
+    assert "L1 requeued by SLURM" in r.stdout, r.stdout
+    lt = latest(tmp_path, jobs)
+    train, after = lt[(f"{PY} train.py", 0)], lt[(dep, 0)]
+    assert train["attempts"] == 1 and train["exit_code"] == 0     # one submission, requeued
+    assert after["dependency"] == f"afterok:{train['slurm_id']}"
+    sbatch = open(train["log"][:-4] + ".sbatch").read()
+    assert "scontrol requeue" in sbatch
+    r2 = subprocess.run(["scontrol", "-o", "show", "job", train["slurm_id"]], capture_output=True,
+                        text=True, timeout=10)
+    if r2.returncode == 0 and "Restarts=" in r2.stdout:
+        assert "Restarts=0" not in r2.stdout, r2.stdout
+    done = float((tmp_path / "train.done").read_text())
+    assert float((tmp_path / "dep.start").read_text()) >= done - 0.05   # after the real end

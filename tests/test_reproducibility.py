@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import kill_when
+from conftest import HANG_GUARD_S, kill_when
 from test_finetune_e2e import (base_config, child_env, command, make_stripes_dataset, ok, read_csv,
                                run, train_rows_of_epoch, write_yaml)
 from test_simclr_e2e import make_unlabeled_tree, run_simclr
@@ -133,7 +133,7 @@ def test_resume_mid_epoch_gives_the_uninterrupted_numbers(toy):
     assert status == -signal.SIGKILL, "the run ended before it could be killed mid-training"
     ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
     assert ck["epoch"] >= 1 and ck["batch_in_epoch"] >= 1, "no mid-epoch checkpoint to resume from"
-    ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=600, env=child_env()))
+    ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S, env=child_env()))
     assert_same_numbers(ref, rd, "resumed mid-epoch vs uninterrupted")
     _, a = read_csv(ref / "test.log")
     _, b = read_csv(rd / "test.log")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 
-from conftest import run_finetune, small_run_config, write_yaml
+from conftest import HANG_GUARD_S, run_finetune, small_run_config, write_yaml
 from test_segmentation_data import write_brats, write_lits
 from test_segmentation_model import simclr_encoder_file
 
@@ -34,7 +34,7 @@ def _run(tmp_path: Path, task: str, name: str, classes: int, **overrides):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir(exist_ok=True)
     proc = run_finetune(["-c", cfg_path, "--data_root", tmp_path / "data", "--output_root", tmp_path / "out"],
-                        cwd=cwd, timeout=120)
+                        cwd=cwd, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "out" / "finetuning" / name
     # grouped per class as the predecessor wrote them: dice, iou, precision, recall of class 0, then 1, ...
@@ -69,6 +69,30 @@ def test_brats_like_end_to_end(tmp_path):
     assert pixels == 4 * 32 * 32  # every test pixel counted once
     overlays = sorted((run / "overlays").glob("test_last_*.png"))
     assert 1 <= len(overlays) <= 4
+
+    # per-image pixel counts with their subject; they sum to the split's confusion matrix
+    preds = _rows(run / "predictions_test_last.csv")
+    assert list(preds[0])[-1] == "subject" and len(preds) == 4
+    counts = np.array([[int(r[f"px_true{t}_pred{p}"]) for t in range(4) for p in range(4)] for r in preds])
+    cm = np.array([[int(v) for v in r[1:]] for r in list(csv.reader((run / "confusion_matrices" / "test_last.csv").open()))[1:]])
+    np.testing.assert_array_equal(counts.sum(0).reshape(4, 4), cm)
+    # test_ci.csv: each test metric (regions too), value as test.log; dice_WT's interval recomputed here
+    ci = {r["metric"]: r for r in _rows(run / "test_ci.csv")}
+    assert list(ci) == [k for k in row if k not in ("avg_val_loss", "epoch", "model")]
+    for k, r in ci.items():
+        assert r["value"] == row[k] or (r["value"] == "nan" and row[k] == "nan"), k
+    codes = np.unique([r["subject"] for r in preds], return_inverse=True)[1]
+    s = codes.max() + 1
+    wt = []
+    for d in np.random.default_rng(0).integers(0, s, (1000, s)):   # the run's seed
+        c = sum(counts[codes == j].sum(0) for j in d).reshape(4, 4)
+        tp, fp, fn = c[1:, 1:].sum(), c[0, 1:].sum(), c[1:, 0].sum()
+        wt.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else np.nan)
+    wt = np.array(wt)[~np.isnan(wt)]
+    if wt.size:
+        assert float(ci["dice_WT"]["ci_low"]) == pytest.approx(np.percentile(wt, 2.5), abs=1e-9)
+        assert float(ci["dice_WT"]["ci_high"]) == pytest.approx(np.percentile(wt, 97.5), abs=1e-9)
+    assert int(ci["dice_WT"]["undefined"]) == 1000 - wt.size
 
 
 def test_lits_like_end_to_end_cpu_augmentation(tmp_path):

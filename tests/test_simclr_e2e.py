@@ -365,7 +365,7 @@ def test_linear_eval_pretrained_beats_random(tmp_path):
     """Pretrain the digits demo, then linear evaluation (frozen encoder) on 10% of the labels:
     the pretrained encoder must clearly beat a random one (benchmarks/bench_simclr_linear_eval.py)."""
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_simclr_linear_eval.py"),
-                           "--work", str(tmp_path)], capture_output=True, text=True, env=env(), timeout=1800)
+                           "--work", str(tmp_path)], capture_output=True, text=True, env=env(), timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("linear_eval_accuracy:")][-1]
     parts = dict(p.strip().split(" ") for p in line.split(":", 1)[1].split(","))

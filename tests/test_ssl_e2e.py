@@ -146,7 +146,7 @@ def test_resume_restores_optimizer_schedule_ema_target_and_queue(runs):
 def test_knn_eval_offline_gives_the_monitors_numbers(runs, work):
     row = read_rows(runs["full_dir"] / "monitor.log")[1]
     proc = subprocess.run(cmd(KNN_EVAL, "-e", runs["full_dir"] / "encoder_2.tar", "--device", "cpu"),
-                          cwd=str(work["cwd"]), capture_output=True, text=True, timeout=120, env=env())
+                          cwd=str(work["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S, env=env())
     assert proc.returncode == 0, proc.stderr
     assert f"knn_accuracy {float(row['knn_accuracy'])!r} " in proc.stdout
     assert f"linear_accuracy {float(row['linear_accuracy'])!r}" in proc.stdout

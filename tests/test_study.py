@@ -13,7 +13,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import REPO, small_run_config, task_dict, write_yaml
+from conftest import HANG_GUARD_S, REPO, small_run_config, task_dict, write_yaml
 
 STUDY = REPO / "pkgs" / "Study" / "study.py"
 
@@ -48,7 +48,7 @@ def plan_of(path: Path):
 
 
 def test_plan_names_configs_jobs_and_dependencies(setup):
-    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     plan = plan_of(setup["path"])
     task = "tiny"  # a task given as a YAML path is named by its file name
@@ -108,7 +108,7 @@ def test_changed_setting_of_an_existing_run_is_refused(setup):
     before = {p: p.read_bytes() for p in (setup["tmp"] / "cfgs").rglob("*.yaml")}
     setup["study"]["finetune"]["overrides"] = {"epochs": 5}
     write_yaml(setup["path"], setup["study"])
-    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 2
     assert "epochs" in proc.stderr and "S1/PT_" in proc.stderr and "Traceback" not in proc.stderr
     assert {p: p.read_bytes() for p in (setup["tmp"] / "cfgs").rglob("*.yaml")} == before
@@ -164,7 +164,7 @@ def test_study_help_lists_the_study_keys(capsys):
 def test_duplicate_label_refused(setup):
     text = setup["path"].read_text().replace("  Scratch: null\n", "  Scratch: null\n  Scratch: null\n", 1)
     setup["path"].write_text(text)
-    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(study_cmd("-c", setup["path"], "--plan-only"), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 2 and "Scratch" in proc.stderr and "twice" in proc.stderr
 
 
@@ -220,13 +220,22 @@ def test_statistics_equal_scipy_and_report_from_partial_study(setup):
         assert float(row["std"]) == pytest.approx(x.std(ddof=1), rel=1e-9)
         half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
         assert float(row["ci95_high"]) == pytest.approx(x.mean() + half, rel=1e-9)
-    # Scratch and SSL: seeds 1, 2, 4 in both? No: SSL lacks seed 3 -> Welch; compare Scratch vs Own
-    # on matched seeds by making the pairing explicit
+    # Own lacks seed 4: the paired t-test on the three seeds both have, not Welch's over all
     s, o = values["Scratch"], values["Own"]
     assert set(o) != set(s)
-    p_welch = stats.ttest_ind(list(o.values()), list(s.values()), equal_var=False).pvalue
-    assert float(summary["Own"]["p_vs_Scratch"]) == pytest.approx(p_welch, rel=1e-9)
-    assert summary["Own"]["test_vs_Scratch"] == "Welch t-test"
+    common = sorted(set(o) & set(s))
+    x, y = np.array([o[k] for k in common]), np.array([s[k] for k in common])
+    assert float(summary["Own"]["p_vs_Scratch"]) == pytest.approx(stats.ttest_rel(x, y).pvalue, rel=1e-9)
+    assert summary["Own"]["test_vs_Scratch"] == "paired t-test" and summary["Own"]["repeats_vs_Scratch"] == "3"
+    pooled = math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)           # equal sizes: the mean variance
+    g = (1 - 3 / (4 * 6 - 9)) * (x.mean() - y.mean()) / pooled
+    assert float(summary["Own"]["hedges_g_vs_Scratch"]) == pytest.approx(g, rel=1e-9)
+    assert summary["Own"]["ci95_over"] == "seeds"
+    # the columns added for uncertainty come after every original one
+    with (plan.study_dir / "summary.csv").open() as fh:
+        header = next(csv.reader(fh))
+    assert header.index("test_vs_SSL") < header.index("repeats_vs_Scratch") < header.index("p_holm_vs_Scratch")
+    assert max(header.index(f"test_vs_{x}") for x in ("Scratch", "Own", "SSL")) < header.index("ci95_over")
     pct = (np.mean(list(o.values())) - np.mean(list(s.values()))) / abs(np.mean(list(s.values()))) * 100
     assert float(summary["Own"]["pct_change_vs_Scratch"]) == pytest.approx(pct, rel=1e-9)
     page = (plan.study_dir / "report.html").read_text()
@@ -262,3 +271,110 @@ def test_pretraining_with_a_given_name_is_shared_between_studies(setup):
     enc = setup["tmp"] / "out" / "pretraining" / "shared" / "SSL" / "encoder_pretrained.tar"
     assert plan.pretrain[0].name == "shared/SSL" and plan.pretrain[0].encoder == enc
     assert {r.config["model_path"] for r in plan.runs if r.source == "SSL"} == {str(enc)}
+
+
+def test_a_run_still_changing_at_its_last_epoch_has_not_converged():
+    from utility.study.results import convergence_epoch, has_converged
+
+    rising = [0.1, 0.5, 0.8, 0.9, 0.9, 0.9]  # trailing means reach .9 only at the last epoch
+    assert not has_converged(rising, convergence_epoch(rising))
+    flat = [0.5, 0.9, 0.9, 0.9, 0.9, 0.9]
+    assert has_converged(flat, convergence_epoch(flat))
+    assert has_converged([0.7], convergence_epoch([0.7]))  # one epoch: nothing to compare
+    assert not has_converged([float("nan")] * 3, None)
+
+
+# ----------------------------------------------------------------------------- uncertainty over subjects
+
+def _holm_ref(p: list[float]) -> list[float]:
+    """Holm step-down, written out: the i-th smallest p times (m - i), running maximum, capped at 1."""
+    m, order = len(p), sorted(range(len(p)), key=lambda i: p[i])
+    out, run = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        run = max(run, min(1.0, (m - rank) * p[i]))
+        out[i] = run
+    return out
+
+
+def _bh_ref(p: list[float]) -> list[float]:
+    """Benjamini-Hochberg step-up, written out: from the largest p down, running minimum of p m / rank."""
+    m, order = len(p), sorted(range(len(p)), key=lambda i: p[i])
+    out, run = [0.0] * m, 1.0
+    for rank in range(m, 0, -1):
+        i = order[rank - 1]
+        run = min(run, p[i] * m / rank)
+        out[i] = run
+    return out
+
+
+def test_subject_bootstrap_and_adjusted_p_values_over_the_grid(setup):
+    """Runs with per-sample predictions on one test set of 12 subjects (uneven sizes): summary.csv's
+    subject intervals and paired differences equal a recomputation over the same 1000 draws (seed 0);
+    Holm and BH over the grid equal the implementations above; the report shows them."""
+    setup["study"].update(grid={}, modes={"lineval": {"frozen_encoder": True}}, repeats={"seeds": [1, 2, 3]})
+    write_yaml(setup["path"], setup["study"])
+    plan = plan_of(setup["path"])
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(1, 5, 12)
+    subject = np.repeat([f"p{i:02d}" for i in range(12)], sizes)
+    n = len(subject)
+    files = [f"/data/test/{i:03d}.png" for i in range(n)]
+    y = rng.integers(0, 3, n)
+    correct: dict[tuple[str, int], np.ndarray] = {}
+    skill = {"Scratch": 0.5, "Own": 0.8, "SSL": 0.6}
+    for r in plan.runs:
+        if r.source == "Own" and r.seed == 3:
+            continue                                       # Own and Scratch share seeds 1 and 2 only
+        probs = rng.dirichlet([1, 1, 1], n)
+        hit = rng.random(n) < skill[r.source]
+        probs[hit, y[hit]] += 2
+        probs /= probs.sum(1, keepdims=True)
+        pred = probs.argmax(1)
+        correct[(r.source, r.seed)] = pred == y
+        rd = plan.output_root / "finetuning" / r.name
+        fake_run(rd, float(np.mean(pred == y)), [0.5, 0.6])
+        (rd / "classes.txt").write_text("a\nb\nc\n")
+        order = rng.permutation(n)                         # written in any order: aligned by file
+        lines = ["file,target,predicted,prob_a,prob_b,prob_c,subject"] + [
+            f"{files[i]},{'abc'[y[i]]},{'abc'[pred[i]]},{float(probs[i, 0])!r},{float(probs[i, 1])!r},{float(probs[i, 2])!r},{subject[i]}"
+            for i in order]
+        (rd / "predictions_test_last.csv").write_text("\n".join(lines) + "\n")
+    from utility.study.cli import report
+
+    report(plan, quiet=True)
+    with (plan.study_dir / "summary.csv").open() as fh:
+        summary = {r["source"]: r for r in csv.DictReader(fh)}
+    codes = np.unique(subject, return_inverse=True)[1]
+    members = [np.flatnonzero(codes == s) for s in range(12)]
+    draws = np.random.default_rng(0).integers(0, 12, (1000, 12))
+    idx = [np.concatenate([members[s] for s in d]) for d in draws]
+
+    def dist(src: str, seeds: list[int]) -> np.ndarray:
+        return np.mean([[correct[(src, s)][i].mean() for i in idx] for s in seeds], axis=0)
+
+    for src, seeds in (("Scratch", [1, 2, 3]), ("Own", [1, 2]), ("SSL", [1, 2, 3])):
+        d = dist(src, seeds)
+        assert summary[src]["n_subjects"] == "12"
+        assert float(summary[src]["subjects_ci95_low"]) == pytest.approx(np.percentile(d, 2.5), abs=1e-9)
+        assert float(summary[src]["subjects_ci95_high"]) == pytest.approx(np.percentile(d, 97.5), abs=1e-9)
+    delta = dist("Own", [1, 2]) - dist("Scratch", [1, 2])                # the repeats both have
+    point = np.mean([correct[("Own", s)].mean() - correct[("Scratch", s)].mean() for s in (1, 2)])
+    own = summary["Own"]
+    assert float(own["diff_vs_Scratch"]) == pytest.approx(point, abs=1e-12)
+    assert float(own["diff_ci95_low_vs_Scratch"]) == pytest.approx(np.percentile(delta, 2.5), abs=1e-9)
+    assert float(own["diff_ci95_high_vs_Scratch"]) == pytest.approx(np.percentile(delta, 97.5), abs=1e-9)
+    p = min(1.0, 2 * (min(np.sum(delta <= 0), np.sum(delta >= 0)) + 1) / 1001)
+    assert float(own["p_subjects_vs_Scratch"]) == pytest.approx(p, abs=1e-12)
+    assert float(summary["Scratch"]["diff_vs_Own"]) == pytest.approx(-point, abs=1e-12)
+    # the grid's family: three pairs of sources, once each, for both kinds of p-value
+    pairs = [("Own", "Scratch"), ("SSL", "Scratch"), ("SSL", "Own")]
+    for raw, holm_col, bh_col in (("p_vs_", "p_holm_vs_", "p_bh_vs_"),
+                                  ("p_subjects_vs_", "p_subjects_holm_vs_", "p_subjects_bh_vs_")):
+        ps = [float(summary[a][f"{raw}{b}"]) for a, b in pairs]
+        for (a, b), h, q in zip(pairs, _holm_ref(ps), _bh_ref(ps)):
+            for x, o in ((a, b), (b, a)):
+                assert float(summary[x][f"{holm_col}{o}"]) == pytest.approx(h, rel=1e-12)
+                assert float(summary[x][f"{bh_col}{o}"]) == pytest.approx(q, rel=1e-12)
+    page = (plan.study_dir / "report.html").read_text()
+    assert "Uncertainty over repeats and over subjects" in page
+    assert f"[{float(own['subjects_ci95_low']):.3f}, {float(own['subjects_ci95_high']):.3f}] (12)" in page

@@ -12,12 +12,12 @@ import sys
 import pytest
 from scipy import stats
 
-from conftest import REPO, make_folder_dataset, small_run_config, task_dict, write_yaml
+from conftest import HANG_GUARD_S, REPO, make_folder_dataset, small_run_config, task_dict, write_yaml
 
 STUDY = REPO / "pkgs" / "Study" / "study.py"
 
 
-def study(*args, timeout=240):
+def study(*args, timeout=HANG_GUARD_S):
     env = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, str(STUDY), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **env})
@@ -85,6 +85,16 @@ def test_results_summary_and_report(done):
     assert summ["SSL"]["test_vs_Scratch"] == "paired t-test"
     if a[0] - b[0] != a[1] - b[1]:                                   # else the p-value is undefined
         assert float(summ["SSL"]["p_vs_Scratch"]) == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-6)
+    # uncertainty over subjects from the runs' own predictions (each test image its own subject here)
+    ssl1 = done["tmp"] / "out" / "finetuning" / by[("SSL", "1")]["run"]
+    n_test = len(rows(ssl1 / "predictions_test_last.csv"))
+    assert summ["SSL"]["n_subjects"] == str(n_test) and summ["SSL"]["ci95_over"] == "seeds"
+    assert float(summ["SSL"]["subjects_ci95_low"]) <= float(summ["SSL"]["subjects_ci95_high"])
+    diff = sum(x - y for x, y in zip(a, b)) / 2
+    assert float(summ["SSL"]["diff_vs_Scratch"]) == pytest.approx(diff, abs=1e-9)
+    assert 0 < float(summ["SSL"]["p_subjects_vs_Scratch"]) <= 1
+    ci = {r["metric"]: r for r in rows(ssl1 / "test_ci.csv")}
+    assert by[("SSL", "1")]["last_accuracy_subjects_ci_low"] == ci["accuracy"]["ci_low"]
     page = (done["sdir"] / "report.html").read_text()
     crash = done["tmp"] / "out" / "pretraining" / "E" / "Broken" / "crash.log"
     assert crash.is_file() and str(crash) in page

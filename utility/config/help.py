@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 HELP_FLAGS = ("-h", "--help")
-USAGE = "usage: {prog} -c CONFIG.yaml [--key value ...]"
+USAGE = "usage: {prog} -c CONFIG.yaml [--key value ...] [--print-config]"
+PRINT_CONFIG = "--print-config"  # print the resolved config (YAML + overrides + defaults) and exit
 
 
 BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
@@ -88,7 +89,8 @@ def key_lines(schema: type[BaseModel], flag: str = "--") -> list[str]:
 def config_help(schema: type[BaseModel], prog: str) -> str:
     lines = [USAGE.format(prog=prog),
              "Any key below can be set in the YAML file or overridden as --key value (values are YAML: true, "
-             "null, [1,2]).", "", *key_lines(schema)]
+             "null, [1,2]). --print-config prints the resolved config and exits; `python -m utility.config "
+             "schema DIR` writes JSON Schemas for editors.", "", *key_lines(schema)]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from utility.config.help import USAGE, exit_on_help
+from utility.config.help import PRINT_CONFIG, USAGE, exit_on_help
 from utility.config.yamlsafe import load_file, load_text
 from utility.errors import UserError
 
@@ -171,11 +171,16 @@ def load_config(schema: type[M], argv: list[str], prog: str,
                 deprecated: dict[str, str] | None = None) -> tuple[M, Path | None]:
     """YAML file + overrides -> validated config object. Overrides win over the file."""
     exit_on_help(argv, schema, prog)
-    path, overrides = parse_argv(argv, prog)
+    show = PRINT_CONFIG in argv
+    path, overrides = parse_argv([a for a in argv if a != PRINT_CONFIG], prog)
     raw: dict[str, Any] = read_yaml(path) if path is not None else {}
     raw.update(overrides)
     source = str(path) if path else "the command line"
-    return validate(schema, raw, source, deprecated, frozenset(overrides)), path
+    cfg = validate(schema, raw, source, deprecated, frozenset(overrides))
+    if show:  # the resolved config (file + overrides + defaults), nothing run
+        sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        raise SystemExit(0)
+    return cfg, path
 
 
 def dump_config(cfg: BaseModel, path: Path) -> None:

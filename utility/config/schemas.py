@@ -36,7 +36,8 @@ class RunBase(BaseModel):
     """Keys every training entry point shares (loop sizes, device, precision, outputs)."""
 
     # inf/nan are never a setting (lr: .inf trained with NaN losses)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # frozen: a validated config is never changed; derived values go into a copy (model_copy(update=...))
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="run directory under logs_and_checkpoints/<kind>/")
     seed: Seed = 42
@@ -157,6 +158,8 @@ class FTEConfig(RunBase, DataKeys):
     folds: Optional[Annotated[int, Field(ge=2)]] = Field(None, description="k-fold cross-validation")
     fold: Optional[NonNegInt] = Field(None, description="run only this fold (0-based) of `folds`")
     save_predictions: bool = Field(True, description="write per-image test predictions")
+    ci_resamples: NonNegInt = Field(1000, description="subject bootstrap resamples for test_ci.csv (0: none)")
+    ci_level: Annotated[float, Field(gt=0, lt=1)] = Field(0.95, description="test_ci.csv interval level")
 
     _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
 

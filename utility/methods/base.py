@@ -11,14 +11,39 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from utility.data.badfiles import BadFiles, drop_invalid
 from utility.data.preprocess import conform_channels
+from utility.metrics.bootstrap import BootstrapSettings
+from utility.metrics.subjects_of import sample_subjects
+from utility.metrics.test_ci import COLUMNS as CI_COLUMNS, ci_rows
 from utility.training.engine import StepContext
+from utility.training.rundir import write_table
+
+SubjectsOf = Callable[[str], np.ndarray]   # split name -> one subject id per sample
+
+
+def ci_settings(cfg: Any) -> Optional[BootstrapSettings]:
+    """test_ci.csv's bootstrap from the run config (seeded by the run's seed); None when switched off."""
+    n = int(getattr(cfg, "ci_resamples", 1000))
+    return BootstrapSettings(n, float(getattr(cfg, "ci_level", 0.95)), int(cfg.seed)) if n > 0 else None
+
+
+def subjects_lookup(indexed: Any) -> SubjectsOf:
+    """Subjects of a split of ``indexed``, computed when first asked (only the test split, usually)."""
+    done: dict[str, np.ndarray] = {}
+
+    def of(split: str) -> np.ndarray:
+        if split not in done:
+            done[split] = sample_subjects(indexed.splits[split])
+        return done[split]
+
+    return of
 
 
 class NoEvaluation:
@@ -42,8 +67,12 @@ class SupervisedMethod:
     target_dtype: Optional[torch.dtype] = None  # e.g. int64 masks for segmentation
 
     def __init__(self, class_names: list[str], in_channels: int, augment: Optional[nn.Module] = None,
-                 paths: Optional[dict[str, list[Path]]] = None, bad: Optional[BadFiles] = None) -> None:
+                 paths: Optional[dict[str, list[Path]]] = None, bad: Optional[BadFiles] = None,
+                 ci: Optional[BootstrapSettings] = None, subjects_of: Optional[SubjectsOf] = None) -> None:
         self.class_names = class_names
+        self.ci = ci                    # test_ci.csv's bootstrap (None: not written)
+        self.subjects_of = subjects_of  # split -> subject per sample (None: each sample its own subject)
+        self._row: Optional[dict[str, float]] = None
         self.in_channels = in_channels
         self.augment = augment
         self.paths = paths or {}
@@ -86,6 +115,27 @@ class SupervisedMethod:
 
     def test_artifacts(self, out_dir: Path, tag: str) -> None: ...
 
+    def per_sample(self) -> Optional[tuple[Any, np.ndarray]]:
+        """(per-sample statistics of the last evaluation (utility/metrics/resampled.py), each one's index
+        in the split), for the bootstrap over subjects; None when the method keeps none."""
+        return None
+
+    def subjects(self, index: np.ndarray) -> np.ndarray:
+        """Subject ids of these samples of the split being evaluated."""
+        if self.subjects_of is not None:
+            return self.subjects_of(self._eval_split)[index]
+        files = self.paths.get(self._eval_split, [])
+        return np.asarray([str(files[i]) if i < len(files) else str(i) for i in index], dtype=str)
+
+    def write_test_ci(self, out_dir: Path, tag: str) -> None:
+        """test_ci.csv (the last model, beside test.log) or <tag>_ci.csv: intervals over subjects."""
+        got = self.per_sample() if self.ci is not None and self._row is not None else None
+        if got is None or len(got[1]) == 0:
+            return
+        samples, index = got
+        rows = ci_rows(self._row, samples, self.subjects(index), self.ci)
+        write_table(out_dir / ("test_ci.csv" if tag == "test_last" else f"{tag}_ci.csv"), CI_COLUMNS, rows)
+
     # ------------------------------------------------------------------ the shared shape
     def _inputs(self, batch: dict[str, Any], ctx: StepContext, train: bool):
         batch = drop_invalid(batch, "train" if train else self._eval_split, self.bad)
@@ -120,7 +170,8 @@ class SupervisedMethod:
         return self.record(model(x), x, y, idx)
 
     def eval_end(self, avg_loss: float) -> dict[str, float]:
-        return self.metrics.compute(avg_loss)
+        self._row = self.metrics.compute(avg_loss)
+        return self._row
 
     def eval_artifacts(self, out_dir: Path, tag: str) -> None:
         cm_dir = out_dir / "confusion_matrices"
@@ -128,3 +179,4 @@ class SupervisedMethod:
         self.metrics.save_confusion_matrix(cm_dir / f"{tag}.csv")
         if tag.startswith("test"):
             self.test_artifacts(out_dir, tag)
+            self.write_test_ci(out_dir, tag)

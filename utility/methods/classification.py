@@ -15,9 +15,11 @@ from utility.data.cache import SharedStore
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import IndexedTask, Split
 from utility.distributed import all_gather_object, all_reduce_sum, is_dist, world_size
-from utility.methods.base import SupervisedMethod
+from utility.methods.base import SubjectsOf, SupervisedMethod, ci_settings, subjects_lookup
 from utility.methods.registry import register_pipeline
+from utility.metrics.bootstrap import BootstrapSettings
 from utility.metrics.classification import ClassificationMetrics
+from utility.metrics.resampled import ClassificationSamples
 from utility.training.rundir import write_table
 
 
@@ -28,8 +30,9 @@ class ClassificationMethod(SupervisedMethod):
     def __init__(self, num_classes: int, multilabel: bool, class_names: list[str], in_channels: int,
                  augment: Optional[nn.Module] = None, class_weights: Optional[list[float]] = None,
                  paths: Optional[dict[str, list[Path]]] = None, per_class_columns: bool = True,
-                 save_predictions: bool = True, bad: Optional[BadFiles] = None) -> None:
-        super().__init__(class_names, in_channels, augment, paths, bad)
+                 save_predictions: bool = True, bad: Optional[BadFiles] = None,
+                 ci: Optional[BootstrapSettings] = None, subjects_of: Optional[SubjectsOf] = None) -> None:
+        super().__init__(class_names, in_channels, augment, paths, bad, ci, subjects_of)
         self.multilabel = multilabel
         self.weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.metrics = ClassificationMetrics(num_classes, multilabel, class_names)
@@ -73,7 +76,8 @@ class ClassificationMethod(SupervisedMethod):
             shards = all_gather_object((self.metrics.state(), self._eval_index))
             self.metrics.load_states([st for st, _ in shards])
             self._eval_index = [i for _, idx in shards for i in idx]
-        return self.select_columns(self.metrics.compute(avg_loss))
+        self._row = self.select_columns(self.metrics.compute(avg_loss))
+        return self._row
 
     def select_columns(self, row: dict[str, float]) -> dict[str, float]:
         if not self.per_class_columns:
@@ -88,10 +92,19 @@ class ClassificationMethod(SupervisedMethod):
         if self.save_predictions:
             self._save_predictions(out_dir / f"predictions_{tag}.csv")
 
+    def _index(self) -> np.ndarray:
+        return np.concatenate(self._eval_index).astype(np.int64) if self._eval_index else np.zeros(0, dtype=np.int64)
+
+    def per_sample(self) -> Optional[tuple[ClassificationSamples, np.ndarray]]:
+        st = self.metrics.state()
+        return (ClassificationSamples(st["probs"], st["targets"], self.multilabel, self.metrics.class_names,
+                                      self.metrics.threshold), self._index())
+
     def _save_predictions(self, path: Path) -> None:
         cols, probs = self.metrics.predictions_table()
         targets = self.metrics.state()["targets"]
-        index = np.concatenate(self._eval_index) if self._eval_index else np.zeros(0, dtype=int)
+        index = self._index()
+        subjects = self.subjects(index)
         files = self.paths.get(self._eval_split, [])
         rows = []
         for k in range(probs.shape[0]):
@@ -105,8 +118,9 @@ class ClassificationMethod(SupervisedMethod):
                 row["target"] = self.class_names[int(targets[k])]
                 row["predicted"] = self.class_names[int(probs[k].argmax())]
             row.update({c: float(v) for c, v in zip(cols, probs[k])})
+            row["subject"] = subjects[k]
             rows.append(row)
-        write_table(path, ["file", "target", "predicted", *cols], rows)
+        write_table(path, ["file", "target", "predicted", *cols, "subject"], rows)
 
 
 @register_pipeline("multiclass", "multilabel")
@@ -128,4 +142,4 @@ class ClassificationPipeline:
                                     cfg.in_channels or 3, augment, cfg.w_l,
                                     {k: s.paths for k, s in indexed.splits.items()},
                                     per_class_columns=task.per_class_metrics, save_predictions=cfg.save_predictions,
-                                    bad=bad)
+                                    bad=bad, ci=ci_settings(cfg), subjects_of=subjects_lookup(indexed))

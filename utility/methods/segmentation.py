@@ -24,9 +24,13 @@ from torch import nn
 
 from utility.data.badfiles import BadFiles
 from utility.data.segdata import make_seg_dataset
-from utility.methods.base import SupervisedMethod
+from utility.methods.base import SubjectsOf, SupervisedMethod, ci_settings, subjects_lookup
 from utility.methods.registry import register_pipeline
-from utility.metrics.segmentation import SegmentationMetrics
+from utility.metrics.bootstrap import BootstrapSettings
+from utility.metrics.resampled import SegmentationSamples
+from utility.metrics.segmentation import SegmentationMetrics, per_image_counts
+from utility.distributed import all_gather_object, is_dist
+from utility.training.rundir import write_table
 
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], dtype=np.float32)
@@ -78,13 +82,20 @@ class SegmentationMethod(SupervisedMethod):
     def __init__(self, num_classes: int, class_names: list[str], in_channels: int, loss: SegLoss,
                  augment: Optional[nn.Module] = None, regions: Optional[dict[str, list[int]]] = None,
                  paths: Optional[dict[str, list[Path]]] = None, overlays: int = 4,
-                 bad: Optional[BadFiles] = None, avg_classes: Optional[list[list[int]]] = None) -> None:
-        super().__init__(class_names, in_channels, augment, paths, bad)
+                 bad: Optional[BadFiles] = None, avg_classes: Optional[list[list[int]]] = None,
+                 save_predictions: bool = True, ci: Optional[BootstrapSettings] = None,
+                 subjects_of: Optional[SubjectsOf] = None) -> None:
+        super().__init__(class_names, in_channels, augment, paths, bad, ci, subjects_of)
         self.num_classes = num_classes
         self.loss = loss
         self.metrics = SegmentationMetrics(num_classes, class_names, regions, avg_classes)
         self.overlays = overlays
+        self.save_predictions = save_predictions
         self._kept: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        # each image's confusion counts (not during validation): test_ci.csv and predictions_test_*.csv
+        self._per_image: list[torch.Tensor] = []
+        self._image_index: list[np.ndarray] = []
+        self._counts, self._counts_index = np.zeros((0, num_classes ** 2)), np.zeros(0, dtype=np.int64)
 
     def augment_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.augment is not None
@@ -95,6 +106,7 @@ class SegmentationMethod(SupervisedMethod):
 
     def on_eval_begin(self) -> None:
         self._kept = []
+        self._per_image, self._image_index = [], []
 
     def probe_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(1, self.num_classes, 2, 2), torch.zeros(1, 2, 2, dtype=torch.int64)
@@ -103,6 +115,9 @@ class SegmentationMethod(SupervisedMethod):
         n = int(x.shape[0])
         pred = logits.argmax(dim=1)
         self.metrics.update(pred, y)
+        if self._eval_split != "val":   # stays on the device until eval_end: no sync per batch
+            self._per_image.append(per_image_counts(pred, y, self.num_classes))
+            self._image_index.append(np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx, dtype=np.int64))
         if self._eval_split == "test" and len(self._kept) < self.overlays:
             take = min(n, self.overlays - len(self._kept))
             ids = idx.tolist() if isinstance(idx, torch.Tensor) else list(idx)
@@ -111,9 +126,40 @@ class SegmentationMethod(SupervisedMethod):
                                    pred[k].cpu().numpy()))
         return self.loss(logits, y).detach() * n, n
 
+    def eval_end(self, avg_loss: float) -> dict[str, float]:
+        kk = self.num_classes ** 2
+        counts = torch.cat(self._per_image).cpu().numpy() if self._per_image else np.zeros((0, kk), np.int64)
+        index = np.concatenate(self._image_index) if self._image_index else np.zeros(0, dtype=np.int64)
+        if is_dist() and self._eval_split != "val":   # every rank evaluated a disjoint shard
+            shards = all_gather_object((counts, index))
+            counts = np.concatenate([c for c, _ in shards]).reshape(-1, kk)
+            index = np.concatenate([i for _, i in shards])
+        self._counts, self._counts_index = counts, index
+        return super().eval_end(avg_loss)
+
+    def per_sample(self) -> Optional[tuple[SegmentationSamples, np.ndarray]]:
+        return SegmentationSamples(self._counts, self.metrics), self._counts_index
+
     def test_artifacts(self, out_dir: Path, tag: str) -> None:
         if self._kept:
             self._save_overlays(out_dir / "overlays", tag)
+        if self.save_predictions and len(self._counts_index):
+            self._save_counts(out_dir / f"predictions_{tag}.csv")
+
+    def _save_counts(self, path: Path) -> None:
+        """One row per image: its pixel counts per (true class, predicted class) and its subject; the
+        split's metrics are those of the summed counts (what a study's subject bootstrap resamples)."""
+        k = self.num_classes
+        cols = [f"px_true{t}_pred{p}" for t in range(k) for p in range(k)]
+        files = self.paths.get(self._eval_split, [])
+        subjects = self.subjects(self._counts_index)
+        rows = []
+        for n, i in enumerate(self._counts_index):
+            row: dict[str, Any] = {"file": str(files[i]) if i < len(files) else str(i)}
+            row.update(zip(cols, (int(v) for v in self._counts[n])))
+            row["subject"] = subjects[n]
+            rows.append(row)
+        write_table(path, ["file", *cols, "subject"], rows)
 
     def _save_overlays(self, folder: Path, tag: str) -> None:
         """``<tag>_<k>_<image>.png``: image | truth over image | prediction over image."""
@@ -153,4 +199,5 @@ class SegmentationPipeline:
         return SegmentationMethod(indexed.num_classes, indexed.classes, cfg.in_channels or 3, loss,
                                   augment, task.regions, {k: s.paths for k, s in indexed.splits.items()},
                                   task.overlays if cfg.save_predictions else 0, bad=bad,
-                                  avg_classes=task.avg_classes)
+                                  avg_classes=task.avg_classes, save_predictions=cfg.save_predictions,
+                                  ci=ci_settings(cfg), subjects_of=subjects_lookup(indexed))

@@ -36,16 +36,43 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def per_image_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[B, K*K] int64: each image's own confusion counts (row-major truth x prediction); their sum over
+    images is :func:`confusion_counts`, so a bootstrap over images or subjects re-aggregates exactly."""
+    b, kk = pred.shape[0], num_classes * num_classes
+    idx = target.reshape(b, -1).long() * num_classes + pred.reshape(b, -1).long()
+    idx = idx + torch.arange(b, device=idx.device)[:, None] * kk
+    return torch.bincount(idx.reshape(-1), minlength=b * kk).reshape(b, kk)
+
+
 def scores(tp: float, fp: float, fn: float) -> dict[str, float]:
     """The four scores of one class or region from its counts (see the module docstring)."""
-    if tp + fp + fn == 0:
-        return {m: math.nan for m in METRICS}
+    got = stacked_scores(np.array([tp], float), np.array([fp], float), np.array([fn], float))
+    return {m: float(v[0]) for m, v in got.items()}
 
-    def ratio(a: float, b: float) -> float:
-        return a / b if b > 0 else 0.0
 
-    return {"dice": float(ratio(2 * tp, 2 * tp + fp + fn)), "iou": float(ratio(tp, tp + fp + fn)),
-            "precision": float(ratio(tp, tp + fp)), "recall": float(ratio(tp, tp + fn))}
+def stacked_scores(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`scores` of many count triples at once (one per bootstrap resample): arrays in, arrays out."""
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b, out=np.zeros(np.shape(a)), where=b > 0)
+
+    out = {"dice": ratio(2 * tp, 2 * tp + fp + fn), "iou": ratio(tp, tp + fp + fn),
+           "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn)}
+    undefined = (tp + fp + fn) == 0
+    for v in out.values():
+        v[undefined] = math.nan
+    return out
+
+
+def row_nanmean(columns: list[np.ndarray], size: int) -> np.ndarray:
+    """Per position the mean of the finite values among ``columns`` (NaN where none is), no warning."""
+    if not columns:
+        return np.full(size, math.nan)
+    arr = np.stack(columns, axis=1)
+    ok = ~np.isnan(arr)
+    n = ok.sum(axis=1)
+    total = np.where(ok, arr, 0.0).sum(axis=1)
+    return np.divide(total, n, out=np.full(size, math.nan), where=n > 0)
 
 
 class SegmentationMetrics:
@@ -91,17 +118,24 @@ class SegmentationMetrics:
         ``avg_class_0``, then ``avg_class_1``, ...) and ``avg_val_loss``; then the foreground means,
         the raw classes (``*_raw_class_<c>``, only when ``avg_classes`` redefines the class columns)
         and the regions."""
-        cm = self.confusion_matrix().astype(np.float64)
+        rows = self.rows_from(self.confusion_matrix()[None])
+        return {k: (float(avg_loss) if k == "avg_val_loss" else float(v[0])) for k, v in rows.items()}
+
+    def rows_from(self, cms: np.ndarray) -> dict[str, np.ndarray]:
+        """The metric row of each of a stack of confusion matrices ``[B, K, K]`` (B = 1: the split; B > 1:
+        bootstrap resamples), as arrays of length B in :meth:`compute`'s column order; ``avg_val_loss``
+        holds NaN (the loss is not a function of the counts)."""
+        cm = np.asarray(cms, dtype=np.float64)
+        b = cm.shape[0]
         per = [self._union(cm, [c]) for c in range(self.num_classes)]
         shown = per if self.avg_classes is None else [self._union(cm, m) for m in self.avg_classes]
-        row: dict[str, float] = {}
+        row: dict[str, np.ndarray] = {}
         for c, sc in enumerate(shown):
             for m in METRICS:
                 row[f"{m}_avg_class_{c}"] = sc[m]
-        row["avg_val_loss"] = avg_loss
+        row["avg_val_loss"] = np.full(b, math.nan)
         for m in METRICS:
-            vals = [sc[m] for sc in shown[1:] if not math.isnan(sc[m])]
-            row[f"{m}_mean_fg"] = float(np.mean(vals)) if vals else math.nan
+            row[f"{m}_mean_fg"] = row_nanmean([sc[m] for sc in shown[1:]], b)
         if self.avg_classes is not None:
             for c, sc in enumerate(per):
                 for m in METRICS:
@@ -112,12 +146,13 @@ class SegmentationMetrics:
             row[f"iou_{name}"] = r["iou"]
         return row
 
-    def _union(self, cm: np.ndarray, members: list[int]) -> dict[str, float]:
-        """Scores of a set of classes taken as one binary foreground (one class: that class)."""
+    def _union(self, cm: np.ndarray, members: list[int]) -> dict[str, np.ndarray]:
+        """Scores of a set of classes taken as one binary foreground (one class: that class), per
+        matrix of the stack ``cm [B, K, K]``."""
         inside = np.zeros(self.num_classes, dtype=bool)
         inside[list(members)] = True
-        return scores(cm[np.ix_(inside, inside)].sum(), cm[np.ix_(~inside, inside)].sum(),
-                      cm[np.ix_(inside, ~inside)].sum())
+        return stacked_scores(cm[:, inside][:, :, inside].sum(axis=(1, 2)), cm[:, ~inside][:, :, inside].sum(axis=(1, 2)),
+                              cm[:, inside][:, :, ~inside].sum(axis=(1, 2)))
 
     def save_confusion_matrix(self, path: Path) -> None:
         """CSV: header ``true\\pred,<class names>``, one row of pixel counts per true class."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from utility.errors import UserError
+from utility.paths import resolve_user_path
 from utility.models.encoders import Classifier, build_encoder
 from utility.models.weights import load_into_classifier, read_state_dict
 
@@ -73,7 +74,12 @@ def get_model(model_name: str, enc_weights: str | Path | None, classes: int,
     model file (ours or the predecessor's). ``model_name`` is an encoder name (``resnet50``) or
     ``unet_<encoder>_backbone``; ``enc_weights=None`` gives random initialisation. Any weight that
     does not load is an error naming the keys; with ``allow_partial_load=True`` what fits is
-    loaded and the keys not loaded are printed."""
+    loaded and the keys not loaded are printed. A relative ``enc_weights`` is looked up in the current
+    directory, then in the repository (``make demo`` writes its SimCLR encoder to
+    logs_and_checkpoints/pretraining/demo/SimCLR/encoder_pretrained.tar). ``in_channels=1`` builds the
+    encoder for grayscale input (the demo digits); the default 3 expects RGB (repeat a gray channel)."""
+    if enc_weights is not None:
+        enc_weights = resolve_user_path(enc_weights)
     model, notes = build_network(model_name, classes, in_channels, enc_weights, allow_partial_load,
                                  frozen_encoder, unet_decoder=unet_decoder)
     if notes and not allow_partial_load:

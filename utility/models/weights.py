@@ -24,7 +24,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         if path.is_symlink():
             raise UserError(f"model_path {path} is a broken symlink or a symlink loop; expected a weights file")
-        raise UserError(f"model_path not found: {path}")
+        raise UserError(f"model_path not found: {path} (a relative path is looked up in the current directory, then "
+                        "in the repository; after `make demo` the demo's SimCLR encoder is "
+                        "logs_and_checkpoints/pretraining/demo/SimCLR/encoder_pretrained.tar)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-tensor objects

@@ -11,11 +11,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence
 
-from .jobsfile import JobOptions
-from .scheduler import Candidate
-from .state import process_alive
+from utility.queue.jobsfile import JobOptions
+from utility.queue.scheduler import Candidate
+from utility.queue.state import process_alive
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Launch:
     token: int                   # the loop's id for this attempt
     command: str
     options: JobOptions
-    gpus: List[str]              # assigned GPU ids (local) / requested count via len (SLURM)
+    gpus: list[str]              # assigned GPU ids (local) / requested count via len (SLURM)
     gpu_count: int               # GPUs to request (SLURM); len(gpus) locally
     cwd: str
     log_path: str
@@ -36,7 +36,12 @@ class LaunchError(Exception):
     """The job could not be started (program not found, sbatch refused it, ...)."""
 
 
-def command_argv(command: str, shell: bool) -> List[str]:
+class LogDirError(LaunchError):
+    """The job's log (or batch script) cannot be written: the queue's --log-dir is full or not
+    writable. Not the job's fault: the queue starts nothing more and ends with this message."""
+
+
+def command_argv(command: str, shell: bool) -> list[str]:
     return ["/bin/sh", "-c", command] if shell else shlex.split(command)
 
 
@@ -121,7 +126,7 @@ class Backend(abc.ABC):
 
     # -- placement --------------------------------------------------------------------------
     @abc.abstractmethod
-    def need_of(self, opts: JobOptions, total: int) -> Tuple[int, bool]:
+    def need_of(self, opts: JobOptions, total: int) -> tuple[int, bool]:
         """(GPUs the job needs, whether it must run alone) given `total` GPUs of the queue."""
 
     @abc.abstractmethod
@@ -131,7 +136,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def select(self, cands: Sequence[Candidate], free: Sequence[str], total: Sequence[str],
                n_running: int, exclusive_running: bool,
-               max_parallel: Optional[int]) -> List[Tuple[Candidate, List[str]]]:
+               max_parallel: Optional[int]) -> list[tuple[Candidate, list[str]]]:
         """Which candidates start now, each with the GPU ids the loop hands it."""
 
     @abc.abstractmethod

@@ -2,23 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import queue as _queue
 import sys
 import time
-from typing import List, Optional
+from pathlib import Path
+from typing import Optional
 
-from . import gpus as gpus_mod
-from . import jobsfile, scheduler
-from .base import Echo
-from .deps import Graph, read_checked, waits_text
-from .local_backend import local_argv
-from .errors import QueueError
-from .state import StateLog
+from utility.queue import gpus as gpus_mod
+from utility.queue import jobsfile, scheduler
+from utility.queue.base import Echo
+from utility.queue.deps import Graph, read_checked, waits_text
+from utility.queue.local_backend import local_argv
+from utility.queue.errors import QueueError
+from utility.queue.state import StateLog
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_JOBS = os.path.join(REPO_ROOT, "Jobs.csv")
-DEFAULT_LOG_DIR = os.path.join(REPO_ROOT, "logs_and_checkpoints", "queue")
+REPO_ROOT = Path(__file__).absolute().parents[2]
+DEFAULT_JOBS = str(REPO_ROOT / "Jobs.csv")
+DEFAULT_LOG_DIR = str(REPO_ROOT / "logs_and_checkpoints" / "queue")
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR,
+               errno.ELOOP, errno.ENAMETOOLONG}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sbatch --time for jobs without a timeout option (e.g. 2-00:00:00)")
     s.add_argument("--sbatch-args", default="", metavar="ARGS",
                    help="extra sbatch arguments for every job, e.g. '--qos=high --mem=64G'")
+    s.add_argument("--signal-before", type=int, default=120, metavar="S",
+                   help="signal jobs S seconds before their time limit to checkpoint, then "
+                        "requeue them (default 120; at most half the limit)")
+    s.add_argument("--max-requeues", type=int, default=20, metavar="N",
+                   help="a job requeues itself at its time limit at most N times (default 20)")
     s.add_argument("--poll", type=float, default=5.0, metavar="S",
                    help="seconds between squeue polls (default 5)")
     return p
@@ -84,7 +93,7 @@ def status_table(jobs: str, log_dir: str) -> str:
         if ln.kind != "job":
             continue
         counts[ln.status] = counts.get(ln.status, 0) + 1
-        rec = latest.get(ln.key, {})
+        rec = latest.get(ln.slot, {})
         start, end = rec.get("start_time"), rec.get("end_time")
         dur = None
         if start:
@@ -111,18 +120,19 @@ def status_table(jobs: str, log_dir: str) -> str:
     return "\n".join(out + notes + [f"{jobs}: {summary}"])
 
 
-def make_backend(args, total: List[str], events=None, echo=None, check: bool = True):
+def make_backend(args, total: list[str], events=None, echo=None, check: bool = True):
     """The backend of --backend; check=False only plans (no sbatch needed for --dry-run)."""
     if args.backend == "slurm":
-        from .slurm_backend import SlurmBackend
+        from utility.queue.slurm_backend import SlurmBackend
         return SlurmBackend(events, echo, args.partition, args.time_limit, args.sbatch_args,
                             args.poll, all_gpus=len(total) if args.gpus is not None else None,
-                            check=check)
-    from .local_backend import LocalBackend
+                            check=check, signal_before=args.signal_before,
+                            max_requeues=args.max_requeues)
+    from utility.queue.local_backend import LocalBackend
     return LocalBackend(events, echo)
 
 
-def dry_run(args, total: List[str], source: str) -> str:
+def dry_run(args, total: list[str], source: str) -> str:
     backend = make_backend(args, total, check=False)
     lines = read_checked(args.jobs)
     graph = Graph(lines, args.jobs)
@@ -173,15 +183,17 @@ def dry_run(args, total: List[str], source: str) -> str:
     return "\n".join(out)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.jobs = os.path.abspath(args.jobs)
     args.log_dir = os.path.abspath(args.log_dir)
-    args.workdir = os.path.abspath(args.workdir or os.path.dirname(args.jobs))
+    args.workdir = os.path.abspath(args.workdir or Path(args.jobs).parent)
     try:
         if args.max_parallel is not None and args.max_parallel < 1:
             raise QueueError("--max-parallel must be at least 1")
-        if not os.path.isdir(args.workdir):
+        if args.signal_before < 1 or args.max_requeues < 0:
+            raise QueueError("--signal-before must be at least 1 and --max-requeues at least 0")
+        if not Path(args.workdir).is_dir():
             raise QueueError(f"--workdir {args.workdir} is not a directory")
         if args.action == "status":
             print(status_table(args.jobs, args.log_dir))
@@ -192,7 +204,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         # fail early on a malformed file, before anything starts
         read_checked(args.jobs, settle=1.0)
-        from .runner import Runner
+        from utility.queue.runner import Runner
         events = _queue.SimpleQueue()
         echo = Echo(enabled=not args.quiet)
         backend = make_backend(args, total, events, echo)
@@ -207,6 +219,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except PermissionError as e:
         print(f"QueueManager.py: error: {e.filename}: permission denied", file=sys.stderr)
+        return 2
+    except OSError as e:                 # the environment (a full disk, a file in the way)
+        if e.errno not in USER_ERRNOS:
+            raise
+        print(f"QueueManager.py: error: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

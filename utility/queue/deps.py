@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
-from .errors import QueueError
-from .jobsfile import Line, read_jobs
+from utility.queue.book import Active, JobBook
+from utility.queue.errors import QueueError
+from utility.queue.jobsfile import Line, read_jobs
 
-Key = Tuple[str, int]
+Key = tuple[str, int]
 
 
 def describe(ln: Line) -> str:
@@ -37,9 +38,9 @@ class Graph:
 
     def __init__(self, lines: Sequence[Line], path: str = "Jobs.csv"):
         self.path = path
-        self.by_id: Dict[str, Line] = {}
-        self.broken: Dict[Key, str] = {}        # key -> message naming the line
-        self.by_key: Dict[Key, Line] = {}
+        self.by_id: dict[str, Line] = {}
+        self.broken: dict[Key, str] = {}        # key -> message naming the line
+        self.by_key: dict[Key, Line] = {}
         jobs = [ln for ln in lines if ln.kind == "job"]
         self.used = any(ln.options.id or ln.options.after for ln in jobs)
         if not self.used:
@@ -66,13 +67,13 @@ class Graph:
         if ln.key not in self.broken:
             self.broken[ln.key] = f"{self.path}:{ln.lineno}: {msg}\n    {ln.raw.rstrip()}"
 
-    def _find_cycles(self, jobs: List[Line]) -> None:
-        color: Dict[Key, int] = {}              # 1: on the path, 2: done
+    def _find_cycles(self, jobs: list[Line]) -> None:
+        color: dict[Key, int] = {}              # 1: on the path, 2: done
         for start in jobs:
             if color.get(start.key) or not start.options.after:
                 continue
-            path: List[Line] = []
-            stack: List[Tuple[Line, int]] = [(start, 0)]
+            path: list[Line] = []
+            stack: list[tuple[Line, int]] = [(start, 0)]
             while stack:
                 ln, i = stack.pop()
                 if i == 0:
@@ -94,16 +95,16 @@ class Graph:
                     color[ln.key] = 2
                     path.pop()
 
-    def deps(self, ln: Line) -> List[Line]:
+    def deps(self, ln: Line) -> list[Line]:
         return [self.by_id[a] for a in ln.options.after if a in self.by_id]
 
-    def errors(self) -> List[str]:
+    def errors(self) -> list[str]:
         return [m for _, m in sorted(self.broken.items(), key=lambda kv: self.by_key[kv[0]].lineno)]
 
-    def doomed(self) -> Dict[Key, str]:
+    def doomed(self) -> dict[Key, str]:
         """Open dependants that can never run because a job they wait for (directly or
         through other open dependants) is failed: key -> reason."""
-        out: Dict[Key, str] = {}
+        out: dict[Key, str] = {}
         changed = True
         while changed:
             changed = False
@@ -119,7 +120,7 @@ class Graph:
         return out
 
     def progressing(self, ln: Line, stuck: Callable[[Line], bool],
-                    memo: Dict[Key, bool]) -> bool:
+                    memo: dict[Key, bool]) -> bool:
         """Will this job end some day without the user doing anything (running, or open and
         able to start once its own dependencies are done)?"""
         if ln.key in memo:
@@ -135,7 +136,7 @@ class Graph:
         return ok
 
 
-def read_checked(path: str, settle: float = 0.0) -> List[Line]:
+def read_checked(path: str, settle: float = 0.0) -> list[Line]:
     """Strict read plus the dependency checks (QueueError naming the first bad line)."""
     lines = read_jobs(path, settle)
     errors = Graph(lines, path).errors()
@@ -153,72 +154,87 @@ def waits_text(graph: Graph, ln: Line) -> str:
 
 
 class Dependants:
-    """Mixed into Runner: which open dependants may start, which must fail."""
+    """For the queue loop: which open dependants may start, which must fail, and what happens
+    to those handed to the backend's scheduler when a dependency fails or is interrupted."""
 
-    def dep_graph(self, lines: Sequence[Line]) -> Optional[Graph]:
+    def __init__(self, book: JobBook, backend, path: str):
+        self.book, self.backend, self.path = book, backend, path
+        self.marked: set[Key] = set()          # dependants this queue marked failed
+
+    def graph(self, lines: Sequence[Line]) -> Optional[Graph]:
+        """The dependency graph of this read (None: no line uses id=/after=); fails the open
+        dependants of failed jobs and stops adopted ones whose dependency failed meanwhile."""
         g = Graph(lines, self.path)
         if not g.used:
             return None
         for msg in g.errors():
-            self.warn_once(f"skipping a line: {msg}")
-        marked = getattr(self, "_dep_marked", set())
-        self._dep_marked = {k for k in marked if k in g.by_key and g.by_key[k].status == "open"}
+            self.book.warn_once(f"skipping a line: {msg}")
+        self.marked = {k for k in self.marked if k in g.by_key and g.by_key[k].status == "open"}
         for key, reason in g.doomed().items():
-            if key not in self._dep_marked:
-                self._dep_fail(g.by_key[key], reason)
-        for act in list(self.active.values()):   # adopted from SLURM, its dependency failed meanwhile
+            if key not in self.marked:
+                self._fail(g.by_key[key], reason)
+        for act in list(self.book.active.values()):   # adopted from SLURM, its dependency failed
             bad = [g.by_id[a] for a in act.line.options.after if a in g.by_id and g.by_id[a].status == "failed"]
             if act.adopted and bad and act.running and not act.kill_reason and not act.stopping:
-                self._dep_stop(act, bad[0])
+                self._stop(act, bad[0])
         return g
 
-    def _dep_fail(self, ln: Line, reason: str) -> None:
-        self._dep_marked.add(ln.key)
-        self.state.append({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
-                           "status": "failed", "reason": reason, "exit_code": None,
-                           "log": None, "start_time": None, "end_time": time.time()})
-        self.queue_status(ln.key, "failed", expect=("open",))
-        self.failed_count += 1
-        self.say(f"L{ln.lineno} failed: {reason}; not started")
+    def _fail(self, ln: Line, reason: str) -> None:
+        self.marked.add(ln.key)
+        self.book.record({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
+                          "status": "failed", "reason": reason, "exit_code": None,
+                          "log": None, "start_time": None, "end_time": time.time()})
+        self.book.queue_status(ln.key, "failed", expect=("open",))
+        self.book.failed_count += 1
+        self.book.say(f"L{ln.lineno} failed: {reason}; not started")
 
-    def dep_gate(self, g: Graph, ln: Line, by_key: dict, stuck: Callable[[Line], bool],
-                 memo: Dict[Key, bool]) -> Tuple[bool, bool, List[int]]:
+    def gate(self, g: Graph, ln: Line, by_key: dict, stuck: Callable[[Line], bool],
+             memo: dict[Key, bool]) -> tuple[bool, bool, list[int]]:
         """(may start now, keeps the queue waiting, tokens of dependencies it is handed to
         the backend after) for an open line with after=."""
-        if ln.key in g.broken or ln.key in self._dep_marked:
+        if ln.key in g.broken or ln.key in self.marked:
             return False, False, []
-        tokens: List[int] = []
+        tokens: list[int] = []
         ready, pending = True, True
         for d in g.deps(ln):
             if d.status == "completed":
                 continue
             act = by_key.get(d.key)
             if d.status == "running" and act is not None and act.running and \
-                    act.attempt > d.options.retries and \
+                    act.counted > d.options.retries and \
                     self.backend.dependency_ref(act.token) is not None:
                 tokens.append(act.token)        # the backend's scheduler orders them
                 continue
             ready = False
             pending = pending and g.progressing(d, stuck, memo)
         if not ready and not pending:
-            self.warn_once(f"line {ln.lineno} {waits_text(g, ln)}, which cannot run; not started")
+            self.book.warn_once(f"line {ln.lineno} {waits_text(g, ln)}, which cannot run; not started")
         return ready, pending, tokens if ready else []
 
-    def dep_refs(self, tokens: Sequence[int]) -> List[str]:
+    def refs(self, tokens: Sequence[int]) -> list[str]:
         return [r for r in (self.backend.dependency_ref(t) for t in tokens) if r is not None]
 
-    def dep_cancel(self, failed) -> None:
+    def cancel_after(self, failed: Active) -> None:
         """A dependency failed for good: its dependants handed to the backend's scheduler
         (also those a restarted queue adopted from SLURM) are cancelled and end failed,
         without retries."""
-        for act in list(self.active.values()):
+        for act in list(self.book.active.values()):
             mine = failed.token in act.after or (act.adopted and failed.line.options.id is not None
                                                  and failed.line.options.id in act.line.options.after)
             if mine and act.running and not act.stopping:
-                self._dep_stop(act, failed.line)
+                self._stop(act, failed.line)
 
-    def _dep_stop(self, act, failed: Line) -> None:
+    def reopen_after(self, interrupted: Active) -> None:
+        """A dependency was interrupted and will be started again (under a new backend
+        reference): its dependants handed to the backend's scheduler after the old one are
+        cancelled and marked open, to be handed after the new one."""
+        for act in list(self.book.active.values()):
+            if interrupted.token in act.after and act.running and not act.stopping:
+                act.reopen = True
+                self.backend.signal(act.token, signal.SIGTERM)
+
+    def _stop(self, act: Active, failed: Line) -> None:
         act.kill_reason = f"dependency {describe(failed)} failed"
         act.no_retry = True
-        self.say(f"L{act.line.lineno}: {act.kill_reason}; cancelling it")
+        self.book.say(f"L{act.line.lineno}: {act.kill_reason}; cancelling it")
         self.backend.signal(act.token, signal.SIGTERM)

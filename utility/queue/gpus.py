@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
-from typing import List, Optional, Tuple
+from typing import Optional
 
-from .errors import QueueError
+from utility.queue.errors import QueueError
+
+_UUID = re.compile(r"^(GPU|MIG)-[0-9A-Za-z/:-]+$")    # as nvidia-smi -L prints them
 
 
-def parse_gpus_arg(text: str) -> List[str]:
+def parse_gpus_arg(text: str) -> list[str]:
     """--gpus: '8' -> 8 GPUs 0..7; '0,1,5' -> those ids; '3,' -> just GPU 3;
     'none' / '0' -> no GPUs."""
     t = text.strip()
@@ -19,23 +22,24 @@ def parse_gpus_arg(text: str) -> List[str]:
         return [str(i) for i in range(int(t))]
     ids = [p.strip() for p in t.split(",") if p.strip()]
     if not ids:
-        raise QueueError(f"--gpus {text!r}: expected a count (8), a list of ids (0,1,2) or 'none'")
+        raise QueueError(f"--gpus {text[:40]!r}: expected a count (8), a list of ids (0,1,2) or 'none'")
     for i in ids:
-        if not all(c.isalnum() or c in "-:" for c in i):
-            raise QueueError(f"--gpus {text!r}: {i!r} is not a GPU id")
+        if not (i.isdigit() or _UUID.match(i)):
+            raise QueueError(f"--gpus {text[:40]!r}: {i[:40]!r} is not a GPU id (expected a count "
+                             "such as 8, indices such as 0,1,2 or UUIDs GPU-.../MIG-..., or 'none')")
     if len(set(ids)) != len(ids):
-        raise QueueError(f"--gpus {text!r}: a GPU is listed twice")
+        raise QueueError(f"--gpus {text[:40]!r}: a GPU is listed twice")
     return ids
 
 
-def detect_gpus() -> Tuple[List[str], str]:
+def detect_gpus() -> tuple[list[str], str]:
     """(ids, where they came from).  An explicit CUDA_VISIBLE_DEVICES wins (the user
     restricted this shell to those devices), then `nvidia-smi -L`, else no GPUs."""
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
     if cvd is not None:
         ids = [p.strip() for p in cvd.split(",") if p.strip()]
         # CUDA stops at the first invalid entry such as -1
-        valid: List[str] = []
+        valid: list[str] = []
         for i in ids:
             if i.startswith("-"):
                 break
@@ -54,7 +58,7 @@ def detect_gpus() -> Tuple[List[str], str]:
     return [], "none found"
 
 
-def resolve(arg: Optional[str]) -> Tuple[List[str], str]:
+def resolve(arg: Optional[str]) -> tuple[list[str], str]:
     if arg is not None:
         return parse_gpus_arg(arg), "--gpus"
     return detect_gpus()

@@ -23,13 +23,16 @@ import fcntl
 import os
 import re
 import shlex
+import stat
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, Optional
 
-from .errors import QueueError
+from utility.queue.errors import QueueError
 
 STATUSES = ("open", "running", "completed", "failed")
+MAX_LINE = 65536         # characters in one line (splitting a longer one takes seconds)
 
 # key -> (description, parser); parsers raise ValueError with a short reason
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*$")
@@ -93,7 +96,7 @@ def _parse_id(text: str) -> str:
     return t
 
 
-def _parse_after(text: str) -> Tuple[str, ...]:
+def _parse_after(text: str) -> tuple[str, ...]:
     ids = tuple(_parse_id(x) for x in text.split("+"))
     if len(set(ids)) != len(ids):
         raise ValueError(f"an id is listed twice in {text.strip()!r}")
@@ -126,7 +129,7 @@ class JobOptions:
     partition: Optional[str] = None
     sbatch: Optional[str] = None
     id: Optional[str] = None
-    after: Tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
 
     @property
     def exclusive(self) -> bool:
@@ -167,11 +170,18 @@ class Line:
     status: str = ""
     options_text: str = ""
     options: JobOptions = field(default_factory=JobOptions)
-    status_span: Tuple[int, int] = (0, 0)   # where the status token sits in raw
+    status_span: tuple[int, int] = (0, 0)   # where the status token sits in raw
     occurrence: int = 0         # how many earlier job lines have the same command
+    ident: int = -1             # which of the lines with this command (parsecache.py); -1: occurrence
 
     @property
-    def key(self) -> Tuple[str, int]:
+    def key(self) -> tuple[str, int]:
+        """The job's identity while the queue runs (it survives edits of the file)."""
+        return (self.command, self.occurrence if self.ident < 0 else self.ident)
+
+    @property
+    def slot(self) -> tuple[str, int]:
+        """(command, occurrence): how queue_state.jsonl names the job."""
         return (self.command, self.occurrence)
 
     def with_status(self, status: str) -> str:
@@ -179,12 +189,12 @@ class Line:
         return self.raw[:a] + status + self.raw[b:]
 
 
-def _split_ending(raw: str) -> Tuple[str, str]:
+def _split_ending(raw: str) -> tuple[str, str]:
     body = raw.rstrip("\r\n")
     return body, raw[len(body):]
 
 
-def _parse_quoted(body: str) -> Optional[Tuple[str, int]]:
+def _parse_quoted(body: str) -> Optional[tuple[str, int]]:
     """If body starts (after blanks) with a CSV-quoted field closed right before a comma,
     return (unquoted command, index of that comma); else None."""
     i = len(body) - len(body.lstrip())
@@ -219,7 +229,12 @@ def parse_line(raw: str, lineno: int, path: str = "Jobs.csv") -> Line:
         return Line(lineno, raw, "comment")
 
     def fail(msg: str):
-        raise QueueError(f"{path}:{lineno}: {msg}\n    {body}")
+        shown = body if len(body) <= 200 else body[:200] + f"... ({len(body)} characters)"
+        raise QueueError(f"{path}:{lineno}: {msg}\n    {shown}")
+
+    if len(body) > MAX_LINE:
+        fail(f"the line is {len(body)} characters long; at most {MAX_LINE} are allowed (a "
+             "command that long cannot be started: the kernel limits one argument to 128 KiB)")
 
     quoted = _parse_quoted(body)
     if quoted is not None:
@@ -273,8 +288,8 @@ def format_job_line(command: str, status: str = "open", options: str = "") -> st
 
 
 def parse_text(text: str, path: str = "Jobs.csv", strict: bool = True,
-               errors: Optional[List[str]] = None, first_lineno: int = 1,
-               counts: Optional[Dict[str, int]] = None) -> List[Line]:
+               errors: Optional[list[str]] = None, first_lineno: int = 1,
+               counts: Optional[dict[str, int]] = None) -> list[Line]:
     """All lines of a jobs file.  strict=False keeps a malformed line (e.g. one the user is
     half-way through editing) as kind 'invalid', byte for byte, instead of raising.
     (first_lineno, counts: continue numbering lines and occurrences of an earlier part.)"""
@@ -296,36 +311,6 @@ def parse_text(text: str, path: str = "Jobs.csv", strict: bool = True,
     return lines
 
 
-class ParseCache:
-    """parse_text(strict=False) for a file that is mostly appended to: when the new text
-    starts with the last one (ending at a line end), only the tail is parsed; after a
-    status write, set() hands over the lines the writer already knows."""
-
-    def __init__(self, path: str = "Jobs.csv"):
-        self.path = path
-        self.text: Optional[str] = None
-        self.lines: List[Line] = []
-        self.counts: Dict[str, int] = {}
-
-    def parse(self, text: str, errors: Optional[List[str]] = None) -> List[Line]:
-        old = self.text
-        if old is not None and text == old:
-            return self.lines
-        if old and old.endswith("\n") and text.startswith(old):
-            tail = parse_text(text[len(old):], self.path, strict=False, errors=errors,
-                              first_lineno=len(self.lines) + 1, counts=self.counts)
-            lines = self.lines + tail
-        else:
-            self.counts = {}
-            lines = parse_text(text, self.path, strict=False, errors=errors, counts=self.counts)
-        self.text, self.lines = text, lines
-        return lines
-
-    def set(self, text: str, lines: List[Line]) -> None:
-        """The writer changed only status words: same commands, same occurrences."""
-        self.text, self.lines = text, lines
-
-
 # ---------------------------------------------------------------------------------------------
 # file access
 
@@ -333,8 +318,8 @@ class ParseCache:
 def lock_path(path: str) -> str:
     """.<name>.lock next to the jobs file (next to the target of a symlinked one, so queues
     started with the link and with the target share it)."""
-    d, b = os.path.split(os.path.realpath(path))
-    return os.path.join(d, "." + b + ".lock")
+    real = Path(os.path.realpath(path))       # (realpath: a symlink loop is no error here)
+    return str(real.with_name(f".{real.name}.lock"))
 
 
 @contextlib.contextmanager
@@ -349,21 +334,34 @@ def locked(path: str) -> Iterator[None]:
         os.close(fd)
 
 
-def read_text(path: str) -> Tuple[str, os.stat_result]:
+def read_text(path: str) -> tuple[str, os.stat_result]:
+    """The file's text; QueueError (one line) for anything but a readable regular file. Opened
+    non-blocking, so a FIFO or a device is refused instead of hanging the queue."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise QueueError(f"jobs file {path} does not exist (create it, or pass --jobs PATH)")
-    except IsADirectoryError:
-        raise QueueError(f"jobs file {path} is a directory")
     except PermissionError:
         raise QueueError(f"jobs file {path} is not readable")
+    except OSError as e:
+        raise QueueError(f"jobs file {path}: {e.strerror}")
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise QueueError(f"jobs file {path} is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise QueueError(f"jobs file {path} is not a regular file (a FIFO, socket or device); "
+                             "give the path of a text file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise QueueError(f"jobs file {path}: {e.strerror}")
+    finally:
+        os.close(fd)
     return data.decode("utf-8", "surrogateescape"), st
 
 
-def read_jobs(path: str, settle: float = 0.0) -> List[Line]:
+def read_jobs(path: str, settle: float = 0.0) -> list[Line]:
     """Strict read. settle > 0: a file that is missing or fails to parse while it is being
     changed (an editor saving it) is read again for up to `settle` s before it counts."""
     end = time.monotonic() + settle

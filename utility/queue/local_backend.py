@@ -13,11 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Optional, Sequence
 
-from . import scheduler
-from .base import Backend, Echo, Launch, LaunchError, LineSplitter, command_argv
-from .state import BOOT_ID, HOST, proc_start_ticks
+from utility.queue import scheduler
+from utility.queue.base import Backend, Echo, Launch, LaunchError, LineSplitter, LogDirError, command_argv
+from utility.queue.state import BOOT_ID, HOST, proc_start_ticks
 
 PYTHON_NAMES = ("python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}")
 
@@ -54,10 +55,10 @@ class LocalBackend(Backend):
         self.events = events
         self.echo = echo
         self.python = python or sys.executable
-        self.handles: Dict[int, LocalHandle] = {}
+        self.handles: dict[int, LocalHandle] = {}
 
     # -- placement: the loop packs jobs onto this machine's GPUs ----------------------------
-    def need_of(self, opts, total: int) -> Tuple[int, bool]:
+    def need_of(self, opts, total: int) -> tuple[int, bool]:
         if opts.gpus == "all":
             return total, True                  # every GPU, alone
         return int(opts.gpus), False
@@ -82,8 +83,11 @@ class LocalBackend(Backend):
         env["PYTHONUNBUFFERED"] = "1"   # live output: the echo and the no-output watchdog
         env["QUEUE_JOB_LOG"] = launch.log_path
         env["QUEUE_JOB_ATTEMPT"] = str(launch.attempt)
-        os.makedirs(os.path.dirname(launch.log_path), exist_ok=True)
-        log = open(launch.log_path, "ab", buffering=0)
+        try:
+            Path(launch.log_path).parent.mkdir(parents=True, exist_ok=True)
+            log = open(launch.log_path, "ab", buffering=0)
+        except OSError as e:
+            raise LogDirError(f"cannot write the job log {launch.log_path} ({e.strerror})")
         try:
             proc = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -7,71 +7,67 @@ the queue runs are never overwritten.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue as _queue
 import signal
 import time
 
-from typing import Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Optional
 
-from . import jobsfile, scheduler
-from .base import Echo, Launch, LaunchError, slug
-from .deps import Dependants, read_checked
-from .errors import QueueError
-from .recovery import Active, Recovery
-from .jobsfile import Line
-from .state import HOST, StateLog, proc_start_ticks
-from .writes import SETTLE, StatusWriter
+from utility.queue import jobsfile, scheduler
+from utility.queue.base import Echo, Launch, LaunchError, LogDirError, slug
+from utility.queue.book import Active, JobBook, Key
+from utility.queue.deps import Dependants, read_checked
+from utility.queue.errors import QueueError
+from utility.queue.jobsfile import Line
+from utility.queue.recovery import Recovery
+from utility.queue.state import HOST, StateLog, proc_start_ticks
+from utility.queue.watchdogs import Watchdogs
+from utility.queue.writes import SETTLE, StatusWriter
 
 FILE_POLL = 0.02         # seconds between stat() checks of the jobs file (new lines, edits)
 EXIT_QUIET = 0.3         # no exit while someone else changed the file this recently (s)
 MISSING_GRACE = 10.0     # with nothing to supervise, wait this long for a missing file (s)
+INTERRUPTED_EXITS = (130, 143)   # 128 + SIGINT / SIGTERM: the job stopped itself after a signal
+MAX_INTERRUPTIONS = 10   # interruptions in a row that are resumed without counting as attempts
 
 
-class Runner(Recovery, Dependants):
-    def __init__(self, jobs_path: str, log_dir: str, backend, gpus: List[str], echo: Echo,
+class Runner:
+    """The queue loop, composed of: the job book (what runs, messages, records, status
+    changes), the status writer, the dependency rules, the recovery of stale 'running' lines
+    and the watchdogs; the backend starts and tracks the jobs."""
+
+    def __init__(self, jobs_path: str, log_dir: str, backend, gpus: list[str], echo: Echo,
                  watch: bool = False, max_parallel: Optional[int] = None,
                  kill_grace: float = 30.0, workdir: Optional[str] = None):
         self.path = os.path.abspath(jobs_path)
-        self.cwd = os.path.abspath(workdir) if workdir else os.path.dirname(self.path)
+        self.cwd = os.path.abspath(workdir) if workdir else str(Path(self.path).parent)
         self.log_dir = os.path.abspath(log_dir)
         self.backend = backend
         self.events = backend.events
         self.total = list(gpus)
-        self.echo = echo
         self.watch = watch
         self.max_parallel = max_parallel
-        self.kill_grace = kill_grace
         self.state = StateLog(self.log_dir, self.path)
-        self.active: Dict[int, Active] = {}
-        self.next_token = 1
+        self.writer = StatusWriter(self.path, lambda msg: echo.message(f"[queue] {msg}"))
+        self.book = JobBook(self.state, self.writer, echo)
+        self.deps = Dependants(self.book, backend, self.path)
+        self.recovery = Recovery(self.book, backend, kill_grace)
+        self.watchdogs = Watchdogs(backend, kill_grace, self.book.say)
         self.stop_signal: Optional[int] = None
         self.force_kill = False
-        self.failed_count = 0
-        self.completed_count = 0
-        self.warned: set = set()
-        self.unrunnable: set = set()     # keys of jobs reported as needing too many GPUs
+        self.unrunnable: set[Key] = set()    # jobs reported as needing too many GPUs
         self.my_start = proc_start_ticks(os.getpid())
-        self._gone: Dict[Tuple[str, int], float] = {}   # retry-waiting jobs absent since
-        self.ended_here: Dict[Tuple[str, int], str] = {}  # final statuses this queue wrote
-        self._reverted: Dict[Tuple[str, int], float] = {}
+        self._gone: dict[Key, float] = {}    # retry-waiting jobs absent from the file since
         self._cache_sig = None
+        self._cache_lines: list[Line] = []
         self._dirty = True               # dispatch() needs to look at the file again
         self._pending = True
-        self.writer = StatusWriter(self.path, self.say)
-        self._cache_lines: List[Line] = []
-        self._dep_marked: set = set()     # dependants this queue marked failed
 
-    # -- small helpers ----------------------------------------------------------------------
-    def say(self, msg: str) -> None:
-        self.echo.message(f"[queue] {msg}")
-
-    def warn_once(self, msg: str) -> None:
-        if msg not in self.warned:
-            self.warned.add(msg)
-            self.say(msg)
-
-    def read_lines(self) -> Optional[List[Line]]:
+    # -- the jobs file ----------------------------------------------------------------------
+    def read_lines(self) -> Optional[list[Line]]:
         """Tolerant read while running: a line the user is half-way through editing is
         reported and skipped, not fatal. None while the file is missing or unreadable."""
         try:
@@ -90,25 +86,30 @@ class Runner(Recovery, Dependants):
             self.writer.note_missing(f" or unreadable ({e})")
             return None
         self.writer.note_back()
-        errors: List[str] = []
+        errors: list[str] = []
         lines = self.writer.file.cache.parse(text, errors)
         for e in errors:
-            self.warn_once(f"skipping a line: {e}")
+            self.book.warn_once(f"skipping a line: {e}")
+        self._follow_moves(lines)
         self._cache_sig = (st.st_ino, st.st_size, st.st_mtime_ns)
         self._cache_lines = lines
         return lines
 
-    def set_status(self, key, new, expect=("running",)) -> None:
-        """Write one status change now (together with anything queued)."""
-        self.writer.queue(key, new, expect)
-        self.writer.flush()
+    def _follow_moves(self, lines: list[Line]) -> None:
+        """Lines whose occurrence changed (an earlier identical line was deleted): the state
+        log follows them, and so do the records this queue writes for its jobs."""
+        for command, moves in self.writer.file.cache.take_moves().items():
+            self.book.record({"event": "renumber", "command": command,
+                               "moves": [list(m) for m in moves]})
+        by_key = {ln.key: ln for ln in lines if ln.kind == "job"}
+        for act in self.book.active.values():
+            cur = by_key.get(act.key)
+            if cur is not None and (cur.occurrence, cur.lineno) != (act.line.occurrence,
+                                                                    act.line.lineno):
+                act.line = dataclasses.replace(act.line, occurrence=cur.occurrence,
+                                               lineno=cur.lineno)
 
-    def queue_status(self, key, new, expect=("running",)) -> None:
-        """A status change for the next flush, which comes in this loop iteration, together
-        with the claims of the jobs that start next: one locked write instead of several."""
-        self.writer.queue(key, new, expect)
-
-    def flush(self, claims=()) -> List[bool]:
+    def flush(self, claims=()) -> list[bool]:
         return self.writer.flush(claims)
 
     # -- signals ----------------------------------------------------------------------------
@@ -119,37 +120,37 @@ class Runner(Recovery, Dependants):
             signal.signal(s, handler)
 
     # -- starting ---------------------------------------------------------------------------
-    def _busy(self) -> Tuple[List[str], bool, int]:
+    def _busy(self) -> tuple[list[str], bool, int]:
         busy, excl, n = set(), False, 0
-        for a in self.active.values():
+        for a in self.book.active.values():
             if a.running:
                 busy.update(a.gpus)
                 excl = excl or a.exclusive
                 n += 1
         return [g for g in self.total if g not in busy], excl, n
 
-    def dispatch(self, lines: List[Line]) -> bool:
+    def dispatch(self, lines: list[Line]) -> bool:
         """Start what may start. Returns True when open work remains in the file."""
         now = time.monotonic()
-        by_key = {a.key: a for a in self.active.values()}
+        by_key = {a.key: a for a in self.book.active.values()}
         cands = []
         pending_work = False
         seen = {ln.key for ln in lines if ln.kind == "job"}
-        graph = self.dep_graph(lines)       # None: no line uses id=/after=
+        graph = self.deps.graph(lines)       # None: no line uses id=/after=
         memo: dict = {}
         after: dict = {}
 
         def stuck(d: Line) -> bool:
             return not self.backend.can_ever_run(*self.backend.need_of(d.options, len(self.total)),
                                                  len(self.total))
-        for act in list(self.active.values()):
+        for act in list(self.book.active.values()):
             if not act.running and act.key not in seen:      # waiting for a retry, edited out
                 since = self._gone.setdefault(act.key, now)  # (or a save is half-way)
                 if now - since < SETTLE:
                     pending_work = True
                     continue
-                self.say(f"L{act.line.lineno} was removed from the file; no more retries")
-                del self.active[act.token]
+                self.book.say(f"L{act.line.lineno} was removed from the file; no more retries")
+                del self.book.active[act.token]
             self._gone.pop(act.key, None)
         for ln in lines:
             if ln.kind != "job":
@@ -159,7 +160,7 @@ class Runner(Recovery, Dependants):
                 if act.running:
                     continue
                 if ln.status != "running":          # user edited a job waiting for a retry
-                    self.active.pop(act.token, None)
+                    self.book.active.pop(act.token, None)
                     if ln.status != "open":
                         continue
                     act = None
@@ -173,40 +174,45 @@ class Runner(Recovery, Dependants):
             c = scheduler.Candidate((ln, act), need, excl)
             if not self.backend.can_ever_run(need, excl, len(self.total)):
                 self.unrunnable.add(ln.key)
-                self.warn_once(f"line {ln.lineno} needs {need} GPUs but only {len(self.total)} "
+                self.book.warn_once(f"line {ln.lineno} needs {need} GPUs but only {len(self.total)} "
                                f"are available; not started")
                 continue
             if graph is not None and act is None and ln.options.after:
-                ready, waiting, after[ln.key] = self.dep_gate(graph, ln, by_key, stuck, memo)
+                ready, waiting, after[ln.key] = self.deps.gate(graph, ln, by_key, stuck, memo)
                 if not ready:
                     pending_work = pending_work or waiting
                     continue
             pending_work = True
             cands.append(c)
-        if self.stop_signal is not None or not cands:
+        if self.stop_signal is not None or self.book.fatal is not None or not cands:
             self.flush()
             return pending_work
+        self._start(cands, after)
+        return pending_work
+
+    def _start(self, cands: list[scheduler.Candidate], after: dict[Key, list[int]]) -> None:
+        """Claim the chosen candidates (open -> running, one write) and launch them."""
         free, excl, n = self._busy()
         chosen = self.backend.select(cands, free, self.total, n, excl, self.max_parallel)
         fresh = [c.ref[0].key for c, _ in chosen if c.ref[1] is None]
         claimed = dict(zip(fresh, self.flush(fresh)))     # one write for all of them
         for c, gpus in chosen:
             ln, act = c.ref
+            if self.book.fatal is not None:  # the log directory failed while starting the others
+                if act is None and claimed.get(ln.key):
+                    self.book.queue_status(ln.key, "open")
+                continue
             if act is None:
                 if not claimed.get(ln.key):
                     continue            # edited or claimed by another queue meanwhile
-                tok = self.next_token
-                self.next_token += 1
-                act = Active(tok, ln.key, ln, 1, gpus, after=after.get(ln.key, []))
-                self.active[tok] = act
-                self.ended_here.pop(ln.key, None)
+                act = self.book.add(ln.key, ln, 1, gpus, after=after.get(ln.key, []))
+                self.book.ended_here.pop(ln.key, None)
             else:
                 act.attempt += 1
                 act.line = ln
                 act.gpus = gpus
             act.exclusive = c.exclusive
             self._launch(act, c.need)
-        return pending_work
 
     def _launch(self, act: Active, need: int) -> None:
         ln = act.line
@@ -214,11 +220,11 @@ class Runner(Recovery, Dependants):
         name = f"{stamp}_L{ln.lineno}_{slug(ln.command)}"
         if act.attempt > 1:
             name += f"_try{act.attempt}"
-        act.log_path = os.path.join(self.log_dir, name + ".log")
+        act.log_path = str(Path(self.log_dir) / f"{name}.log")
         launch = Launch(act.token, ln.command, ln.options, act.gpus,
                         self.backend.gpu_request(need, act.gpus),
                         self.cwd, act.log_path, f"L{ln.lineno}", act.attempt,
-                        {"after": self.dep_refs(act.after)} if act.after else {})
+                        {"after": self.deps.refs(act.after)} if act.after else {})
         act.started, act.started_wall = time.monotonic(), time.time()
         act.retry_at, act.kill_reason, act.kill_at = None, None, None
         base = {"command": ln.command, "occurrence": ln.occurrence, "line": ln.lineno,
@@ -226,26 +232,31 @@ class Runner(Recovery, Dependants):
                 "start_time": act.started_wall, "queue_pid": os.getpid(),
                 "queue_proc_start": self.my_start, "host": HOST}
         where = self.backend.where(need, act.gpus)
-        self.say(f"start L{ln.lineno} (attempt {act.attempt}, {where}): {ln.command}  "
+        self.book.say(f"start L{ln.lineno} (attempt {act.attempt}, {where}): {ln.command}  "
                  f"-> {act.log_path}")
         try:
             handle = self.backend.start(launch)
+        except LogDirError as e:                # not the job's fault: it stays open
+            self.book.queue_status(act.key, "open")
+            del self.book.active[act.token]
+            self.book.log_dir_failed(str(e))
+            return
         except LaunchError as e:
-            self.say(f"line {ln.lineno}: {e}")
-            self.state.append(dict(base, event="start", backend=self.backend.name))
+            self.book.say(f"line {ln.lineno}: {e}")
+            self.book.record(dict(base, event="start", backend=self.backend.name))
             act.running = True
             self._finished(act, 127, "could not start")
             return
         hrec = handle.record()
-        self.state.append(dict(base, event="start", **hrec))
         act.running = True
+        self.book.record(dict(base, event="start", **hrec))
         note = self.backend.started_note(hrec)
         if note:
-            self.say(f"L{ln.lineno} {note}")
+            self.book.say(f"L{ln.lineno} {note}")
 
     # -- finishing --------------------------------------------------------------------------
     def on_exit(self, token: int, rc: int, reason: Optional[str]) -> None:
-        act = self.active.get(token)
+        act = self.book.active.get(token)
         if act is None:
             return
         self.backend.forget(token)
@@ -259,111 +270,103 @@ class Runner(Recovery, Dependants):
         rec = {"event": "end", "command": ln.command, "occurrence": ln.occurrence,
                "attempt": act.attempt, "exit_code": rc, "end_time": time.time()}
         if act.stopping:
-            self.state.append(dict(rec, status="open", reason="queue stopped"))
-            self.queue_status(act.key, "open")
-            self.say(f"L{ln.lineno} stopped (exit {rc}); marked open again")
-            del self.active[act.token]
+            self.book.record(dict(rec, status="open", reason="queue stopped"))
+            self.book.queue_status(act.key, "open")
+            self.book.say(f"L{ln.lineno} stopped (exit {rc}); marked open again")
+            del self.book.active[act.token]
+            return
+        if act.reopen:
+            self.book.record(dict(rec, status="open", reason="dependency resubmitted"))
+            self.book.queue_status(act.key, "open")
+            self.book.say(f"L{ln.lineno} cancelled (its dependency was interrupted); marked open again")
+            del self.book.active[act.token]
             return
         if rc == 0 and not act.kill_reason and not reason:
-            self.state.append(dict(rec, status="completed", reason="exit 0"))
-            self.queue_status(act.key, "completed")
-            self.ended_here[act.key] = "completed"
-            self.completed_count += 1
-            self.say(f"L{ln.lineno} completed in {dur:.1f} s")
-            del self.active[act.token]
+            self.book.record(dict(rec, status="completed", reason="exit 0"))
+            self.book.queue_status(act.key, "completed")
+            self.book.ended_here[act.key] = "completed"
+            self.book.completed_count += 1
+            self.book.say(f"L{ln.lineno} completed in {dur:.1f} s")
+            del self.book.active[act.token]
             return
-        why = reason or f"exit code {rc}"
-        if act.attempt <= ln.options.retries and not act.no_retry:
-            delay = ln.options.backoff * (2 ** (act.attempt - 1))
+        if self._interrupted(act, rc, reason):
+            return
+        why = reason or f"exit code {rc}" + (f", after {act.interruptions} interruptions"
+                                             if rc in INTERRUPTED_EXITS and act.interruptions else "")
+        if act.counted <= ln.options.retries and not act.no_retry:
+            delay = ln.options.backoff * (2 ** (act.counted - 1))
             act.retry_at = time.monotonic() + delay
             act.gpus = []
-            self.state.append(dict(rec, status="retry", reason=why))
-            self.say(f"L{ln.lineno} failed ({why}); retry {act.attempt}/{ln.options.retries} "
+            self.book.record(dict(rec, status="retry", reason=why))
+            self.book.say(f"L{ln.lineno} failed ({why}); retry {act.counted}/{ln.options.retries} "
                      f"in {delay:g} s")
             return
-        self.state.append(dict(rec, status="failed", reason=why))
-        self.queue_status(act.key, "failed")
-        self.ended_here[act.key] = "failed"
-        self.failed_count += 1
-        self.say(f"L{ln.lineno} failed ({why}) after {act.attempt} attempt(s); log: {act.log_path}")
-        del self.active[act.token]
-        self.dep_cancel(act)
+        self.book.record(dict(rec, status="failed", reason=why))
+        self.book.queue_status(act.key, "failed")
+        self.book.ended_here[act.key] = "failed"
+        self.book.failed_count += 1
+        self.book.say(f"L{ln.lineno} failed ({why}) after {act.attempt} attempt(s); log: {act.log_path}")
+        del self.book.active[act.token]
+        self.deps.cancel_after(act)
 
-    # -- watchdogs --------------------------------------------------------------------------
-    def watchdogs(self) -> Optional[float]:
-        """Enforce timeouts; return the nearest future deadline (monotonic) or None."""
-        now = time.monotonic()
-        nearest: Optional[float] = None
-
-        def near(t):
-            nonlocal nearest
-            nearest = t if nearest is None else min(nearest, t)
-
-        for act in list(self.active.values()):
-            if not act.running:
-                if act.retry_at is not None:
-                    near(act.retry_at)
-                continue
-            if act.kill_at is not None:
-                if now >= act.kill_at:
-                    self.backend.kill(act.token)
-                    act.kill_at = now + 5.0
-                near(act.kill_at)
-                continue
-            if act.stopping:
-                continue
-            o = act.line.options
-            if o.timeout is not None and not self.backend.enforces_timeout:
-                if now - act.started >= o.timeout:
-                    self._kill(act, f"timeout after {o.timeout:g} s")
-                    continue
-                near(act.started + o.timeout)
-            if o.no_output_timeout is not None:
-                last = max(self.backend.last_output(act.token), act.started)
-                if now - last >= o.no_output_timeout:
-                    self._kill(act, f"no output for {o.no_output_timeout:g} s")
-                    continue
-                near(last + o.no_output_timeout)
-        return nearest
-
-    def _kill(self, act: Active, reason: str) -> None:
-        self.say(f"L{act.line.lineno}: {reason}; stopping it")
-        act.kill_reason = reason
-        self.backend.signal(act.token, signal.SIGTERM)
-        act.kill_at = time.monotonic() + self.kill_grace
+    def _interrupted(self, act: Active, rc: int, reason: Optional[str]) -> bool:
+        """Exit 130/143 that the queue did not cause (a shutdown, a preemption, someone's
+        kill): the job saved a checkpoint and stopped. It is resumed without using up a retry
+        (at most MAX_INTERRUPTIONS times per job; the queue's own timeouts always count)."""
+        if rc not in INTERRUPTED_EXITS or reason or act.kill_reason or act.no_retry or \
+                act.interruptions >= MAX_INTERRUPTIONS:
+            return False
+        act.interruptions += 1
+        ln = act.line
+        delay = ln.options.backoff
+        act.retry_at = time.monotonic() + delay
+        act.gpus = []
+        self.book.record({"event": "end", "command": ln.command, "occurrence": ln.occurrence,
+                           "attempt": act.attempt, "exit_code": rc, "end_time": time.time(),
+                           "status": "interrupted", "reason": f"interrupted (exit {rc})"})
+        self.book.say(f"L{ln.lineno} interrupted (exit {rc}: stopped by a signal from outside the "
+                 f"queue); resuming it in {delay:g} s, not counted as a retry "
+                 f"({act.interruptions}/{MAX_INTERRUPTIONS})")
+        self.deps.reopen_after(act)
+        return True
 
     # -- shutdown ---------------------------------------------------------------------------
     def begin_stop(self, signum: int) -> None:
         if self.stop_signal is not None:
             if not self.force_kill:
                 self.force_kill = True
-                self.say("second signal: killing the jobs")
-                for act in self.active.values():
+                self.book.say("second signal: killing the jobs")
+                for act in self.book.active.values():
                     if act.running:
                         self.backend.kill(act.token)
             return
         self.stop_signal = signum
         name = signal.Signals(signum).name
-        running = [a for a in self.active.values() if a.running]
-        self.say(f"{name}: forwarding it to {len(running)} running job(s) and waiting for them "
+        running = [a for a in self.book.active.values() if a.running]
+        self.book.say(f"{name}: forwarding it to {len(running)} running job(s) and waiting for them "
                  f"(send it again to kill them)")
-        for act in list(self.active.values()):
+        for act in list(self.book.active.values()):
             act.stopping = True
             if act.running:
                 self.backend.signal(act.token, signum)
             else:                                   # waiting for a retry
-                self.state.append({"event": "end", "command": act.line.command,
+                self.book.record({"event": "end", "command": act.line.command,
                                    "occurrence": act.line.occurrence, "status": "open",
                                    "reason": "queue stopped", "end_time": time.time()})
-                self.queue_status(act.key, "open")
-                del self.active[act.token]
+                self.book.queue_status(act.key, "open")
+                del self.book.active[act.token]
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
-        os.makedirs(self.log_dir, exist_ok=True)
+        try:
+            os.makedirs(self.log_dir, exist_ok=True)
+        except OSError as e:
+            raise QueueError(f"--log-dir {self.log_dir}: {e.strerror}")
         read_checked(self.path, settle=1.0)  # strict: malformed files are reported up front
+        # can the state log be written (a full disk)? before anything is claimed (exit 2)
+        self.state.append({"event": "queue", "queue_pid": os.getpid(), "host": HOST})
         self.install_signals()
-        self.recover()
+        self.recovery.recover(self.read_lines() or [])
         missing_since: Optional[float] = None
         while True:
             self.writer.drain()             # lines appended to a file the queue replaced
@@ -377,11 +380,11 @@ class Runner(Recovery, Dependants):
                     pending = True
                 else:
                     missing_since = None
-                    if self._dirty or self._reverted:
-                        self.repair_reverted(lines, now)
+                    if self._dirty or self.recovery.pending:
+                        self.recovery.repair_reverted(lines, now)
                     if self._dirty or self.writer.due() or self.writer.claims_failed or \
                             self._gone or any(a.retry_at is not None and a.retry_at <= now
-                                              for a in self.active.values()):
+                                              for a in self.book.active.values()):
                         # something changed: the file, a job ended, a retry is due
                         self._dirty = False
                         self._pending = self.dispatch(lines)
@@ -390,9 +393,16 @@ class Runner(Recovery, Dependants):
                 if self.writer.due():
                     self.flush()
                 pending = False
-            if not self.active:
+            if self.book.fatal is not None:      # jobs waiting for a retry will not get it here
+                for act in [a for a in self.book.active.values() if not a.running and a.retry_at]:
+                    self.book.queue_status(act.key, "open")
+                    del self.book.active[act.token]
+            if not self.book.active:
                 if self.stop_signal is not None:
                     return self._stopped()
+                if self.book.fatal is not None:
+                    self._stopped()
+                    raise QueueError(f"{self.book.fatal}; jobs not started are still 'open'")
                 if missing_since is not None and not self.writer.outbox and not self.watch \
                         and now - missing_since > MISSING_GRACE:
                     raise QueueError(f"jobs file {self.path} disappeared (nothing was "
@@ -401,7 +411,7 @@ class Runner(Recovery, Dependants):
                         not self.writer.touched_by_others(EXIT_QUIET) and \
                         not self.writer.held_open(now):
                     break
-            deadline = self.watchdogs()
+            deadline = self.watchdogs.check(self.book.active.values())
             self.backend.poll()
             timeout = FILE_POLL
             if self.backend.poll_interval:
@@ -410,19 +420,20 @@ class Runner(Recovery, Dependants):
                 timeout = min(timeout, max(0.0, deadline - time.monotonic()))
             self._wait_events(timeout)
         self.writer.close()
-        self.say(f"done: {self.completed_count} completed, {self.failed_count} failed")
-        return 1 if self.failed_count or self.unrunnable else 0
+        self.book.say(f"done: {self.book.completed_count} completed, {self.book.failed_count} failed")
+        return 1 if self.book.failed_count or self.unrunnable else 0
 
     def _stopped(self) -> int:
+        """Write what is pending, let go of the file; the exit status of a stop by signal."""
         self.writer.retry_at = 0.0
         self.flush()
         if self.writer.outbox:
-            self.say(f"{len(self.writer.outbox)} status change(s) not written "
-                     f"({os.path.basename(self.path)} is "
+            self.book.say(f"{len(self.writer.outbox)} status change(s) not written "
+                     f"({Path(self.path).name} is "
                      f"{'missing' if self.writer.missing else 'not writable'}); "
                      f"{self.state.path} has them and the next start of the queue writes them")
         self.writer.close(wait=1.0)
-        return 128 + self.stop_signal
+        return 128 + (self.stop_signal or 0)
 
     def _wait_events(self, timeout: float) -> None:
         try:

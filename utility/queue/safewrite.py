@@ -37,18 +37,21 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Optional
 
-from .errors import QueueError
-from .jobsfile import STATUSES, Line, ParseCache, locked, parse_line
+from utility.queue.errors import QueueError
+from utility.queue.jobsfile import STATUSES, Line, locked, parse_line
+from utility.queue.parsecache import ParseCache
 
 WATCH_SECS = 10.0          # how long an old file is watched where leases are unavailable
 MAX_WATCHES = 256          # open old files at most (the oldest is drained and dropped)
 ATTEMPTS = 5               # swaps per update before giving up for now (Busy)
 
-Change = Tuple[Tuple[str, int], str, Optional[Tuple[str, ...]]]
+Change = tuple[tuple[str, int], str, Optional[tuple[str, ...]]]
 
 
 class Missing(QueueError):
@@ -163,16 +166,16 @@ class JobsFile:
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
-        self.watches: List[_Watch] = []
+        self.watches: list[_Watch] = []
         self.cache = ParseCache(self.path)      # shared with the queue loop's reads
         self.can_exchange = True
-        self.last_sig: Optional[Tuple[int, int, int]] = None   # the file as we left it
+        self.last_sig: Optional[tuple[int, int, int]] = None   # the file as we left it
         self.swapped_back = 0                                  # saves we put back (stats)
         self.carried = 0                                       # bytes carried over (stats)
-        self.conflicts: List[str] = []     # in-place rewrites kept aside (the caller says so)
+        self.conflicts: list[str] = []     # in-place rewrites kept aside (the caller says so)
 
     # -- the update ---------------------------------------------------------------------
-    def update(self, changes: List[Change]) -> List[Tuple[bool, Optional[Line]]]:
+    def update(self, changes: list[Change]) -> list[tuple[bool, Optional[Line]]]:
         """Apply [(key, new status, expected current statuses or None)] in one write: each
         job (command, occurrence) gets its new status only when its current status is one
         of `expect` (a status edited by hand meanwhile wins). Returns per change (changed,
@@ -184,7 +187,7 @@ class JobsFile:
             self._drain(real, locked_already=True)
             for _ in range(ATTEMPTS):
                 try:
-                    fd = os.open(real, os.O_RDONLY)
+                    fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)   # a FIFO must not block
                 except FileNotFoundError:
                     raise Missing(f"jobs file {self.path} does not exist")
                 try:
@@ -197,14 +200,16 @@ class JobsFile:
             raise Busy(f"jobs file {self.path} was replaced {ATTEMPTS} times while the queue "
                        f"tried to write it")
 
-    def _attempt(self, real: str, fd: int, changes: List[Change]):
+    def _attempt(self, real: str, fd: int, changes: list[Change]):
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise QueueError(f"jobs file {self.path} is not a regular file any more")
         data = _read_all(fd)
         text = data.decode("utf-8", "surrogateescape")
         lines = self.cache.parse(text)
         by_key = {ln.key: ln for ln in lines if ln.kind == "job"}
-        new_status: Dict[int, str] = {}
-        results: List[Tuple[bool, Optional[Line]]] = []
+        new_status: dict[int, str] = {}
+        results: list[tuple[bool, Optional[Line]]] = []
         for key, new, expect in changes:
             assert new in STATUSES
             target = by_key.get(key)
@@ -224,12 +229,12 @@ class JobsFile:
         for i, ln in enumerate(lines):
             if id(ln) in new_status and new_status[id(ln)] != ln.status:
                 nl = parse_line(ln.with_status(new_status[id(ln)]), ln.lineno, self.path)
-                nl.occurrence = ln.occurrence
+                nl.occurrence, nl.ident = ln.occurrence, ln.ident
                 new_lines[i] = nl
         out_text = "".join(ln.raw for ln in new_lines)
         out = out_text.encode("utf-8", "surrogateescape")
-        d = os.path.dirname(real)
-        tfd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(real) + ".", suffix=".tmp",
+        d = str(Path(real).parent)
+        tfd, tmp = tempfile.mkstemp(prefix=f".{Path(real).name}.", suffix=".tmp",
                                     dir=d)
         mine = os.fstat(tfd).st_ino
         try:
@@ -417,8 +422,8 @@ class JobsFile:
         self.watches = []
 
 
-def update_many(path: str, changes: List[Tuple[Tuple[str, int], str, Optional[Tuple[str, ...]]]]
-                ) -> List[Tuple[bool, Optional[Line]]]:
+def update_many(path: str, changes: list[tuple[tuple[str, int], str, Optional[tuple[str, ...]]]]
+                ) -> list[tuple[bool, Optional[Line]]]:
     """Apply several status changes [(key, new, expect)] in one locked write.
 
     For each job identified by (command, occurrence): re-read the file, find the line, and
@@ -432,9 +437,3 @@ def update_many(path: str, changes: List[Tuple[Tuple[str, int], str, Optional[Tu
         return jf.update(changes)
     finally:
         jf.close(wait=1.0)
-
-
-def update_status(path: str, key: Tuple[str, int], new: str,
-                  expect: Optional[Tuple[str, ...]] = None) -> Tuple[bool, Optional[Line]]:
-    """One compare-and-swap status change (see update_many)."""
-    return update_many(path, [(key, new, expect)])[0]

@@ -14,7 +14,7 @@ Rule (strict file order + safe backfill):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 
 @dataclass(eq=False)
@@ -22,7 +22,7 @@ class Candidate:
     ref: Any                 # whatever the caller uses to identify the job
     need: int                # GPUs (ignored when exclusive)
     exclusive: bool
-    after: Tuple["Candidate", ...] = ()   # simulate(): starts once these have ended
+    after: tuple["Candidate", ...] = ()   # simulate(): starts once these have ended
     ready_wave: int = 0      # simulate(): not before this wave (waits for a running job)
 
 
@@ -32,11 +32,11 @@ def runnable(c: Candidate, total: int) -> bool:
 
 def select(candidates: Sequence[Candidate], free: Sequence[str], total: Sequence[str],
            n_running: int, exclusive_running: bool,
-           max_parallel: Optional[int] = None) -> List[Tuple[Candidate, List[str]]]:
+           max_parallel: Optional[int] = None) -> list[tuple[Candidate, list[str]]]:
     if exclusive_running:
         return []
     free = list(free)
-    started: List[Tuple[Candidate, List[str]]] = []
+    started: list[tuple[Candidate, list[str]]] = []
     running = n_running
     blocked = False             # a GPU job is waiting: GPUs are reserved for it
     for c in candidates:
@@ -62,12 +62,12 @@ def select(candidates: Sequence[Candidate], free: Sequence[str], total: Sequence
 
 
 def simulate(candidates: Sequence[Candidate], total: Sequence[str],
-             max_parallel: Optional[int] = None) -> List[Tuple[int, Candidate, List[str]]]:
+             max_parallel: Optional[int] = None) -> list[tuple[int, Candidate, list[str]]]:
     """Start order for --dry-run, pretending every job takes the same time:
     [(wave, candidate, gpus)]; unrunnable candidates, and those waiting for them (after), are
     left out. A candidate starts once every candidate it is after has ended."""
     pending = [c for c in candidates if runnable(c, len(total))]
-    running: List[Tuple[int, Candidate, List[str]]] = []   # (end wave, cand, gpus)
+    running: list[tuple[int, Candidate, list[str]]] = []   # (end wave, cand, gpus)
     ended: set = set()
     plan = []
     wave = 0

@@ -16,12 +16,14 @@ import shutil
 import signal
 import subprocess
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Optional, Sequence
 
-from .base import (Backend, Echo, Launch, LaunchError, LineSplitter, Reconcile, command_argv,
-                   slug)
-from .errors import QueueError
-from .state import HOST
+from utility.queue.base import (Backend, Echo, Launch, LaunchError, LineSplitter, LogDirError, Reconcile,
+                   command_argv, slug)
+from utility.queue.errors import QueueError
+from utility.queue.slurm_script import batch_script, limit_seconds, read_rc, signal_lead
+from utility.queue.state import HOST
 
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
                  "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT",
@@ -34,7 +36,7 @@ def slurm_available() -> Optional[str]:
     return f"{', '.join(missing)} not found on PATH" if missing else None
 
 
-def _run(argv: List[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+def _run(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
@@ -62,13 +64,15 @@ class SlurmBackend(Backend):
     def __init__(self, events, echo: Optional[Echo], partition: Optional[str] = None,
                  time_limit: Optional[str] = None, sbatch_args: str = "",
                  poll_interval: float = 5.0, all_gpus: Optional[int] = None,
-                 check: bool = True):
+                 check: bool = True, signal_before: int = 120, max_requeues: int = 20):
         """all_gpus: GPUs a gpus=all job asks for (the --gpus count; None: no GPU request).
-        check=False builds a backend that only plans (--dry-run without sbatch)."""
+        check=False builds a backend that only plans (--dry-run without sbatch).
+        signal_before / max_requeues: see slurm_script.py."""
         why = slurm_available() if check else None
         if why:
             raise QueueError(f"--backend slurm: {why}")
         self.all_gpus = all_gpus
+        self.signal_before, self.max_requeues = signal_before, max_requeues
         self.events = events
         self.echo = echo
         self.partition = partition
@@ -78,12 +82,12 @@ class SlurmBackend(Backend):
         except ValueError as e:
             raise QueueError(f"--sbatch-args: {e}")
         self.poll_interval = poll_interval
-        self.handles: Dict[int, SlurmHandle] = {}
+        self.handles: dict[int, SlurmHandle] = {}
         self.user = pwd.getpwuid(os.getuid()).pw_name
         self._next_poll = 0.0
 
     # -- placement: SLURM places the jobs; every job is submitted in file order ------------
-    def need_of(self, opts, total: int) -> Tuple[int, bool]:
+    def need_of(self, opts, total: int) -> tuple[int, bool]:
         if opts.gpus == "all":
             return (self.all_gpus or 0), False
         return int(opts.gpus), False
@@ -120,22 +124,10 @@ class SlurmBackend(Backend):
     # -- submit -----------------------------------------------------------------------------
     def script_text(self, launch: Launch) -> str:
         argv = command_argv(launch.command, launch.options.shell)
-        rc_file = launch.log_path + ".rc"
-        return "\n".join([
-            "#!/bin/bash",
-            f"# written by QueueManager.py for: {launch.command}",
-            "export PYTHONUNBUFFERED=1",
-            f"export QUEUE_JOB_LOG={shlex.quote(launch.log_path)}",
-            f"export QUEUE_JOB_ATTEMPT={launch.attempt}",
-            f"cd {shlex.quote(launch.cwd)} || exit 1",
-            shlex.join(argv),
-            "rc=$?",
-            f"echo $rc > {shlex.quote(rc_file)}",
-            "exit $rc",
-            "",
-        ])
+        return batch_script(argv, launch.command, launch.cwd, launch.log_path, launch.attempt,
+                            launch.options.timeout is not None, self.max_requeues)
 
-    def sbatch_argv(self, launch: Launch, script: str) -> List[str]:
+    def sbatch_argv(self, launch: Launch, script: str) -> list[str]:
         o = launch.options
         argv = ["sbatch", "--parsable", f"--job-name=q_{slug(launch.command, 40)}",
                 f"--output={launch.log_path}", "--open-mode=append", f"--chdir={launch.cwd}"]
@@ -143,10 +135,16 @@ class SlurmBackend(Backend):
             argv.append(f"--gres=gpu:{launch.gpu_count}")
         if launch.extra.get("after"):
             argv.append("--dependency=afterok:" + ":".join(launch.extra["after"]))
+        limit = None
         if o.timeout is not None:
-            argv.append(f"--time={max(1, math.ceil(o.timeout / 60))}")
+            minutes = max(1, math.ceil(o.timeout / 60))
+            argv.append(f"--time={minutes}")
+            limit = minutes * 60
         elif self.time_limit:
             argv.append(f"--time={self.time_limit}")
+            limit = limit_seconds(self.time_limit)
+        # checkpoint before the limit, then requeue (slurm_script.py)
+        argv += ["--requeue", f"--signal=B:USR1@{signal_lead(limit, self.signal_before)}"]
         part = o.partition or self.partition
         if part:
             argv.append(f"--partition={part}")
@@ -160,12 +158,15 @@ class SlurmBackend(Backend):
         return argv
 
     def start(self, launch: Launch) -> SlurmHandle:
-        os.makedirs(os.path.dirname(launch.log_path), exist_ok=True)
         script = launch.log_path[:-4] + ".sbatch" if launch.log_path.endswith(".log") \
             else launch.log_path + ".sbatch"
-        with open(script, "w") as f:
-            f.write(self.script_text(launch))
-        os.chmod(script, 0o755)
+        try:
+            Path(launch.log_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(script, "w") as f:
+                f.write(self.script_text(launch))
+            os.chmod(script, 0o755)
+        except OSError as e:
+            raise LogDirError(f"cannot write the batch script {script} ({e.strerror})")
         argv = self.sbatch_argv(launch, script)
         try:
             out = _run(argv, timeout=60)
@@ -186,7 +187,7 @@ class SlurmBackend(Backend):
                         f"L{line.lineno}", rec.get("attempt", 1))
         h = SlurmHandle(launch, str(rec["slurm_id"]))
         try:
-            h.offset = os.path.getsize(launch.log_path)
+            h.offset = Path(launch.log_path).stat().st_size
         except OSError:
             pass
         self.handles[token] = h
@@ -215,6 +216,9 @@ class SlurmBackend(Backend):
         for tok, h in list(self.handles.items()):
             st = states.get(h.job_id)
             if st is not None and st in ACTIVE_STATES:
+                if h.state in ("RUNNING", "COMPLETING") and st in ("PENDING", "REQUEUED"):
+                    self.echo.message(f"[queue] {h.launch.label} requeued by SLURM (time limit or "
+                                      f"preemption); it resumes from its checkpoint")
                 h.state = st
                 continue
             rc, reason = self._final(h)
@@ -253,13 +257,10 @@ class SlurmBackend(Backend):
                 pass
         if state in ACTIVE_STATES:
             return None, None
-        rc_file = h.launch.log_path + ".rc"
-        rc_from_file = None
-        try:
-            with open(rc_file) as f:
-                rc_from_file = int(f.read().strip())
-        except (OSError, ValueError):
-            pass
+        rc_from_file, own_timeout = read_rc(h.launch.log_path)
+        if own_timeout and h.launch.options.timeout is not None:
+            return rc_from_file, f"timeout after {h.launch.options.timeout:g} s (stopped by SLURM " \
+                                 "before its time limit)"
         if state is None and rc_from_file is None:
             return 1, "SLURM lost track of the job (no squeue/scontrol/sacct record)"
         if state is not None:
@@ -278,7 +279,7 @@ class SlurmBackend(Backend):
     def _tail(self, h: SlurmHandle) -> None:
         path = h.launch.log_path
         try:
-            size = os.path.getsize(path)
+            size = Path(path).stat().st_size
         except OSError:
             return
         if size <= h.offset:

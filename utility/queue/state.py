@@ -17,7 +17,10 @@ import json
 import os
 import socket
 import time
-from typing import Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Optional
+
+from utility.queue.errors import QueueError
 
 STATE_NAME = "queue_state.jsonl"
 HOST = socket.gethostname()
@@ -70,16 +73,27 @@ def process_alive(pid: Optional[int], host: Optional[str], boot: Optional[str],
     return True
 
 
+class StateWriteError(QueueError):
+    """The state log cannot be written (a full disk, a read-only --log-dir)."""
+
+
 class StateLog:
     def __init__(self, log_dir: str, jobs_path: str):
-        self.path = os.path.join(log_dir, STATE_NAME)
+        self.path = str(Path(log_dir) / STATE_NAME)
         self.jobs = os.path.abspath(jobs_path)
 
     def append(self, record: dict) -> None:
         rec = {"jobs": self.jobs, "time": time.time()}
         rec.update(record)
         line = json.dumps(rec, sort_keys=False) + "\n"
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            self._append(line)
+        except OSError as e:
+            raise StateWriteError(f"cannot write {self.path} ({e.strerror}); free space there or "
+                                  "pass another --log-dir") from None
+
+    def _append(self, line: str) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -96,7 +110,7 @@ class StateLog:
         finally:
             os.close(fd)
 
-    def records(self) -> List[dict]:
+    def records(self) -> list[dict]:
         out = []
         try:
             with open(self.path, "rb") as f:
@@ -111,15 +125,25 @@ class StateLog:
             pass
         return out
 
-    def latest(self) -> Dict[Tuple[str, int], dict]:
+    def latest(self) -> dict[tuple[str, int], dict]:
         """(command, occurrence) -> merged view of its latest attempt (start + end fields),
-        plus 'attempts' (number of starts recorded)."""
-        view: Dict[Tuple[str, int], dict] = {}
+        plus 'attempts' (number of starts recorded). 'renumber' records (written when the
+        occurrence of a line changed while a queue ran) move the views with their lines."""
+        view: dict[tuple[str, int], dict] = {}
         for rec in self.records():
             key = (rec.get("command"), rec.get("occurrence", 0))
             if rec.get("event") == "start":
                 n = view.get(key, {}).get("attempts", 0) + 1
                 view[key] = dict(rec, attempts=n)
+            elif rec.get("event") == "renumber":
+                # an earlier identical line was deleted or moved: the records follow their lines
+                cmd = rec.get("command")
+                moved = {o: view.pop((cmd, o), None) for o, _ in rec.get("moves", [])}
+                for o, n in rec.get("moves", []):
+                    if moved[o] is not None:
+                        view[(cmd, n)] = moved[o]
+                    else:
+                        view.pop((cmd, n), None)
             elif rec.get("event") in ("end", "update"):
                 cur = view.setdefault(key, {"attempts": 0})
                 cur.update({k: v for k, v in rec.items() if k != "event"})

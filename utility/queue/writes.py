@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
-from .errors import QueueError
-from .safewrite import JobsFile, Missing
+from utility.queue.errors import QueueError
+from utility.queue.safewrite import JobsFile, Missing
 
-Key = Tuple[str, int]
+Key = tuple[str, int]
 SETTLE = 0.5            # a job absent from the file this long (s) counts as edited out
 SAY_MISSING = 1.0       # say that the file is missing once it is gone this long (s)
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
@@ -34,10 +35,10 @@ class _Change:
 class StatusWriter:
     def __init__(self, path: str, say: Callable[[str], None]):
         self.path = path
-        self.name = os.path.basename(path)
+        self.name = Path(path).name
         self.say = say
         self.file = JobsFile(path)
-        self.outbox: List[_Change] = []
+        self.outbox: list[_Change] = []
         self.retry_at = 0.0
         self.backoff = 0.0
         self.missing = False                 # the file was found missing
@@ -82,7 +83,7 @@ class StatusWriter:
     def settling(self) -> bool:
         return any(c.absent_since is not None for c in self.outbox)
 
-    def flush(self, claims: Sequence[Key] = ()) -> List[bool]:
+    def flush(self, claims: Sequence[Key] = ()) -> list[bool]:
         """Write the queued status changes plus `claims` (keys to move open -> running) in
         one go; return whether each claim succeeded (all False when nothing could be
         written now: the claimed jobs are simply not started yet)."""
@@ -132,7 +133,7 @@ class StatusWriter:
         self.outbox = keep
         return [changed for changed, _ in results[len(queued):]]
 
-    def _failed(self, claims, cap: float = BACKOFF_MAX) -> List[bool]:
+    def _failed(self, claims, cap: float = BACKOFF_MAX) -> list[bool]:
         self.backoff = min(cap, max(BACKOFF_MIN, self.backoff * 2))
         self.retry_at = time.monotonic() + self.backoff
         self.claims_failed = bool(claims)

@@ -31,7 +31,7 @@ from utility.training.schedulers import build_scheduler
 from utility.training.session import RESUME_FREE_KEYS, RunSession, make_run_dir
 from utility.tracking import require_trackers, tracking_for
 
-FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex"}
+FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex", "ci_resamples", "ci_level"}
 
 
 def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
@@ -52,7 +52,7 @@ def check_best_metric(method, metric: str, configured: bool, task_name: str) -> 
 def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     """Train, validate, test one run (one fold); returns the test metrics of the last model."""
     requested_tf = cfg.tf_device
-    cfg.tf_device = resolve_tf_device(cfg.tf_device, cfg.device, run_dir)  # config.yaml records the path that runs
+    cfg = cfg.model_copy(update={"tf_device": resolve_tf_device(cfg.tf_device, cfg.device, run_dir)})  # as it runs
     require_trackers(cfg.trackers)  # before any work: exit 2 if one is not installed
     session = RunSession.open(cfg, run_dir, free_keys=FREE_KEYS)
     if session.done:

@@ -39,11 +39,11 @@ PRETRAIN_COLUMNS = ["epoch", "step", "loss", "datetime", "lr", "global_step"]
 
 def main(argv: list[str], prog: str = PROG) -> int:
     cfg, _ = load_config(SimCLRConfig, argv, prog, SIMCLR_DEPRECATED)
-    method_cls, settings = resolve_method(cfg)
+    method_cls, settings, cfg = resolve_method(cfg)
     if cfg.monitor is not None:
         load_task(cfg.monitor.task)  # an unknown task is refused before any work
     rule, why = resolve_lr_rule(cfg, raw_config(argv, prog))
-    cfg.lr_rule = rule  # config.yaml records the rule in force
+    cfg = cfg.model_copy(update={"lr_rule": rule})  # config.yaml records the rule in force
     lr = lr_plan(cfg, rule, why)
     run_dir = output_root(cfg.output_root) / "pretraining" / cfg.name
     requested = "dp" if (cfg.dataparallel and cfg.parallel == "auto") else cfg.parallel

@@ -13,17 +13,17 @@ from utility.paths import resolve_user_path
 from utility.distributed import world_size
 
 
-def resolve_method(cfg: SimCLRConfig) -> tuple[type[SSLMethod], MethodSettings]:
-    """The method class and its settings; config.yaml then records every setting in force."""
+def resolve_method(cfg: SimCLRConfig) -> tuple[type[SSLMethod], MethodSettings, SimCLRConfig]:
+    """The method class, its settings, and the config that records every setting in force (config.yaml;
+    a new object: a validated config is never changed)."""
     cls = method_class(cfg.method)
     if cls.name == "simclr":
         if cfg.method_settings:
             resolve_settings("simclr", cfg.method_settings, set())  # raises, naming the keys
         given: dict[str, Any] = {k: getattr(cfg, k) for k in SIMCLR_KEYS}
-        return cls, resolve_settings("simclr", given, set())
+        return cls, resolve_settings("simclr", given, set()), cfg
     settings = resolve_settings(cls.name, dict(cfg.method_settings), set(cfg.model_fields_set))
-    cfg.method_settings = settings.model_dump(mode="json")
-    return cls, settings
+    return cls, settings, cfg.model_copy(update={"method_settings": settings.model_dump(mode="json")})
 
 
 def check_batch_size(cfg: SimCLRConfig, cls: type[SSLMethod]) -> None:

@@ -33,8 +33,10 @@ def metrics_of(plan: Plan) -> dict[str, list[str]]:
 
 
 def report(plan: Plan, quiet: bool = False) -> Path:
+    from utility.study.multiplicity import adjust_summary
     from utility.study.report import write_report
     from utility.study.stats import summarize, write_summary
+    from utility.study.subject_stats import add_subject_statistics
 
     table = job_table(plan)
     states, rows = collect(plan, table)
@@ -43,6 +45,8 @@ def report(plan: Plan, quiet: bool = False) -> Path:
     write_results(plan.study_dir / "results.csv", rows)
     mets = metrics_of(plan)
     summary = summarize(rows, mets, list(plan.spec.pretrain), list(plan.spec.grid))
+    add_subject_statistics(summary, states, list(plan.spec.pretrain), list(plan.spec.grid))
+    adjust_summary(summary, list(plan.spec.grid))
     write_summary(plan.study_dir / "summary.csv", summary)
     write_report(plan.study_dir / "report.html", plan, states, summary, mets, pre)
     if not quiet:
@@ -72,9 +76,13 @@ def summary_text(plan: Plan, summary: list[dict[str, Any]]) -> str:
         half = row["ci95_high"] - row["mean"]
         text = f"  {row['source']:<{width}}  {row['mean']:.3f}" + ("" if math.isnan(half) else f" ± {half:.3f}")
         text += f"  (n={row['n']})"
+        low = row.get("subjects_ci95_low", math.nan)
+        if not math.isnan(low):
+            text += f"  [{low:.3f}, {row['subjects_ci95_high']:.3f}] over {row['n_subjects']} subjects"
         p = row.get(f"p_vs_{ref}")
         if row["source"] != ref and isinstance(p, float) and not math.isnan(p):
-            text += f"  {row[f'pct_change_vs_{ref}']:+.1f} % vs {ref}, p = {p:.2g} ({row[f'test_vs_{ref}']})"
+            text += f"  {row[f'pct_change_vs_{ref}']:+.1f} % vs {ref}, p = {p:.2g} ({row[f'test_vs_{ref}']}" \
+                    f"; Holm {row.get(f'p_holm_vs_{ref}', math.nan):.2g})"
         lines.append(text)
     return "\n".join(lines) if lines else "no completed runs yet"
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from utility.config.tasks import SIZE_VARIANTS, _VARIANT_RE
 from utility.study.plan import Plan
+from utility.study.report_uncertainty import section, survives
 from utility.study.results import PretrainState, RunState, as_float, read_rows
 
 
@@ -130,11 +131,16 @@ class Report:
                 if c.get(f"test_vs_{ref}"):
                     tests.add(c[f"test_vs_{ref}"])
                 sig = " class=sig" if isinstance(p, float) and p < 0.05 else ""
+                sig = " class=surv" if survives(c, f"p_holm_vs_{ref}") else sig
                 tds += f"<td{sig}>{_pct(pct)} ({_p(p)})</td>"
             out.append(f"<tr>{tds}</tr>")
         note = (f"Best mean per row in bold. Change of the mean against {html.escape(ref)} with the two-sided "
-                f"p-value ({html.escape(', '.join(sorted(tests)) or 'no test: too few repeats')}); p &lt; 0.05 shaded.")
+                f"p-value ({html.escape(', '.join(sorted(tests)) or 'no test: too few repeats')}); p &lt; 0.05 shaded, "
+                "bold when it survives Holm's correction over the whole study.")
         self.parts.append("".join(out) + f"</table><p class=note>{note}</p>")
+
+    def uncertainty(self) -> None:
+        self.parts.append(section(self.summary, self.sources, self.plan.spec.reference, list(self.plan.spec.grid)))
 
     def bars(self) -> None:
         """One grouped bar chart per mode and metric: tasks along x, one bar per source (and grid point)."""
@@ -216,26 +222,35 @@ class Report:
                     x = np.arange(1, n + 1)
                     ax.plot(x, np.nanmean(arr, 0), label=src, color=self.color(src))
                     ax.fill_between(x, np.nanmin(arr, 0), np.nanmax(arr, 0), alpha=0.2, color=self.color(src))
-            axes[0].set(title=f"{task} ({mode}): validation {metric}", xlabel="epoch")
-            axes[1].set(title="training loss (epoch mean)", xlabel="epoch")
+            axes[0].set(title=f"{task} ({mode}): validation {metric}", xlabel="epoch", ylabel=f"validation {metric}")
+            axes[1].set(title="training loss (epoch mean)", xlabel="epoch", ylabel="training loss")
             axes[0].legend(fontsize=8)
             axes[1].legend(fontsize=8)
             self.parts.append(f"<img src='{_fig_uri(fig)}'>")
         self.parts.append("</div>")
 
     def convergence(self) -> None:
-        from utility.study.results import convergence_epoch
+        from utility.study.results import convergence_epoch, has_converged
 
         plt = _plt()
         vals: dict[tuple[str, str], list[float]] = {}
+        still_changing = []
         for st in self.states:
             if st.status != "completed":
                 continue
             metric = st.run.config.get("best_metric") or self.metrics_of.get(st.run.task, ["accuracy"])[0]
-            c = convergence_epoch(_series(st.run_dir / "val.log", metric))
-            if c is not None:
+            series = _series(st.run_dir / "val.log", metric)
+            c = convergence_epoch(series)
+            if c is not None and not has_converged(series, c):
+                still_changing.append(st.run.name)
+            elif c is not None:
                 vals.setdefault((st.run.task, st.run.source), []).append(c)
+        note = (f"<p class=note>Not converged (the metric still changing at the last epoch; left out of the bars): "
+                f"{len(still_changing)} run(s): {html.escape(', '.join(still_changing[:8]))}{' ...' if len(still_changing) > 8 else ''}"
+                "</p>") if still_changing else ""
         if not vals:
+            if note:
+                self.parts.append("<h2>Time to convergence</h2>" + note)
             return
         tasks = [t for t in self.plan.spec.tasks if any(k[0] == t for k in vals)]
         srcs = [s for s in self.sources if any(k[1] == s for k in vals)]
@@ -251,7 +266,7 @@ class Report:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         self.parts.append("<h2>Time to convergence</h2><p class=note>Epoch from which the 3-epoch trailing mean of "
                           "the validation metric stays within 0.5 % of its final value.</p>"
-                          f"<img src='{_fig_uri(fig)}'>")
+                          f"<img src='{_fig_uri(fig)}'>" + note)
 
     def data_size(self) -> None:
         fractions: dict[str, set[float]] = {}
@@ -305,12 +320,12 @@ class Report:
         self.parts.append(f"<h2 id=runs>Runs not completed ({len(bad)})</h2><ul>{''.join(items)}</ul>")
 
     def render(self) -> str:
-        for section in (self.header, self.table, self.bars, self.curves, self.convergence, self.data_size,
+        for section in (self.header, self.table, self.uncertainty, self.bars, self.curves, self.convergence, self.data_size,
                         self.missing):
             section()
         style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
                  "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-                 "font-size:14px}td.best{font-weight:bold}td.sig{background:#dcefdc}.note{color:#666;"
+                 "font-size:14px}td.best{font-weight:bold}td.sig{background:#dcefdc}td.surv{background:#b9e3b9;font-weight:bold}.note{color:#666;"
                  "font-size:13px}.q{font-size:16px}img{margin:6px 0;display:block}"
                  ".figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}"
                  "a.failed,li.failed b{color:#b00020}a.missing,a.interrupted,a.running{color:#555}"

@@ -4,6 +4,8 @@ Time to convergence (``convergence_epoch``): the validation metric m_e of epoch 
 trailing mean over up to 3 epochs, s_e = mean(m_{e-2..e}); with s_E the last value, the run has
 converged at the first epoch e after which every s_e' (e' >= e) is within 0.5 % of s_E
 (|s_e' - s_E| <= 0.005 * |s_E|, or <= 0.005 when s_E = 0). Empty when the metric is never finite.
+A run whose only such epoch is its last (of several) was still changing when it ended: ``converged`` is
+false for it (results.csv) and the report counts it as not converged instead of converged there.
 """
 from __future__ import annotations
 
@@ -55,6 +57,11 @@ def convergence_epoch(values: list[float], window: int = CONVERGENCE_WINDOW,
             break
         epoch = e + 1
     return epoch
+
+
+def has_converged(values: list[float], epoch: Optional[int]) -> bool:
+    """False when the convergence epoch is the last of several: the metric was still changing at the end."""
+    return epoch is not None and (epoch < len(values) or len(values) == 1)
 
 
 def git_commit() -> str:
@@ -151,12 +158,19 @@ def result_row(plan: Plan, st: RunState, commit: str) -> dict[str, Any]:
     cfg_metric = r.config.get("best_metric") or metric
     row["epochs"] = len(val)
     row["wall_time_s"] = round(sum(as_float(v.get("epoch_time_s")) for v in val if v.get("epoch_time_s")), 3)
-    conv = convergence_epoch([as_float(v.get(cfg_metric)) for v in val]) if val else None
+    series = [as_float(v.get(cfg_metric)) for v in val]
+    conv = convergence_epoch(series) if val else None
     row["convergence_epoch"] = "" if conv is None else conv
     row["convergence_metric"] = cfg_metric
     row["config_hash"] = hashlib.sha256((st.run_dir / "config.yaml").read_bytes()).hexdigest()[:12] \
         if (st.run_dir / "config.yaml").is_file() else ""
     row["git_commit"] = commit
+    ci = {c.get("metric"): c for c in read_rows(st.run_dir / "test_ci.csv")}   # the run's subject bootstrap
+    for m in plan.spec.metrics or [metric]:
+        if m in ci:
+            row[f"last_{m}_subjects_ci_low"] = as_float(ci[m].get("ci_low"))
+            row[f"last_{m}_subjects_ci_high"] = as_float(ci[m].get("ci_high"))
+    row["converged"] = has_converged(series, conv)
     return row
 
 

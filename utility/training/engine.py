@@ -238,6 +238,9 @@ class Trainer:
     def fit(self, train_loader: DataLoader, val_loader: Optional[DataLoader]) -> None:
         """Train until ``epochs``; a SIGTERM/SIGINT saves a checkpoint after the current step and
         raises :class:`Stopped` (resume continues from there)."""
+        if self.stop is not None:  # the session's handler, which also covers the final test
+            self._fit(train_loader, val_loader)
+            return
         with StopOnSignal() as self.stop:
             try:
                 self._fit(train_loader, val_loader)

@@ -17,7 +17,7 @@ from torch import nn
 from utility.config.loader import dump_config
 from utility.config.yamlsafe import load_file
 from utility.entry import CrashLog
-from utility.errors import UserError
+from utility.errors import Stopped, UserError
 from utility.training import parallel
 from utility.training.callbacks import Callback
 from utility.training.checkpoint import RESUME_KEYS, load_checkpoint, restoring, seed_everything
@@ -25,6 +25,7 @@ from utility.distributed import is_main, main_decides
 from utility.training.engine import Amp, Method, Trainer, TrainerOptions
 from utility.training.environment import ENV_FILE, record_environment
 from utility.training.runlock import LOCK_NAME, RunLock
+from utility.training.stopsignal import StopOnSignal
 
 T = TypeVar("T")
 
@@ -97,7 +98,38 @@ def decide_run_state(run_dir: Path, new: dict[str, Any], epochs: int, free_keys:
     ck = load_checkpoint(ck_path, RESUME_KEYS)
     if ck.get("finished") and ck.get("epoch", 0) >= epochs:
         return "done"
+    check_epochs_left(run_dir, ck, epochs)
     return "resume"
+
+
+def check_epochs_left(run_dir: Path, ck: dict[str, Any], epochs: int) -> None:
+    """An interrupted run resumed with fewer ``epochs`` than it has (partly) trained would end as a
+    shorter run whose logs and weights hold more: refused, with what it has trained."""
+    done, steps = int(ck.get("epoch", 0)), int(ck.get("batch_in_epoch", 0))
+    started = done + (1 if steps else 0)
+    if epochs < started:
+        where = f"in epoch {done + 1} ({done} epoch(s) and {steps} step(s) trained)" if steps \
+            else f"after epoch {done}"
+        raise UserError(f"run directory {run_dir} was interrupted {where}; epochs {epochs} is fewer, so it "
+                        f"would end as a shorter run holding more training: resume it with epochs >= {started} "
+                        "or choose another name (nothing was changed)")
+
+
+def finish_or_stop(trainer: Trainer, finish: Callable[[Trainer], T]) -> T:
+    """After the last step: a stop asked for meanwhile (during the last validation or checkpoint)
+    ends the run interrupted, with ``finish`` (the final test, the product's weights) left for the
+    resumption; a stop asked for during ``finish`` lets it complete. Either way a run that reports
+    success has its test results."""
+    signum = trainer._stop_signal()  # every rank reaches this point together (DDP: a collective)
+    if signum:
+        raise Stopped(signum, f"training complete (checkpoint saved after epoch {trainer.epoch}); the final "
+                              "test / weights are written when it is started again")
+    if trainer.stop is not None:
+        trainer.stop.then = "finishing the run first (final test / weights), then it is complete"
+    result = finish(trainer)
+    trainer.finished = True
+    trainer.save()
+    return result
 
 
 class RunSession:
@@ -160,11 +192,11 @@ class RunSession:
             print(f"resuming {self.run_dir} at epoch {trainer.epoch + 1} step {trainer.batch_in_epoch}")
         trainer.callbacks.on_run_start(trainer, self.state == "resume")
         try:
-            trainer.fit(train_loader, val_loader)
-            result = finish(trainer)
-            trainer.finished = True
-            trainer.save()
+            with StopOnSignal() as trainer.stop:  # one handler from the first step until marked finished
+                trainer.fit(train_loader, val_loader)
+                result = finish_or_stop(trainer, finish)
         finally:
+            trainer.stop = None
             trainer.close()
             trainer.callbacks.on_run_end(trainer, trainer.finished)
         if self.lock is not None:

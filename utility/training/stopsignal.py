@@ -19,10 +19,13 @@ from utility.errors import STOP_SIGNALS as SIGNALS
 
 
 class StopOnSignal:
-    """Context manager; ``requested`` is the signal number once a stop was asked for (else 0)."""
+    """Context manager; ``requested`` is the signal number once a stop was asked for (else 0).
+    ``then`` is what the first signal's message says happens next (the session changes it while the
+    final test runs: the test is finished rather than thrown away)."""
 
     def __init__(self) -> None:
         self.requested = 0
+        self.then = "saving a checkpoint after the current step, then stopping"
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopOnSignal":
@@ -39,8 +42,8 @@ class StopOnSignal:
             signal.raise_signal(signum)
             return
         self.requested = signum
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after the current step, then stopping "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        print(f"\n{signal.Signals(signum).name}: {self.then} (send it again to stop at once)",
+              file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():

@@ -1,0 +1,38 @@
+"""``python -m utility.config schema [DIR]``: a JSON Schema per config kind (finetune.schema.json,
+pretrain.schema.json, task.schema.json) so that editors complete and check the YAML files
+(e.g. ``# yaml-language-server: $schema=<DIR>/finetune.schema.json`` on a config's first line)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from utility.config.schemas import FTEConfig, SimCLRConfig
+from utility.config.tasks import TaskSpec
+
+KINDS = {"finetune": FTEConfig, "pretrain": SimCLRConfig, "task": TaskSpec}
+
+
+def write_schemas(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind, model in KINDS.items():
+        path = out_dir / f"{kind}.schema.json"
+        schema = model.model_json_schema(by_alias=True)
+        schema["title"] = f"{kind} config ({model.__name__})"
+        path.write_text(json.dumps(schema, indent=1) + "\n")
+        written.append(path)
+    return written
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] != "schema" or len(argv) > 2:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    for path in write_schemas(Path(argv[1] if len(argv) > 1 else ".")):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
