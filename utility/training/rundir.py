@@ -21,10 +21,7 @@ def _notify(on_row: Optional[RowObserver], path: Path, columns: list[str], row: 
 def fmt(v: Any) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else repr(float(v))  # np.float64's repr is 'np.float64(...)'
-    s = str(v)
-    if any(c in s for c in ',"\n\r'):  # a path or subject id with a comma stays one CSV field
-        return '"' + s.replace('"', '""') + '"'
-    return s
+    return str(v)  # quoting (commas, quotes, newlines) is the csv writer's job
 
 
 class CsvLog:
