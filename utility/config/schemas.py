@@ -6,10 +6,14 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from utility.config.runname import check_run_name
+
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 # numpy seeds are 32-bit; larger seeds overflowed deep inside torch after the run had started
-Seed = Annotated[int, Field(ge=-(2**32 - 1), le=2**32 - 1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# contrastive logits are cosine / T: below 1e-3 they pass 1000 and the loss turns inf/NaN (1e-30 did)
+Temperature = Annotated[float, Field(ge=1e-3)]
 
 
 def keys_error(keys: tuple[str, ...], what: str) -> ValueError:
@@ -80,12 +84,7 @@ class RunBase(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        v = v.strip().strip("/")
-        if not v or ".." in v.split("/"):
-            raise ValueError("expected a non-empty relative run name without '..'")
-        if any(ord(c) < 32 for c in v):
-            raise ValueError("a run name cannot hold control characters (NUL, newline, tab, ...)")
-        return v
+        return check_run_name(v)
 
 
 class DataKeys(BaseModel):
@@ -184,6 +183,9 @@ class FTEConfig(RunBase, DataKeys):
             raise keys_error(("normalizer", "window"), "normalizer 'windowed' needs window: [low, high]")
         if self.window is not None and self.window[0] >= self.window[1]:
             raise keys_error(("window",), f"{list(self.window)} must be [low, high] with low < high")
+        if self.w_l is not None and not any(w > 0 for w in self.w_l):
+            raise keys_error(("w_l",), "class weights are all 0: every loss would be 0/0 = NaN; give at "
+                             "least one class a positive weight")
         if self.fold is not None and self.folds is None:
             raise keys_error(("fold", "folds"), f"fold {self.fold} is one fold of a k-fold split, but folds "
                              "(the number of folds) is not set; set folds too, or remove fold")
@@ -244,7 +246,7 @@ class SimCLRConfig(RunBase, DataKeys):
     projection_head: Literal["predecessor", "mlp"] = "predecessor"
     projection_hidden: Optional[PositiveInt] = Field(None, description="default: the encoder width")
     projection_dim: PositiveInt = 256
-    temperature: Annotated[float, Field(gt=0)] = 0.5
+    temperature: Temperature = 0.5
     loss_device: Literal["gather", "per_replica", "gpu", "cpu", "cuda"] = Field(
         "gather", description="gather: negatives from all ranks; per_replica: one NT-Xent per GPU replica, "
                               "averaged; the predecessor's gpu = per_replica, cpu = gather")

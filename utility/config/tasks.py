@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from utility.config.yamlsafe import load_file
 from utility.errors import UserError
 from utility.paths import TASKS_DIR
 
@@ -152,6 +152,9 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _splits(self) -> "TaskSpec":
+        if self.window is not None and not self.window[0] < self.window[1]:
+            raise ValueError(f"window {list(self.window)} must be [low, high] with low < high (a zero-width "
+                             "window divides by 0)")
         missing = {"train", "val", "test"} - set(self.splits)
         if missing:
             raise ValueError(f"splits must define train, val and test (missing: {sorted(missing)})")
@@ -185,10 +188,7 @@ def available_tasks() -> list[str]:
 
 def _read_task_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a task YAML; ``extends: OTHER`` merges OTHER's keys under this file's."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"task file {path} is not valid YAML: {exc}") from None
+    data = load_file(path, f"task file {path}") or {}
     if not isinstance(data, dict):
         raise UserError(f"task file {path} must hold a mapping")
     base_name = data.pop("extends", None)

@@ -29,14 +29,32 @@ from utility.distributed import is_dist, main_decides
 _PRETRAIN_TASK = TaskSpec(name="pretraining", root=".", splits={k: {"dir": k} for k in ("train", "val", "test")})
 
 
+def distinct_folders(dirs: list[str]) -> list[Path]:
+    """The dataset_base_dir folders by real path, each image once: a folder named twice, or inside
+    another listed folder, would train its images twice per epoch; it is dropped and the count says so."""
+    if not dirs:
+        raise UserError("dataset_base_dir is empty; expected one or more folders of images")
+    folders = []
+    for d in dirs:
+        if not str(d).strip():  # '' would resolve to the current folder
+            raise UserError("dataset_base_dir holds an empty folder name; expected folders of images")
+        folder = resolve_user_path(d)  # the real path (symlinks resolved)
+        if not folder.is_dir():
+            raise UserError(f"dataset_base_dir not found: {folder}")
+        folders.append(folder)
+    keep = [f for i, f in enumerate(folders)
+            if not any(o in f.parents or (o == f and j < i) for j, o in enumerate(folders) if j != i)]
+    if len(keep) < len(folders):
+        print(f"dataset_base_dir: {len(folders)} folders given, {len(keep)} distinct by real path; "
+              f"{len(folders) - len(keep)} dropped (the same folder again, or inside another listed folder)")
+    return keep
+
+
 def unlabeled_split(cfg: SimCLRConfig, cache: IndexCache | None = None) -> Split:
     """Every image under the dataset_base_dir folders (listed once per folder state with a cache)."""
     formats = cfg.data_format or [".png", ".jpg", ".jpeg", ".npy"]
     parts = []
-    for d in cfg.dataset_base_dir:
-        folder = resolve_user_path(d)
-        if not folder.is_dir():
-            raise UserError(f"dataset_base_dir not found: {folder}")
+    for folder in distinct_folders(cfg.dataset_base_dir):
         found = cached_listing(folder, formats, cfg.slice_axis, cache)
         if not found:
             raise UserError(f"no {', '.join(formats)} images under {folder} (data_format)")

@@ -15,6 +15,7 @@ from utility.data.leakage import (duplicate_files, overlap_message, sizes_text, 
                                   want_duplicates, write_membership)
 from utility.errors import UserError
 from utility.runs.startup import Startup
+from utility.runs.supervised_data import check_trainable
 from utility.distributed import is_main
 
 AUDIT_KEYS = frozenset({"allow_subject_overlap", "check_duplicates"})  # may change when a run resumes
@@ -23,7 +24,8 @@ _SAID: set[str] = set()  # tasks whose "no subject rule" note was printed (once 
 
 def audit_splits(cfg: FTEConfig, indexed: IndexedTask, run_dir: Path, startup: Startup) -> list[str]:
     """Check and record the splits; returns the findings (also in leakage.txt). Raises UserError for
-    subjects shared between splits unless the config allows them."""
+    subjects shared between splits unless the config allows them; a split training cannot use, always."""
+    check_trainable(indexed.task, indexed)
     t = time.perf_counter()
     splits = indexed.splits
     findings: list[str] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from utility.config.schemas import FTEConfig
@@ -82,3 +83,19 @@ def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device, pipe: Pipel
         loaders[name] = build_loader(ds, cfg.batch_size, cfg.seed, name == "train", workers, cfg.prefetch_factor,
                                      pin_memory=device.type == "cuda")
     return Data(indexed, loaders, datasets)
+
+
+def check_trainable(task: TaskSpec, indexed: IndexedTask) -> None:
+    """What training cannot use is refused before work: a training split of one image (BatchNorm
+    needs two; a train_fraction that rounds to 1 does this) or, for a multiclass task, of one class
+    (nothing to tell apart: the loss is 0 from the first step and AUC undefined)."""
+    train = indexed.splits["train"]
+    hint = " (train_fraction or a size variant -S/-XS/-XXS keeps too little of it?)"
+    if len(train) < 2:
+        raise UserError(f"task {task.name}: the training split has {len(train)} image; training needs at least 2" + hint)
+    if task.type == "multiclass":
+        present = np.unique(np.asarray(train.targets))
+        if len(present) < 2:
+            name = indexed.classes[int(present[0])] if len(present) and len(indexed.classes) > int(present[0]) else "?"
+            raise UserError(f"task {task.name}: every training image is of class '{name}'; a multiclass task "
+                            "needs at least 2 classes in its training split" + hint)

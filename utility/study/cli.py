@@ -190,6 +190,11 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     plan = make_plan(load_study(args.config))
     if args.jobs:
+        if not args.jobs.parent.resolve().is_dir():  # refused before any config is written
+            raise UserError(f"--jobs {args.jobs}: folder {args.jobs.parent.resolve()} does not exist; "
+                            "expected a jobs file in an existing folder")
+        if args.jobs.exists() and not args.jobs.is_file():
+            raise UserError(f"--jobs {args.jobs} is not a regular file; expected a jobs file (Jobs.csv)")
         plan.jobs_path = args.jobs.resolve()
     if args.command == "status":
         print(status(plan))
