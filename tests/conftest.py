@@ -265,14 +265,29 @@ def tiny_setup(tmp_path, make_folder_dataset, write_task_yaml):
 # ----------------------------------------------------------------------------- test tiers (markers)
 
 DDP_FILES = {"test_ddp.py", "test_simclr_ddp.py", "test_ssl_ddp.py"}
-# what starts a child process (an entry point, the queue, a spawn): such a test is e2e, not unit
+# what starts a child process (an entry point, the queue, a spawn) or runs a training entry point in-process:
+# such a test is e2e, not unit
 SPAWN_HINTS = ("subprocess", "sys.executable", "run_finetune", "run_queue", "start_queue", "Popen", "mp.spawn",
-               "spawn(", "os.fork", "QM,", "run_analyze", "run_study", "run_entry_point")
+               "spawn(", "os.fork", "QM,", "run_analyze", "run_study", "run_entry_point",
+               "finetune_main", "pretrain_main")  # in-process entry points that train: e2e too
 TIERS = ("unit", "e2e", "ddp", "queue", "slurm", "slow")
 
 
+def _test_functions(fn: Any) -> list[Any]:
+    """``fn`` and the functions of tests/ (this file, test modules) it names: the helpers it calls."""
+    import inspect
+
+    out = [fn]
+    module_globals = getattr(fn, "__globals__", {})
+    for name in getattr(getattr(fn, "__code__", None), "co_names", ()):
+        f = module_globals.get(name)
+        if inspect.isfunction(f) and Path(inspect.getsourcefile(f) or "").parent == Path(__file__).parent:
+            out.append(f)
+    return out
+
+
 def _spawns(item: pytest.Item) -> bool:
-    """The test's source, or that of a module-level function it calls, starts a child process."""
+    """The test, a fixture it uses, or a tests/ helper either calls starts a child process."""
     import inspect
 
     fn = getattr(item, "function", None)
@@ -280,11 +295,11 @@ def _spawns(item: pytest.Item) -> bool:
         return False
     if any(f in SPAWN_HINTS for f in getattr(item, "fixturenames", ())):
         return True
-    sources = [fn]
-    module_globals = getattr(fn, "__globals__", {})
-    sources += [module_globals[n] for n in fn.__code__.co_names
-                if inspect.isfunction(module_globals.get(n)) and module_globals[n].__module__ == fn.__module__]
-    for f in sources:
+    funcs = _test_functions(fn)
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info is not None else ()):
+        funcs += _test_functions(defs[-1].func)
+    for f in funcs:
         try:
             text = inspect.getsource(f)
         except (OSError, TypeError):
