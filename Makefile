@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: venv demo demo-queue demo-finetune demo-seg study-e2 test test-fast bench
+.PHONY: venv demo demo-queue demo-finetune demo-seg study-e2 test test-fast bench gpu-check gpu-check-smoke
 
 # the pinned requirements, then this checkout as the package `utility` (editable) with the console scripts
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -68,3 +68,12 @@ bench: venv
 	$(VPY) benchmarks/bench_study.py
 	$(VPY) benchmarks/bench_queue_stress.py
 	$(VPY) benchmarks/bench_scale.py
+
+# Every CUDA path once on this machine's GPUs (docs/gpu.md): PASS/FAIL lines, gpu_acceptance.json and .md,
+# throughput rows for docs/gpu.md. At most ~8 min on one GPU; generated data, no downloads.
+gpu-check: venv
+	$(VPY) benchmarks/gpu_acceptance.py --out logs_and_checkpoints/gpu_acceptance
+
+# The same script's CPU smoke mode (CI runs it in tests/test_gpu_acceptance.py): CUDA checks SKIPPED.
+gpu-check-smoke: venv
+	$(VPY) benchmarks/gpu_acceptance.py --device cpu --tiny --out logs_and_checkpoints/gpu_acceptance_cpu

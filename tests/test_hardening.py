@@ -72,7 +72,7 @@ def assert_one_line_error(rc: int, text: str, *fragments: str) -> None:
         assert f in errors[0], f"{f!r} not in {errors[0]!r}"
 
 
-def log_rows(path: Path, drop: tuple[str, ...] = ("epoch_time_s", "datetime")) -> list[dict[str, str]]:
+def log_rows(path: Path, drop: tuple[str, ...] = ("epoch_time_s", "datetime", "data_wait", "images_per_s")) -> list[dict[str, str]]:
     with path.open(newline="") as fh:
         return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(fh)]
 

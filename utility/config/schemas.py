@@ -51,6 +51,11 @@ class RunBase(BaseModel):
     log_losses: bool = True
     output_root: Optional[str] = Field(None, description="default: logs_and_checkpoints/ in the repo")
     data_root: Optional[str] = Field(None, description="default: datasets/ in the repo")
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="NHWC conv weights on CUDA; auto: on with mixed precision (docs/gpu.md)")
+    compile: bool = Field(False, description="torch.compile the model on CUDA (first steps slower)")
+    cudnn_benchmark: Literal["auto", "on", "off"] = Field("auto", description="auto: on with CUDA (fixed shapes)")
+    fused_optimizer: Literal["auto", "on", "off"] = Field("auto", description="fused Adam/AdamW/SGD on CUDA")
     checkpoint_every_steps: Optional[PositiveInt] = Field(
         None, description="also save a resume checkpoint every N steps (long epochs)")
     trackers: list[Literal["wandb", "mlflow"]] = Field(

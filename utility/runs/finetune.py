@@ -84,7 +84,8 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     data.datasets["train"].transform = cpu_augment  # per-sample, in the loader workers
     bad = BadFiles({k: s.paths for k, s in data.indexed.splits.items()}, cfg.max_bad_fraction, run_dir)
     method = pipe.method(cfg, task, data.indexed, augment, bad)
-    optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
+                            fused=session.speed.fused_optimizer)
     steps = 1 if cfg.short_training else len(data.loaders["train"])
     scheduler = user_errors(build_scheduler, optimizer, cfg.scheduler, interval=cfg.scheduling_interval,
                             steps_per_epoch=steps, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,

@@ -73,7 +73,8 @@ def main(argv: list[str], prog: str = PROG) -> int:
         mprep = Preprocess(channels=cfg.in_channels, shape=shape, normalizer=prep.normalizer, window=prep.window)
         monitor = Monitor(cfg.monitor, mprep, cfg.data_root, cfg.seed, cfg.batch_size, workers, cfg.in_channels,
                           session.device, run_dir, cfg.epochs)
-    optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum)
+    optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum,
+                            fused=session.speed.fused_optimizer)
     interval = lr.interval
     scheduler = build_lr_schedule(optimizer, lr, cfg, len(loader))
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from utility.data.sampler import EpochSampler
 from utility.training.callbacks import Callback, CallbackList
+from utility.training.datawait import WAIT_COLUMNS, DataWait
 from utility.training.checkpoint import RESUME_KEYS, atomic_save, load_checkpoint, rng_state, set_rng_state
 from utility.distributed import all_reduce_sum, barrier, is_main, rank, world_size
 from utility.errors import Stopped
@@ -162,7 +163,9 @@ class Trainer:
         self.epoch_loss = [0.0, 0]  # running (sum, batches) of the current epoch, kept across resume
         self.epoch_lr = 0.0  # the LR the current epoch's last step used (val.log's lr)
         self.callbacks = CallbackList(callbacks)  # monitors, snapshots, trackers (training/callbacks.py)
-        self.train_log = CsvLog(run_dir / "train.log", opts.train_columns, opts.log_losses, self.callbacks.on_row)
+        columns = opts.train_columns + [c for c in WAIT_COLUMNS if c not in opts.train_columns]
+        self.train_log = CsvLog(run_dir / "train.log", columns, opts.log_losses, self.callbacks.on_row)
+        self.data_wait = DataWait(world_size(), notice=is_main())  # loader wait + images/s per log row
         self.val_log: Optional[CsvLog] = None
         self.tb = TensorBoard(run_dir / "tensorboard")
         self.stop: Optional[StopOnSignal] = None  # set while fit runs: SIGTERM/SIGINT -> save and stop
@@ -213,15 +216,23 @@ class Trainer:
         set_rng_state(ck["rng"])
         e, b = self.epoch + 1, self.batch_in_epoch  # log rows are 1-based
         self.train_log.keep_rows(lambda r: int(r["epoch"]) < e or (int(r["epoch"]) == e and int(r["step"]) <= b))
+        # a train.log of an older version keeps its columns (no data-wait columns appended to it)
+        self.train_log.columns = self._header(self.train_log.path) or self.train_log.columns
         if (self.run_dir / "val.log").exists():
             CsvLog(self.run_dir / "val.log", self._val_header()).keep_rows(lambda r: int(r["epoch"]) <= self.epoch)
         return True
 
     def _val_header(self) -> list[str]:
+        return self._header(self.run_dir / "val.log") or []
+
+    @staticmethod
+    def _header(path: Path) -> Optional[list[str]]:
         import csv as _csv
 
-        with (self.run_dir / "val.log").open(newline="") as fh:
-            return next(_csv.reader(fh))
+        if not path.exists():
+            return None
+        with path.open(newline="") as fh:
+            return next(_csv.reader(fh), None)
 
     # ------------------------------------------------------------------ loop
     def _lr(self) -> float:
@@ -325,7 +336,7 @@ class Trainer:
         n_batches = 0
         base_sum, base_n = self.epoch_loss
         every = 1 if self.opts.debug else self.opts.log_every
-        for batch in loader:
+        for batch in self.data_wait.batches(loader, loader.batch_size or 1):
             with self.ctx.autocast():
                 loss, n = self.method.train_loss(self.train_module, batch, self.ctx)
             if loss is None:  # every sample of the batch was invalid
@@ -361,6 +372,7 @@ class Trainer:
                 break
         self._flush(pending, prog)
         prog.close()
+        self.data_wait.check_notice(at_epoch_end=True)
         return (base_sum + self._rank_mean(loss_sum)) / max(base_n + n_batches, 1)
 
     @staticmethod
@@ -374,14 +386,19 @@ class Trainer:
             return
         stacked = torch.stack([p[2] for p in pending]).float()
         values = (all_reduce_sum(stacked) / world_size()).tolist()
+        wait = self.data_wait.window()  # after the sync above: the window's wall time is exact
         stamp = datetime.now().strftime(DATETIME_FORMAT)
         for (step, gstep, _, lr), v in zip(pending, values):
             self.train_log.write({"epoch": self.epoch + 1, "step": step, "loss": v, "lr": lr,
-                                  "global_step": gstep, "datetime": stamp})
-        self.tb.scalars({"loss": values[-1], "lr": pending[-1][3]}, pending[-1][1], "train")
+                                  "global_step": gstep, "datetime": stamp, "data_wait": round(wait.data_wait, 4),
+                                  "images_per_s": round(wait.images_per_s, 2)})
+        self.tb.scalars({"loss": values[-1], "lr": pending[-1][3], "data_wait": wait.data_wait,
+                         "images_per_s": wait.images_per_s}, pending[-1][1], "train")
         if self.opts.debug:
             print(f"epoch {self.epoch + 1} step {pending[-1][0]} loss {values[-1]:.6f}", flush=True)
-        prog.update(len(pending), loss=values[-1])
+        prog.update(len(pending), loss=values[-1], wait=f"{100 * wait.data_wait:.0f}%",
+                    img_s=round(wait.images_per_s, 1))
+        self.data_wait.check_notice()
         pending.clear()
 
     @torch.no_grad()

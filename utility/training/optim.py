@@ -161,12 +161,15 @@ def build_optimizer(
     momentum: float = 0.9,
     lars_eta: float = 0.001,
     exclude_bn_bias: bool = True,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """Build the optimizer named by the config key ``optimizer`` (case-insensitive).
 
     All optimizers use :func:`param_groups`, so with ``exclude_bn_bias`` norm-layer parameters and biases
     get no weight decay (for Adam that means no L2 term, for AdamW no decoupled decay, for LARS neither decay
     nor trust ratio).  ``momentum`` is used by SGD (non-Nesterov) and LARS; ``lars_eta`` by LARS only.
+    ``fused``: PyTorch's fused kernels for Adam/AdamW/SGD when every parameter is on CUDA (the config
+    key ``fused_optimizer``, utility/training/speed.py); ignored for LARS and off CUDA.
     """
     key = str(name).strip().lower() if name is not None else ""
     valid = {n.lower(): n for n in OPTIMIZER_NAMES}
@@ -178,10 +181,12 @@ def build_optimizer(
     for value, what in ((lr, "learning rate"), (weight_decay, "weight_decay"), (momentum, "momentum")):
         if not value >= 0.0:  # torch's optimizers would say so too, as a ValueError of any kind
             raise SettingError(f"Invalid {what}: {value}")
+    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+    extra: dict[str, Any] = {"fused": True} if fused and on_cuda else {}
     if key == "adam":
-        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, **extra)
     if key == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **extra)
     if key == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False, **extra)
     return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta)

@@ -18,7 +18,7 @@ from torch import nn
 from utility.config.loader import dump_config
 from utility.entry import CrashLog
 from utility.errors import Stopped, UserError
-from utility.training import parallel
+from utility.training import parallel, speed
 from utility.training.callbacks import Callback
 from utility.training.checkpoint import RESUME_KEYS, load_checkpoint, seed_everything
 from utility.distributed import is_main, main_decides
@@ -32,7 +32,7 @@ T = TypeVar("T")
 # Keys that may change between a run and its resumption without making it a different run.
 RESUME_FREE_KEYS = frozenset({"epochs", "num_workers", "prefetch_factor", "verbose", "device", "debug",
                               "log_losses", "checkpoint_every_steps", "output_root", "data_root", "opmode",
-                              "trackers", "tracker_project"})
+                              "trackers", "tracker_project", *speed.SPEED_KEYS})
 # files of ours an attempt that ended before its first checkpoint may have left
 STALE_FILES = ("train.log", "val.log", "crash.log", ENV_FILE)
 
@@ -139,6 +139,7 @@ class RunSession:
                  lock: Optional[RunLock] = None) -> None:
         self.cfg, self.run_dir, self.mode, self.device, self.state = cfg, run_dir, mode, device, state
         self.lock = lock  # rank 0 holds the run directory until the process ends
+        self.speed = speed.SpeedPlan()  # GPU speed features (set by place; all off on CPU)
 
     @classmethod
     def open(cls, cfg: Any, run_dir: Path, parallel_mode: Optional[str] = None,
@@ -172,7 +173,11 @@ class RunSession:
         engine runs forward through (DataParallel/DDP wrapper, or the model itself)."""
         model = parallel.sync_batchnorm(model, syncbn, self.cfg.device)  # type: ignore[attr-defined]
         model.to(self.device)
-        return parallel.wrap(model, self.mode, self.device, gpus)
+        self.speed = speed.plan_speed(self.cfg, self.device, model, self.mode)
+        speed.report(self.speed)
+        speed.apply_to_model(model, self.speed)
+        # compiled inside the DDP wrapper, so the engine still sees DDP (evaluation unwraps it)
+        return parallel.wrap(speed.compile_module(model, self.speed), self.mode, self.device, gpus)
 
     def trainer(self, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer, scheduler: Any,
                 opts: TrainerOptions, train_module: nn.Module, callbacks: Iterable[Callback] = ()) -> Trainer:

@@ -1,0 +1,1 @@
+"""Checks of benchmarks/gpu_acceptance.py, one module per area (see common.py)."""
