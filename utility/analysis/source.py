@@ -90,7 +90,10 @@ class Subject:
 
     def out_dir(self, command: str, out: Optional[Path]) -> Path:
         """The command's output folder (created by the caller once all inputs are checked)."""
-        return Path(out).resolve() if out is not None else self.base_dir / command
+        folder = Path(out).resolve() if out is not None else self.base_dir / command
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"--out {folder} is a file; expected a folder (new or existing) for the outputs")
+        return folder
 
 
 def check_split(split: str) -> None:
@@ -174,6 +177,10 @@ def open_subject(args: Any) -> Subject:
         run_dir = None
         base = (weights.parent if weights is not None else Path.cwd()) / "analysis"
     task = load_task(cfg.task)
+    if run_dir is not None:  # someone's run: its task may name code to run
+        from utility.data.targets import refuse_run_code
+
+        refuse_run_code(task, run_dir / "config.yaml", bool(getattr(args, "trust_run_code", False)))
     return Subject(cfg, task, weights, base, run_dir, pick_device(cfg.device))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import reprlib
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from utility.config.help import PRINT_CONFIG, USAGE, exit_on_help
+from utility.config.yamlsafe import load_file, load_text
 from utility.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
@@ -62,8 +64,10 @@ def parse_argv(argv: list[str], prog: str) -> tuple[Path | None, dict[str, Any]]
 def parse_value(raw: str) -> Any:
     """A command-line value read as YAML; text YAML cannot read stays a string."""
     try:
-        return yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        return load_text(raw, "a command-line value") if raw != "" else ""
+    except UserError as exc:
+        if "alias" in str(exc):
+            raise
         return raw
 
 
@@ -71,10 +75,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping with a clear error for a missing or malformed file."""
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+    data = load_file(path, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -116,6 +117,13 @@ def _nul_keys(raw: dict[str, Any]) -> list[str]:
     return [k for k, v in raw.items() if has_nul(v)]
 
 
+def _short_repr(value: Any) -> str:
+    """repr of a quoted value without building the whole text of a huge one."""
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = 80, 80, 8, 8, 3
+    return r.repr(value)
+
+
 def validate(schema: type[M], raw: dict[str, Any], source: str,
              deprecated: dict[str, str] | None = None, cli_keys: frozenset[str] = frozenset()) -> M:
     """Build ``schema`` from ``raw``; unknown keys, wrong types and ranges become UserErrors.
@@ -155,7 +163,7 @@ def validate(schema: type[M], raw: dict[str, Any], source: str,
             elif err["type"] == "missing":
                 lines.append(f"config key '{key}' is required but missing from {source}")
             else:
-                lines.append(f"config key '{key}': value {given!r} is invalid: {expected}")
+                lines.append(f"config key '{key}': value {_short_repr(given)} is invalid: {expected}")
         raise UserError("\n".join(dict.fromkeys(lines))) from None
 
 

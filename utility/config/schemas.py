@@ -6,10 +6,14 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from utility.config.runname import check_run_name
+
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 # numpy seeds are 32-bit; larger seeds overflowed deep inside torch after the run had started
-Seed = Annotated[int, Field(ge=-(2**32 - 1), le=2**32 - 1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# contrastive logits are cosine / T: below 1e-3 they pass 1000 and the loss turns inf/NaN (1e-30 did)
+Temperature = Annotated[float, Field(ge=1e-3)]
 
 
 def keys_error(keys: tuple[str, ...], what: str) -> ValueError:
@@ -80,12 +84,7 @@ class RunBase(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        v = v.strip().strip("/")
-        if not v or ".." in v.split("/"):
-            raise ValueError("expected a non-empty relative run name without '..'")
-        if any(ord(c) < 32 for c in v):
-            raise ValueError("a run name cannot hold control characters (NUL, newline, tab, ...)")
-        return v
+        return check_run_name(v)
 
 
 class DataKeys(BaseModel):
@@ -166,6 +165,10 @@ class FTEConfig(RunBase, DataKeys):
     save_predictions: bool = Field(True, description="write per-image test predictions")
     ci_resamples: NonNegInt = Field(1000, description="subject bootstrap resamples for test_ci.csv (0: none)")
     ci_level: Annotated[float, Field(gt=0, lt=1)] = Field(0.95, description="test_ci.csv interval level")
+    allow_subject_overlap: bool = Field(False, description="a subject in more than one of train/val/test: "
+                                        "warn (recorded in leakage.txt) instead of refusing the run")
+    check_duplicates: Optional[bool] = Field(None, description="look for identical image files across splits "
+                                             "(content hash); default: when the task has at most 200,000 files")
 
     _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
 
@@ -180,6 +183,9 @@ class FTEConfig(RunBase, DataKeys):
             raise keys_error(("normalizer", "window"), "normalizer 'windowed' needs window: [low, high]")
         if self.window is not None and self.window[0] >= self.window[1]:
             raise keys_error(("window",), f"{list(self.window)} must be [low, high] with low < high")
+        if self.w_l is not None and not any(w > 0 for w in self.w_l):
+            raise keys_error(("w_l",), "class weights are all 0: every loss would be 0/0 = NaN; give at "
+                             "least one class a positive weight")
         if self.fold is not None and self.folds is None:
             raise keys_error(("fold", "folds"), f"fold {self.fold} is one fold of a k-fold split, but folds "
                              "(the number of folds) is not set; set folds too, or remove fold")
@@ -207,6 +213,8 @@ class MonitorConfig(BaseModel):
     knn_t: Annotated[float, Field(gt=0)] = 0.07
     linear: bool = Field(False, description="also a logistic-regression probe on the frozen features")
     batch_size: Optional[PositiveInt] = Field(None, description="feature extraction batch; default batch_size")
+    query: str = Field("val", description="the task split measured against train; use one the pretraining "
+                                          "data do not contain (the run warns when they do)")
 
     @model_validator(mode="before")
     @classmethod
@@ -228,6 +236,9 @@ class SimCLRConfig(RunBase, DataKeys):
     dataset: Literal["Custom_2D"] = Field("Custom_2D", description="images found recursively in folders")
     dataset_base_dir: list[str] = Field(description="folder(s) of unlabeled images (recursive)")
     random_subset: Annotated[float, Field(gt=0, le=1)] = 1.0
+    subject_regex: Optional[str] = Field(None, description="the subject (patient) of an image: group 1 of this "
+                                         "regex on its path below its dataset_base_dir folder; random_subset "
+                                         "then takes whole subjects; default: each image its own")
     grayscale: bool = False
     image_size: PositiveInt = Field(224, description="crop size of the views")
     resnet: str = Field("resnet50", description="encoder name (any backbone finetuning supports)")
@@ -235,7 +246,7 @@ class SimCLRConfig(RunBase, DataKeys):
     projection_head: Literal["predecessor", "mlp"] = "predecessor"
     projection_hidden: Optional[PositiveInt] = Field(None, description="default: the encoder width")
     projection_dim: PositiveInt = 256
-    temperature: Annotated[float, Field(gt=0)] = 0.5
+    temperature: Temperature = 0.5
     loss_device: Literal["gather", "per_replica", "gpu", "cpu", "cuda"] = Field(
         "gather", description="gather: negatives from all ranks; per_replica: one NT-Xent per GPU replica, "
                               "averaged; the predecessor's gpu = per_replica, cpu = gather")

@@ -21,6 +21,7 @@ from utility.models import build_network, count_parameters
 from utility.paths import output_root, resolve_user_path
 from utility.runs.callbacks import BadFileReports
 from utility.runs.startup import Startup, augmentation_path, index_cache_for, resolve_tf_device
+from utility.runs.split_audit import AUDIT_KEYS, audit_splits
 from utility.runs.supervised_data import build_data, check_folds
 from utility.runs.evaluation import read_test_row, report_bad_files, test_last_and_best, write_folds_summary
 from utility.distributed import is_main, shutdown, world_size
@@ -31,7 +32,7 @@ from utility.training.schedulers import build_scheduler
 from utility.training.session import RESUME_FREE_KEYS, RunSession, make_run_dir
 from utility.tracking import require_trackers, tracking_for
 
-FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex", "ci_resamples", "ci_level"}
+FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex", "ci_resamples", "ci_level"} | AUDIT_KEYS
 
 
 def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
@@ -63,6 +64,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     startup.attach(run_dir)
     pipe = pipeline_for(task.type)
     data = build_data(cfg, task, session.device, pipe, startup, index_cache_for(cfg))
+    audit_splits(cfg, data.indexed, run_dir, startup)
     startup.add("augmentation", None, augmentation_path(cfg.tf_device, requested_tf))
     n_cls = data.indexed.num_classes
     if cfg.w_l is not None and len(cfg.w_l) != n_cls:

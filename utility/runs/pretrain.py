@@ -72,7 +72,7 @@ def main(argv: list[str], prog: str = PROG) -> int:
     if cfg.monitor is not None and is_main():
         mprep = Preprocess(channels=cfg.in_channels, shape=shape, normalizer=prep.normalizer, window=prep.window)
         monitor = Monitor(cfg.monitor, mprep, cfg.data_root, cfg.seed, cfg.batch_size, workers, cfg.in_channels,
-                          session.device, run_dir, cfg.epochs)
+                          session.device, run_dir, cfg.epochs, seen=split.paths)
     optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum,
                             fused=session.speed.fused_optimizer)
     interval = lr.interval

@@ -18,6 +18,7 @@ import yaml
 from utility.config.loader import read_yaml, validate
 from utility.config.schemas import FTE_DEPRECATED, SIMCLR_DEPRECATED, FTEConfig, SimCLRConfig
 from utility.config.tasks import load_task
+from utility.config.yamlsafe import load_file
 from utility.errors import UserError
 from utility.paths import DEFAULT_OUTPUT_ROOT, REPO_ROOT, resolve_user_path
 from utility.study.spec import StudySpec
@@ -112,6 +113,10 @@ def make_plan(spec: StudySpec) -> Plan:
     plan = Plan(spec, out_root, config_dir, out_root / "studies" / spec.name)
     for task in spec.tasks:
         load_task(task)  # an unknown task is refused here, with the closest preset named
+    if spec.metrics:
+        from utility.study.metricnames import check_study_metrics
+
+        check_study_metrics(spec.metrics, spec.tasks)
     base_path = resolve_user_path(spec.finetune.config)
     base = read_yaml(base_path)
     base.update(spec.finetune.overrides)
@@ -199,7 +204,7 @@ def write_configs(plan: Plan) -> int:
                                                                           for r in plan.runs]
     for name, path, cfg in items:  # check all before writing any
         if path.exists():
-            old = yaml.safe_load(path.read_text()) or {}
+            old = load_file(path, f"generated config {path}") or {}
             diff = [k for k in sorted(set(old) | set(cfg)) if old.get(k) != cfg.get(k)]
             if diff:
                 k = diff[0]

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from utility.config.loader import closest_key
+from utility.config.yamlsafe import load_file
 from utility.errors import UserError
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -77,6 +78,8 @@ class StudySpec(Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     metrics: Optional[list[str]] = None
     gpus_per_job: int = Field(1, ge=0)
+    allow_contamination: bool = Field(False, description="run although a pretraining source holds a task's "
+                                      "test files or test subjects (utility/study/contamination.py)")
     output_root: Optional[str] = Field(None, description="runs, studies/ and the jobs file; default logs_and_checkpoints")
     config_dir: Optional[str] = Field(None, description="generated configs; default pkgs/FTE/config/<name>/")
 
@@ -151,10 +154,7 @@ def _unknown_keys(model: type[BaseModel], data: Any, where: str) -> None:
 def load_study(path: Path, overrides: Optional[dict[str, Any]] = None) -> StudySpec:
     if not path.is_file():
         raise UserError(f"study file not found: {path}")
-    try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        raise UserError(f"study file {path} is not valid YAML: {exc}") from None
+    raw = load_file(path, f"study file {path}", _UniqueKeyLoader)
     if not isinstance(raw, dict):
         raise UserError(f"study file {path} must hold a mapping of key: value")
     raw.update(overrides or {})
