@@ -16,6 +16,9 @@ empty PNGs with a Data_Entry_2017.csv of as many rows, then measures:
 * the CX8 label join (112 k rows to 112 k files) vs the former per-file reader (csv module, one
   ``Path`` per row and per file).
 
+The ImageNet task carries subjects (a regex, ~10 images each; issue 20): their bytes per sample, the
+subject-overlap check and writing ``splits.csv.gz`` are printed too.
+
 Prints ``name: ours X, baseline Y, ratio R``. Targets (2 cores): cold < 15 s, warm < 2 s, <= 100 B
 per sample beyond the path bytes, worker RSS growth < 50 MB, join < 3 s. File creation is not timed.
 """
@@ -40,6 +43,7 @@ from utility.config.tasks import load_task
 from utility.data.batch_targets import csv_batch
 from utility.data.index import index_task
 from utility.data.index_cache import IndexCache
+from utility.data.leakage import subject_overlap, write_membership
 from utility.data.listing import find_images
 from utility.data.targets import ReaderContext
 
@@ -163,7 +167,10 @@ def main() -> None:
               f"({time.perf_counter() - t:.0f} s, not timed below); {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f}")
         cache = IndexCache(tmp / "index_cache")
-        task = load_task("ImageNet-1k")
+        # subjects in the index (issue 20): about 10 images per subject, by a regex on the file name
+        (tmp / "ImageNet-1k-subjects.yaml").write_text(
+            'extends: ImageNet-1k\nname: ImageNet-1k-subjects\nsubject: {regex: "(n\\\\d{8}(?:_\\\\d*?)?)\\\\d?\\\\.JPEG$"}\n')
+        task = load_task(str(tmp / "ImageNet-1k-subjects.yaml"))
         t = time.perf_counter()
         cold = index_task(task, tmp, seed=0, cache=cache)
         t_cold = time.perf_counter() - t
@@ -181,6 +188,21 @@ def main() -> None:
         t_warm = time.perf_counter() - t
         assert warm.how.startswith("from cache") and warm.splits["train"].paths == train.paths
         line("index_warm_s", t_warm, t_cold, "s", " (baseline: cold index; target < 2 s)")
+        t = time.perf_counter()
+        index_task(load_task("ImageNet-1k"), tmp, seed=0, cache=None)
+        line("index_cold_without_subjects_s", time.perf_counter() - t, t_cold, "s",
+             " (the same index without a subject rule and without the cache write; baseline: with subjects)")
+        subj_bytes = train.subjects.nbytes / n
+        line("subject_bytes_per_sample", subj_bytes, None, "B",
+             f" (int32 code + share of the vocabulary; {train.subject_count():,} subjects; included below)")
+        t = time.perf_counter()
+        count, _ = subject_overlap(cold.splits)
+        line("subject_overlap_check_s", time.perf_counter() - t, None, "s",
+             f" ({count} shared: this tree has the same file names in our_val and our_test)")
+        t = time.perf_counter()
+        write_membership(tmp / "splits.csv.gz", cold.splits)
+        line("splits_csv_gz_s", time.perf_counter() - t, None, "s",
+             f" ({sum(len(s) for s in cold.splits.values()):,} rows, {(tmp / 'splits.csv.gz').stat().st_size / 1e6:.1f} MB)")
         path_bytes = len(train.paths.blob) - n  # minus the separators
         beyond = (train.nbytes - path_bytes) / n
         k = min(100_000, n)

@@ -40,7 +40,7 @@ def test_load_config_help_exits_0_with_the_keys(capsys):
         load_config(SimCLRConfig, ["-c", "missing.yaml", "--help"], "pkgs/SimCLR/main.py")
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "--temperature float > 0 (default 0.5)" in out and "--dataset_base_dir" in out
+    assert "--temperature float >= 0.001 (default 0.5)" in out and "--dataset_base_dir" in out
 
 
 PROBE = r"""

@@ -197,7 +197,7 @@ def make_cx8(root: Path, n: int) -> dict[str, str]:
         (root / "CX8" / split).mkdir(parents=True, exist_ok=True)
         (root / "CX8" / split / name).write_bytes(b"")
         labels[name] = "|".join(sorted(set(rng.choice(names, size=int(rng.integers(1, 3))))))
-    rows = ["Image Index,Finding Labels,Follow-up #"] + [f"{k},{v},0" for k, v in labels.items()]
+    rows = ["Image Index,Finding Labels,Follow-up #,Patient ID"] + [f"{k},{v},0,{k[:8]}" for k, v in labels.items()]
     (root / "CX8" / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
     return labels
 
@@ -345,7 +345,8 @@ def test_finetune_startup_lines_log_and_cached_index(tiny_setup, run_finetune):
     import yaml
     run_dir = s["out_root"] / "finetuning" / "t" / "a"
     rows = list(_csv.DictReader((run_dir / "startup.log").open()))
-    assert [r["phase"] for r in rows] == ["index", "cache planning", "augmentation", "first batch"]
+    assert [r["phase"] for r in rows] == ["index", "cache planning", "splits", "augmentation", "first batch"]
+    assert "train 12 samples / 12 subjects" in rows[2]["note"] and "val 4 samples / 4 subjects" in rows[2]["note"]
     assert all(float(r["seconds"]) >= 0 for r in rows if r["seconds"])
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["tf_device"] == "cpu"
     from utility.config.tasks import load_task as _load

@@ -67,7 +67,7 @@ def write_lits(root: Path, splits=("train", "val", "test"), volumes=2, slices=3,
         vol_dir, seg_dir = root / "Clean_LiTS" / split / "volumes", root / "Clean_LiTS" / split / "segmentations"
         vol_dir.mkdir(parents=True, exist_ok=True)
         seg_dir.mkdir(parents=True, exist_ok=True)
-        for v in range(volumes):
+        for v in range(100 * len(out) - 100, 100 * len(out) - 100 + volumes):  # own volume numbers per split
             for s in range(slices):
                 yy, xx = np.mgrid[0:size, 0:size]
                 cy, cx = rng.integers(size // 3, 2 * size // 3, size=2)
@@ -125,7 +125,9 @@ def test_brats_size_variant_and_nearest_resize(tmp_path):
     variant = load_task("BraTS-M")
     assert variant.train_fraction == 0.5
     indexed = index_task(variant, tmp_path / "data", seed=0)
-    assert len(indexed.splits["train"]) == 10
+    train = indexed.splits["train"]  # half of the 5 patients (round(2.5) = 2), each with its 4 slices
+    assert train.subject_count() == 2 and len(train) == 8
+    assert set(train.subject_ids().tolist()) <= {f"BraTS20_train_{p:03d}" for p in range(5)}
     _, ds = _dataset(load_task("BraTS"), tmp_path / "data", shape=(40, 40))
     t = ds[0]["target"]
     assert t.shape == (40, 40) and set(np.unique(t.numpy())) <= {0, 1, 2, 3}  # nearest: no blended labels

@@ -114,6 +114,8 @@ def test_run_directory_and_resolved_settings(runs):
                              "seconds", "rankme"]
     assert all(1 <= float(r["rankme"]) <= int(r["n_train"]) for r in rows)  # the collapse guard's measure
     assert rows[0]["n_train"] == "18" and rows[0]["n_val"] == "6"
+    # the task's val is carved out of the pretraining folder: the monitor says so (issue 20)
+    assert "holds 6 of 6 images that are also pretraining images" in (d / "monitor_overlap.txt").read_text()
     assert all(0 <= float(r["knn_accuracy"]) <= 1 for r in rows)
     events = b"".join(p.read_bytes() for p in (d / "tensorboard").iterdir())
     assert b"monitor/knn_accuracy" in events and b"monitor/linear_accuracy" in events

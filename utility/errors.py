@@ -15,6 +15,23 @@ class UserError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: object = "") -> None:
+        super().__init__(shorten(str(message)))
+
+
+MAX_LINE = 1000  # characters of one message line (a 35 MB expanded value must not reach the terminal)
+MAX_LINES = 12
+
+
+def shorten(text: str) -> str:
+    """Every user-facing message kept short whatever the value it quotes: the one place it is cut."""
+    lines = text.splitlines() or [""]
+    out = [ln if len(ln) <= MAX_LINE else f"{ln[:MAX_LINE - 60]} ...[{len(ln) - MAX_LINE + 60} characters cut]"
+           for ln in lines[:MAX_LINES]]
+    if len(lines) > MAX_LINES:
+        out.append(f"... and {len(lines) - MAX_LINES} more lines")
+    return "\n".join(out)
+
 
 class SettingError(ValueError):
     """A builder (optimizer, scheduler) cannot serve a configured value; :func:`user_errors` reports it as a

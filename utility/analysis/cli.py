@@ -28,6 +28,8 @@ def _source(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model_name", help="encoder name, e.g. resnet50 (with --weights)")
     g.add_argument("--which", choices=("last", "best"), default="last", help="a run's last or best model")
     g.add_argument("--in_channels", type=int, choices=(1, 3), help="encoder input channels (with --weights)")
+    g.add_argument("--trust-run-code", dest="trust_run_code", action="store_true",
+                   help="allow a run's task to import its own Python reader (a .py file); off by default")
     o = p.add_argument_group("data and device")
     o.add_argument("--data_root", help="default: the config's, else datasets/")
     o.add_argument("--device", help="auto (default), cpu, cuda, cuda:<i>")
@@ -96,5 +98,8 @@ def main(argv: list[str]) -> int:
     from utility.entry import CrashLog
 
     CrashLog.path = None  # analysis never writes crash.log into the run it reads
+    from utility.analysis.argcheck import check_ranges
+
     args = build_parser().parse_args(argv)
+    check_ranges(args)
     return command(args.command)(args)

@@ -139,6 +139,7 @@ def importance(args: Any) -> int:
 
 def lr_find(args: Any) -> int:
     from utility.analysis.lrfind import suggest, sweep
+    from utility.config.recipe import excludes_bn_bias, recipe_of
     from utility.data.augment import build_augment
     from utility.methods.registry import pipeline_for
     from utility.models import build_network
@@ -154,13 +155,15 @@ def lr_find(args: Any) -> int:
     model, _ = build_network(cfg.model_name, len(subject.classes), cfg.in_channels or 3, init, cfg.allow_partial_load,
                              cfg.frozen_encoder, cfg.unfreeze_last_n, pipe.segmentation, cfg.head_dropout)
     model.to(subject.device)
+    recipe = recipe_of(cfg)  # the run's recipe: its augmentation, loss and weight decay
     augment, cpu_augment = build_augment(task.augmentation, tuple(cfg.shape_desired or task.shape_desired),
-                                         cfg.no_augs, cfg.noise_injection, cfg.tf_device)
+                                         cfg.no_augs, cfg.noise_injection, cfg.tf_device, recipe, task.name)
     if augment is not None:
         augment.to(subject.device)
     subject.data.datasets["train"].transform = cpu_augment
     method = pipe.method(cfg, task, subject.data.indexed, augment, None)
-    opt = build_optimizer(model, cfg.optimizer, args.start_lr, cfg.weight_decay, cfg.momentum)
+    opt = build_optimizer(model, cfg.optimizer, args.start_lr, cfg.weight_decay, cfg.momentum,
+                          exclude_bn_bias=excludes_bn_bias(recipe, cfg.optimizer))
     ctx = StepContext(subject.device, Amp(subject.device, "off").autocast, training=True)
     rows = sweep(model, method, opt, subject.loader("train"), ctx, args.steps, args.start_lr, args.end_lr)
     if len(rows) < 2:

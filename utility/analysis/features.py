@@ -7,6 +7,7 @@ over tokens; [B, C] stays. Batches go through the network in eval mode without g
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -135,18 +136,37 @@ def cached_embeddings(subject: Any, split: str, cache_dir: Path) -> tuple[Path, 
     stale file is never read."""
     ds = subject.data.datasets[split]
     sp = subject.data.indexed.splits[split]
-    key = cache_key(subject.weights_key(), subject.cfg.model_name, subject.cfg.in_channels, subject.task.name,
+    weights = subject.weights_key()  # the SHA-256 of the weights file's content
+    key = cache_key(weights, subject.cfg.model_name, subject.cfg.in_channels, subject.task.name,
                     split, repr(ds.prep), [str(p) for p in sp.paths], [np.asarray(t).tolist() for t in sp.targets])
     path = cache_dir / f"{subject.task.name}_{split}_{key}.npz"
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            return path, {k: z[k] for k in z.files}
+    found = read_cached(path, key, weights) if path.is_file() else None
+    if found is not None:
+        return path, found
     model = subject.network()
     emb = embeddings(model, subject.loader(split), subject.device, subject.cfg.in_channels or 3)
     emb["paths"] = np.asarray([str(sp.paths[i]) for i in emb["index"]])
     emb["key"] = np.asarray(key)
+    emb["weights_sha256"] = np.asarray(weights)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, **emb)
     tmp.replace(path)
     return path, emb
+
+
+def read_cached(path: Path, key: str, weights: str) -> dict[str, np.ndarray] | None:
+    """A cache file's arrays if it holds what its name promises: its recorded key and the content
+    hash of the weights must match (a renamed file of other weights is not trusted), and it must be
+    whole. Otherwise None (with a note): the embeddings are computed again and the file replaced."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as exc:  # truncated or not an .npz: zipfile/numpy raise many types
+        print(f"note: embedding cache {path} is damaged ({type(exc).__name__}); computing it again", file=sys.stderr)
+        return None
+    if str(data.get("key", "")) != key or str(data.get("weights_sha256", "")) != weights or "index" not in data:
+        print(f"note: embedding cache {path} was made from other weights or settings (renamed?); computing it "
+              "again", file=sys.stderr)
+        return None
+    return data

@@ -17,6 +17,7 @@ from torch import nn
 
 from utility.config.loader import read_yaml, validate
 from utility.config.schemas import FTE_DEPRECATED, FTEConfig
+from utility.config.recipe import recipe_of, task_for
 from utility.config.tasks import TaskSpec, load_task
 from utility.errors import UserError
 from utility.paths import output_root, resolve_user_path
@@ -90,7 +91,10 @@ class Subject:
 
     def out_dir(self, command: str, out: Optional[Path]) -> Path:
         """The command's output folder (created by the caller once all inputs are checked)."""
-        return Path(out).resolve() if out is not None else self.base_dir / command
+        folder = Path(out).resolve() if out is not None else self.base_dir / command
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"--out {folder} is a file; expected a folder (new or existing) for the outputs")
+        return folder
 
 
 def check_split(split: str) -> None:
@@ -173,7 +177,11 @@ def open_subject(args: Any) -> Subject:
         cfg = validate(FTEConfig, raw, "the command line")
         run_dir = None
         base = (weights.parent if weights is not None else Path.cwd()) / "analysis"
-    task = load_task(cfg.task)
+    task = task_for(load_task(cfg.task), recipe_of(cfg))  # labels as the run's recipe read them (CTBR)
+    if run_dir is not None:  # someone's run: its task may name code to run
+        from utility.data.targets import refuse_run_code
+
+        refuse_run_code(task, run_dir / "config.yaml", bool(getattr(args, "trust_run_code", False)))
     return Subject(cfg, task, weights, base, run_dir, pick_device(cfg.device))
 
 

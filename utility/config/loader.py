@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import reprlib
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from utility.config.help import PRINT_CONFIG, USAGE, exit_on_help
+from utility.config.recipe import recipe_notice
+from utility.config.yamlsafe import load_file, load_text
 from utility.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
@@ -62,8 +65,10 @@ def parse_argv(argv: list[str], prog: str) -> tuple[Path | None, dict[str, Any]]
 def parse_value(raw: str) -> Any:
     """A command-line value read as YAML; text YAML cannot read stays a string."""
     try:
-        return yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        return load_text(raw, "a command-line value") if raw != "" else ""
+    except UserError as exc:
+        if "alias" in str(exc):
+            raise
         return raw
 
 
@@ -71,10 +76,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping with a clear error for a missing or malformed file."""
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+    data = load_file(path, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -89,11 +91,17 @@ KEY_SYNONYMS: dict[str, str] = {
 }
 
 
+# how similar (difflib ratio) a valid key must be to be offered as "did you mean": 0.5 offered
+# annealing_time for learnin_rate and num_workers for nework
+HINT_CUTOFF = 0.6
+
+
 def closest_key(key: str, valid: list[str]) -> str | None:
+    """A valid key close enough to ``key`` to be what was meant, else None (no hint beats a wrong one)."""
     synonym = KEY_SYNONYMS.get(key.lower())
     if synonym in valid:
         return synonym
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=HINT_CUTOFF)
     return match[0] if match else None
 
 
@@ -114,6 +122,13 @@ def _nul_keys(raw: dict[str, Any]) -> list[str]:
             return any(has_nul(x) for x in v.values())
         return False
     return [k for k, v in raw.items() if has_nul(v)]
+
+
+def _short_repr(value: Any) -> str:
+    """repr of a quoted value without building the whole text of a huge one."""
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = 80, 80, 8, 8, 3
+    return r.repr(value)
 
 
 def validate(schema: type[M], raw: dict[str, Any], source: str,
@@ -155,7 +170,7 @@ def validate(schema: type[M], raw: dict[str, Any], source: str,
             elif err["type"] == "missing":
                 lines.append(f"config key '{key}' is required but missing from {source}")
             else:
-                lines.append(f"config key '{key}': value {given!r} is invalid: {expected}")
+                lines.append(f"config key '{key}': value {_short_repr(given)} is invalid: {expected}")
         raise UserError("\n".join(dict.fromkeys(lines))) from None
 
 
@@ -172,6 +187,8 @@ def load_config(schema: type[M], argv: list[str], prog: str,
     if show:  # the resolved config (file + overrides + defaults), nothing run
         sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         raise SystemExit(0)
+    if hasattr(cfg, "recipe"):
+        recipe_notice(raw, getattr(cfg, "recipe"))
     return cfg, path
 
 

@@ -6,10 +6,16 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from utility.config.loader import HINT_CUTOFF
+from utility.config.recipe import fill_defaults
+from utility.config.runname import check_run_name
+
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 # numpy seeds are 32-bit; larger seeds overflowed deep inside torch after the run had started
-Seed = Annotated[int, Field(ge=-(2**32 - 1), le=2**32 - 1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# contrastive logits are cosine / T: below 1e-3 they pass 1000 and the loss turns inf/NaN (1e-30 did)
+Temperature = Annotated[float, Field(ge=1e-3)]
 
 
 def keys_error(keys: tuple[str, ...], what: str) -> ValueError:
@@ -48,6 +54,8 @@ class RunBase(BaseModel):
         "auto", description="ddp under torchrun, dp with several visible GPUs, else none")
     verbose: bool = True
     debug: bool = False
+    recipe: Literal["modern", "predecessor"] = Field(
+        "modern", description="predecessor: train exactly as the predecessor did (docs/recipes.md)")
     log_losses: bool = True
     output_root: Optional[str] = Field(None, description="default: logs_and_checkpoints/ in the repo")
     data_root: Optional[str] = Field(None, description="default: datasets/ in the repo")
@@ -80,12 +88,7 @@ class RunBase(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        v = v.strip().strip("/")
-        if not v or ".." in v.split("/"):
-            raise ValueError("expected a non-empty relative run name without '..'")
-        if any(ord(c) < 32 for c in v):
-            raise ValueError("a run name cannot hold control characters (NUL, newline, tab, ...)")
-        return v
+        return check_run_name(v)
 
 
 class DataKeys(BaseModel):
@@ -171,8 +174,13 @@ class FTEConfig(RunBase, DataKeys):
     save_predictions: bool = Field(True, description="write per-image test predictions")
     ci_resamples: NonNegInt = Field(1000, description="subject bootstrap resamples for test_ci.csv (0: none)")
     ci_level: Annotated[float, Field(gt=0, lt=1)] = Field(0.95, description="test_ci.csv interval level")
+    allow_subject_overlap: bool = Field(False, description="a subject in more than one of train/val/test: "
+                                        "warn (recorded in leakage.txt) instead of refusing the run")
+    check_duplicates: Optional[bool] = Field(None, description="look for identical image files across splits "
+                                             "(content hash); default: when the task has at most 200,000 files")
 
     _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
+    _recipe_defaults = model_validator(mode="before")(classmethod(lambda cls, v: fill_defaults(v, "fte")))
 
     @field_validator("scheduler", mode="before")
     @classmethod
@@ -185,6 +193,9 @@ class FTEConfig(RunBase, DataKeys):
             raise keys_error(("normalizer", "window"), "normalizer 'windowed' needs window: [low, high]")
         if self.window is not None and self.window[0] >= self.window[1]:
             raise keys_error(("window",), f"{list(self.window)} must be [low, high] with low < high")
+        if self.w_l is not None and not any(w > 0 for w in self.w_l):
+            raise keys_error(("w_l",), "class weights are all 0: every loss would be 0/0 = NaN; give at "
+                             "least one class a positive weight")
         if self.fold is not None and self.folds is None:
             raise keys_error(("fold", "folds"), f"fold {self.fold} is one fold of a k-fold split, but folds "
                              "(the number of folds) is not set; set folds too, or remove fold")
@@ -231,6 +242,8 @@ class MonitorConfig(BaseModel):
     knn_t: Annotated[float, Field(gt=0)] = 0.07
     linear: bool = Field(False, description="also a logistic-regression probe on the frozen features")
     batch_size: Optional[PositiveInt] = Field(None, description="feature extraction batch; default batch_size")
+    query: str = Field("val", description="the task split measured against train; use one the pretraining "
+                                          "data do not contain (the run warns when they do)")
     milestones: list[Milestone] = Field([], description="collapse guard: values to reach by an epoch")
 
     @model_validator(mode="after")
@@ -246,10 +259,13 @@ class MonitorConfig(BaseModel):
             return {"task": v}
         for key in v if isinstance(v, dict) else ():
             if key not in cls.model_fields:
-                hint = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.5)
+                hint = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=HINT_CUTOFF)
                 raise ValueError(f"unknown monitor key '{key}'" + (f"; did you mean '{hint[0]}'?" if hint else
                                  f" (valid: {', '.join(cls.model_fields)})"))
         return v
+
+
+PREDECESSOR_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
 class SimCLRConfig(RunBase, DataKeys):
@@ -259,14 +275,21 @@ class SimCLRConfig(RunBase, DataKeys):
     dataset: Literal["Custom_2D"] = Field("Custom_2D", description="images found recursively in folders")
     dataset_base_dir: list[str] = Field(description="folder(s) of unlabeled images (recursive)")
     random_subset: Annotated[float, Field(gt=0, le=1)] = 1.0
+    subject_regex: Optional[str] = Field(None, description="the subject (patient) of an image: group 1 of this "
+                                         "regex on its path below its dataset_base_dir folder; random_subset "
+                                         "then takes whole subjects; default: each image its own")
     grayscale: bool = False
     image_size: PositiveInt = Field(224, description="crop size of the views")
     resnet: str = Field("resnet50", description="encoder name (any backbone finetuning supports)")
+    encoder_network: Optional[str] = Field(
+        None, description="the predecessor's override of resnet (one of PREDECESSOR_ENCODERS)")
+    init_encoder: Optional[str] = Field(
+        None, description="start from this encoder file (fresh optimizer), e.g. the predecessor's IxR -> IxR_2")
     in_channels: Literal[1, 3] = 3
     projection_head: Literal["predecessor", "mlp"] = "predecessor"
     projection_hidden: Optional[PositiveInt] = Field(None, description="default: the encoder width")
     projection_dim: PositiveInt = 256
-    temperature: Annotated[float, Field(gt=0)] = 0.5
+    temperature: Temperature = 0.5
     loss_device: Literal["gather", "per_replica", "gpu", "cpu", "cuda"] = Field(
         "gather", description="gather: negatives from all ranks; per_replica: one NT-Xent per GPU replica, "
                               "averaged; the predecessor's gpu = per_replica, cpu = gather")
@@ -311,6 +334,21 @@ class SimCLRConfig(RunBase, DataKeys):
     def _dirs(cls, v):
         return [v] if isinstance(v, str) else v
 
+    _recipe_defaults = model_validator(mode="before")(classmethod(lambda cls, v: fill_defaults(v, "ssl")))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encoder_network(cls, v: Any) -> Any:
+        """The predecessor's encoder_network overrides resnet; it ran ResNets only."""
+        if isinstance(v, dict) and v.get("encoder_network") is not None:
+            name = str(v["encoder_network"])
+            if name not in PREDECESSOR_ENCODERS:
+                raise keys_error(("encoder_network",), f"{name!r} is not an encoder the predecessor could run; "
+                                 f"supported: {', '.join(PREDECESSOR_ENCODERS)} (or set resnet: <any encoder "
+                                 "of this tool> and remove encoder_network)")
+            v = {**v, "resnet": name}
+        return v
+
     _optimizer = field_validator("optimizer")(classmethod(lambda cls, v: optimizer_name(v)))
 
     @field_validator("crop_scale")
@@ -340,7 +378,8 @@ SIMCLR_DEPRECATED: dict[str, str] = {
     "pretrain": "unused by the predecessor too", "dataset_dir": "use dataset_base_dir",
     "checkpoint_epoch": "unused by the predecessor too", "model_path": "unused by the predecessor too",
     "logistic_batch_size": "unused by the predecessor too", "logistic_epochs": "unused by the predecessor too",
-    "reload": "resume is automatic: start the same command again",
-    "epoch_num": "resume is automatic and continues from the last checkpoint",
-    "start_epoch": "resume is automatic and continues from the last checkpoint",
+    "reload": "resume is automatic: start the same command again; to continue from another run's encoder "
+              "on new data (the predecessor's IxR -> IxR_2) use init_encoder: <encoder file>",
+    "epoch_num": "resume is automatic and continues from the last checkpoint (init_encoder: start from an encoder)",
+    "start_epoch": "resume is automatic and continues from the last checkpoint (init_encoder: start from an encoder)",
 }

@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from utility.config.yamlsafe import load_file
 from utility.errors import UserError
 from utility.paths import TASKS_DIR
 
@@ -72,6 +72,48 @@ class LayoutSpec(BaseModel):
     dicom_path: Optional[tuple[str, str]] = Field(
         None, description="[regex, replacement] from a slice's path below its split folder to its DICOM "
                           "below dicom_root; default ['\\.npy$', '.dcm']")
+    body_part_rule: Literal["single", "lowest"] = Field(
+        "single", description="lowest: the predecessor's keywords, several regions -> lowest class (recipe)")
+
+
+class IdRule(BaseModel):
+    """Where one id per sample comes from (exactly one source): a labels-table ``column``, a ``regex``
+    on the path relative to the task folder (its first group, or the whole match, is the id), a DICOM
+    attribute (``dicom: PatientID``; the image itself, or its DICOM under ``layout.dicom_root``), or a
+    ``reader: module:function`` of this project called with (relative paths, ReaderContext) -> ids."""
+
+    model_config = ConfigDict(extra="forbid")
+    column: Optional[str] = None
+    regex: Optional[str] = None
+    dicom: Optional[str] = None
+    reader: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "IdRule":
+        given = [k for k in ("column", "regex", "dicom", "reader") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of column, regex, dicom, reader")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex {self.regex!r} does not compile: {exc}") from None
+        if self.dicom is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", self.dicom):
+            raise ValueError(f"dicom: expected a DICOM keyword such as PatientID, got {self.dicom!r}")
+        if self.reader is not None and ":" not in self.reader:
+            raise ValueError("reader: expected module:function (a module of this project)")
+        return self
+
+    @property
+    def builtin(self) -> bool:
+        """Depends only on paths and files the index stamps (cacheable)."""
+        return self.reader is None and self.dicom is None
+
+
+class SubjectRule(IdRule):
+    """The subject (patient) of each sample, and optionally its ``session`` (study/visit) id."""
+
+    session: Optional[IdRule] = None
 
 
 class TaskSpec(BaseModel):
@@ -106,16 +148,23 @@ class TaskSpec(BaseModel):
     primary_mode: Literal["max", "min"] = "max"
     per_class_metrics: bool = True
     train_fraction: Optional[float] = Field(None, gt=0, le=1)
+    subject: Optional[SubjectRule] = Field(
+        None, description="where each sample's subject (patient) id comes from; none: each sample is its own")
     source_file: Optional[str] = None
 
     @model_validator(mode="after")
     def _splits(self) -> "TaskSpec":
+        if self.window is not None and not self.window[0] < self.window[1]:
+            raise ValueError(f"window {list(self.window)} must be [low, high] with low < high (a zero-width "
+                             "window divides by 0)")
         missing = {"train", "val", "test"} - set(self.splits)
         if missing:
             raise ValueError(f"splits must define train, val and test (missing: {sorted(missing)})")
         for name, s in self.splits.items():
             if s.from_ is not None and s.from_ not in self.splits:
                 raise ValueError(f"split '{name}' is carved from unknown split '{s.from_}'")
+        if self.subject is not None and self.subject.column is not None and self.layout.labels_file is None:
+            raise ValueError("subject.column needs layout.labels_file (the table holding that column)")
         if self.type == "multilabel" and self.loss != "bce":
             raise ValueError("multilabel tasks use loss: bce")
         if self.type == "segmentation":
@@ -141,10 +190,7 @@ def available_tasks() -> list[str]:
 
 def _read_task_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a task YAML; ``extends: OTHER`` merges OTHER's keys under this file's."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"task file {path} is not valid YAML: {exc}") from None
+    data = load_file(path, f"task file {path}") or {}
     if not isinstance(data, dict):
         raise UserError(f"task file {path} must hold a mapping")
     base_name = data.pop("extends", None)

@@ -10,6 +10,7 @@ Noise injection [sigma, p] (Gaussian, or Rician for MRI magnitude images) runs o
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 import kornia.augmentation as K
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from utility.data.noise import add_noise  # noqa: F401  (re-exported)
 from utility.errors import UserError
 from utility.paths import CONFIG_DIR
 
@@ -56,23 +58,11 @@ def load_preset(name: str) -> AugPreset:
         raise UserError(f"augmentation preset {path}: '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
 
 
-def add_noise(x: torch.Tensor, sigma: float, p: float, kind: str = "gaussian") -> torch.Tensor:
-    """Per-sample noise with probability p. Rician: |x + n1 + i n2| (magnitude MRI noise)."""
-    if sigma <= 0 or p <= 0:
-        return x
-    hit = (torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) < p).to(x.dtype)
-    if kind == "rician":
-        noisy = torch.sqrt((x + sigma * torch.randn_like(x)) ** 2 + (sigma * torch.randn_like(x)) ** 2)
-    else:
-        noisy = x + sigma * torch.randn_like(x)
-    return hit * noisy + (1 - hit) * x
-
-
 class DeviceAugment(nn.Module):
     """Batched augmentation of images [B,C,H,W] (and masks [B,H,W] integer labels) + noise."""
 
     def __init__(self, preset: AugPreset, shape: tuple[int, int],
-                 noise: Optional[tuple[float, float]] = None, geometric: bool = True) -> None:
+                 noise: Optional[tuple[float, float]] = None, geometric: bool = True, clip: bool = False) -> None:
         super().__init__()
         ops: list[nn.Module] = []
         if geometric and preset.random_resized_crop is not None:
@@ -89,6 +79,7 @@ class DeviceAugment(nn.Module):
                          if ops else None)
         self.noise = noise
         self.noise_type = preset.noise_type
+        self.clip = clip
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None):
@@ -98,7 +89,7 @@ class DeviceAugment(nn.Module):
         elif self.ops is not None:
             x = self.ops(x)
         if self.noise is not None:
-            x = add_noise(x, self.noise[0], self.noise[1], self.noise_type)
+            x = add_noise(x, self.noise[0], self.noise[1], self.noise_type, self.clip)
         return x if mask is None else (x, mask)
 
 
@@ -140,14 +131,30 @@ class CpuAugment:
 
 
 def build_augment(preset_name: str, shape: tuple[int, int], no_augs: bool,
-                  noise: Optional[tuple[float, float]], tf_device: str = "gpu"):
-    """(device-side augmentation or None, loader-side per-sample augmentation or None)."""
+                  noise: Optional[tuple[float, float]], tf_device: str = "gpu", recipe: Any = None,
+                  task_name: str = ""):
+    """(device-side augmentation or None, loader-side per-sample augmentation or None).
+
+    ``recipe`` (utility/config/recipe.py): under the predecessor's, its per-task pipeline on the device
+    whatever tf_device says (utility/data/predecessor_augment.py), noise clipped to [0, 1], and
+    ``no_augs`` switches the noise off too, as it did there; a task it had no pipeline for keeps its preset."""
+    if recipe is not None and recipe.predecessor_augmentation:
+        from utility.data.predecessor_augment import PredecessorAugment, family_of
+
+        if no_augs:
+            return None, None
+        family = family_of(task_name)
+        if family is not None:
+            return PredecessorAugment(family, shape, noise), None
+        print(f"recipe: predecessor: the predecessor had no augmentation for task {task_name}; "
+              f"using its preset '{preset_name}'", file=sys.stderr)
+    clip = recipe is not None and recipe.clip_noise
     preset = AugPreset() if no_augs else load_preset(preset_name)
     if tf_device == "cpu":
         cpu = CpuAugment(preset, shape)
-        dev = DeviceAugment(preset, shape, noise, geometric=False) if noise else None
+        dev = DeviceAugment(preset, shape, noise, geometric=False, clip=clip) if noise else None
         return dev, (cpu if cpu.compose is not None else None)
-    dev = DeviceAugment(preset, shape, noise)
+    dev = DeviceAugment(preset, shape, noise, clip=clip)
     return (dev if (dev.ops is not None or dev.noise) else None), None
 
 

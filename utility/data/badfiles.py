@@ -4,6 +4,7 @@ directory, summarised in one line per epoch; too many in one split stop the run 
 In debug mode the dataset raises on the first one instead (with its path)."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any, Optional
 
@@ -50,11 +51,12 @@ class BadFiles:
         if not self.count:
             return None
         if self.run_dir is not None:
-            lines = ["split,file,reason"]
-            for split, items in self.seen.items():
-                for i, reason in sorted(items.items()):
-                    lines.append(f"{split},{self._path(split, i)},\"{reason.replace(chr(34), chr(39))}\"")
-            (self.run_dir / "bad_files.csv").write_text("\n".join(lines) + "\n")
+            rows = [[split, self._path(split, i), reason]
+                    for split, items in self.seen.items() for i, reason in sorted(items.items())]
+            with (self.run_dir / "bad_files.csv").open("w", newline="") as fh:  # names may hold commas/quotes
+                w = csv.writer(fh, lineterminator="\n")
+                w.writerow(["split", "file", "reason"])
+                w.writerows(rows)
         parts = ", ".join(f"{split} {len(v)}" for split, v in self.seen.items() if v)
         return f"skipped unreadable/NaN files so far: {parts} (see bad_files.csv)"
 

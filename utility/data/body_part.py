@@ -5,7 +5,10 @@ The predecessor read ``BodyPartExamined`` (0018,0015) of each slice's source DIC
 case-insensitively against keyword lists (:data:`KEYWORDS`): a class matches when one of its keywords
 occurs in the value (so ``HWS``/``BWS``/``LWS`` are spine via ``WS``). A value matching no class or
 more than one is refused with the file and the value named (the predecessor's unknown class 6 was left
-out of its ``*_wo6`` folders; a labels CSV settles such slices).
+out of its ``*_wo6`` folders; a labels CSV settles such slices). With ``layout.body_part_rule: lowest``
+(set by ``recipe: predecessor``) the predecessor's rule applies instead: its own keyword lists
+(:data:`PREDECESSOR_KEYWORDS`: no Foot/Ankle), and a value naming several regions gets the lowest class
+index (``THORAX ABDOMEN`` -> thorax); a value naming none is its class 6, still refused.
 
 Routes, first that exists wins (``layout`` keys of the task):
 - ``labels_file`` (under the task folder): CSV of slice file -> label; the label is a class name, a
@@ -32,28 +35,39 @@ KEYWORDS: dict[int, tuple[str, ...]] = {
     1: ("Thorax", "Tho", "Thx", "Chest", "Torso"),
     2: ("Abdomen", "Abd", "Oberbauch", "Bauch", "Unterbauch"),
     3: ("Arm", "Ellenbogen", "Elbow", "Hand", "Wrist", "Handgelenk", "Shoulder", "Schulter", "Leg", "Bein",
-        "Knie", "Knee", "Oberschenkel", "Schenkel", "Unterschenkel", "Calf", "Extremity",
-        "Extremität", "Extremitaet", "Foot", "Fuß", "Fuss", "Ankle", "Sprunggelenk"),  # + from Extremität on
+        "Knie", "Knee", "Oberschenkel", "Schenkel", "Unterschenkel", "Calf", "Calves", "Extremity",
+        "Extremities", "Extremität", "Extremitaet", "Foot", "Fuß", "Fuss", "Ankle", "Sprunggelenk"),
     4: ("Hip", "Huefte", "Hüfte", "Pelvis", "Becken"),
     5: ("Spine", "Spinal", "WS", "Wirbelsäule", "Wirbelsaeule"),
 }
+
+
+# keywords this tool added to the predecessor's lists (the predecessor put such slices in its class 6)
+ADDED_KEYWORDS = ("Extremitaet", "Foot", "Fuß", "Fuss", "Ankle", "Sprunggelenk")
+PREDECESSOR_KEYWORDS: dict[int, tuple[str, ...]] = {
+    c: tuple(k for k in kws if k not in ADDED_KEYWORDS) + (("Upper Calf", "Lower Calf", "Extremitäten") if c == 3 else ())
+    for c, kws in KEYWORDS.items()}
 
 
 def _fold(text: str) -> str:
     return unicodedata.normalize("NFC", text).casefold()
 
 
-_FOLDED = {c: tuple(_fold(k) for k in kws) for c, kws in KEYWORDS.items()}
+_FOLDED = {rule: {c: tuple(_fold(k) for k in kws) for c, kws in table.items()}
+           for rule, table in (("single", KEYWORDS), ("lowest", PREDECESSOR_KEYWORDS))}
 
 
-def classes_of(body_part: str) -> list[int]:
-    """Every class one of whose keywords occurs in ``body_part`` (case-insensitive)."""
+def classes_of(body_part: str, rule: str = "single") -> list[int]:
+    """Every class one of whose keywords occurs in ``body_part`` (case-insensitive), lowest first."""
     text = _fold(body_part)
-    return [c for c, kws in _FOLDED.items() if any(k in text for k in kws)]
+    return [c for c, kws in _FOLDED[rule].items() if any(k in text for k in kws)]
 
 
-def class_of(body_part: str, where: str) -> int:
-    found = classes_of(body_part)
+def class_of(body_part: str, where: str, rule: str = "single") -> int:
+    """``single``: exactly one region must match; ``lowest``: the predecessor's lowest matching class."""
+    found = classes_of(body_part, rule)
+    if rule == "lowest" and found:
+        return found[0]
     if len(found) != 1:
         what = "matches no body region" if not found else f"matches several body regions {found}"
         raise UserError(f"{where}: BodyPartExamined {body_part!r} {what}; label such slices in a labels CSV "
@@ -95,7 +109,7 @@ def body_part_target(path: Path, ctx: ReaderContext) -> int | str:
         names = ctx.task.classes or []
         if raw in names or (raw.isdigit() and int(raw) < len(KEYWORDS)):
             return raw
-        return class_of(raw, f"{path.name} in {layout.labels_file}")
+        return class_of(raw, f"{path.name} in {layout.labels_file}", layout.body_part_rule)
     root = dicom_root(ctx)
     if root is None or not root.is_dir():
         csv_hint = f"{ctx.data_dir / layout.labels_file}" if layout.labels_file else "a labels CSV (layout.labels_file)"
@@ -106,4 +120,4 @@ def body_part_target(path: Path, ctx: ReaderContext) -> int | str:
     dcm = root / re.sub(pattern, repl, rel)
     if not dcm.is_file():
         raise UserError(f"{path}: its DICOM {dcm} does not exist (layout.dicom_root / dicom_path)")
-    return class_of(_dicom_body_part(dcm), str(dcm))
+    return class_of(_dicom_body_part(dcm), str(dcm), layout.body_part_rule)

@@ -4,7 +4,7 @@ Why not the predecessor's Manager dict: every item went through one server proce
 Here the store is two files in a cache directory (default ``/dev/shm/<user>-mi-cache``, i.e. RAM):
 ``data.f32`` [N, C, H, W] float32 and ``filled.u8`` (one flag per item). Every DataLoader worker,
 every DDP rank on the node and every later run with the same files and the same preprocessing maps
-the same pages: the store is keyed by a hash of the file list (path, size, mtime) and of the
+the same pages: the store is keyed by a hash of the file list (path, size, mtime, ctime) and of the
 preprocessing parameters, so a changed file or setting gives a new store and a stale one is never
 read. The flag is written after the data, and items are deterministic, so two processes filling the
 same item at once write identical bytes. A store whose files are truncated or whose metadata does
@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from utility.data.io import split_slice
 from utility.diskspace import is_no_space, no_space_error
 from utility.errors import UserError
 
@@ -56,8 +57,10 @@ def store_key(paths: Sequence[Path], prep_key: str) -> str:
     strings = getattr(paths, "strings", None)  # a PathArray: no Path object per file
     for name in (strings() if strings is not None else [str(p) for p in paths]):
         try:
-            st = os.stat(name.split("::")[0])
-            h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            st = os.stat(split_slice(name)[0])  # a slice of a volume: the volume's file
+            # ctime too: a file rewritten with the same size and its mtime restored (touch -r, rsync -t)
+            # still gets a new inode change time, which no user call can set back
+            h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
         except OSError:
             h.update(f"{name}|missing\n".encode())
     return h.hexdigest()[:20]

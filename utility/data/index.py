@@ -25,7 +25,8 @@ from utility.data.encode import encode_multiclass, encode_multilabel
 from utility.data.index_cache import IndexCache
 from utility.data.labeltable import posix, read_table, rows_with
 from utility.data.listing import Stamp, expand_volumes, find_images, stamp
-from utility.data.splits import kfold_indices, stratified_fraction
+from utility.data.splits import grouped_fraction, grouped_kfold
+from utility.data.subjects import IdColumn, concat_ids, read_ids, relative_paths, volume_subjects
 from utility.data.targets import _READERS, ReaderContext, get_target_reader, read_synsets
 from utility.errors import UserError
 
@@ -33,15 +34,22 @@ __all__ = ["Split", "IndexedTask", "index_task", "find_images", "expand_volumes"
 
 
 class Split:
-    """One split: file paths (a :class:`PathArray`) and targets (int64 class indices, a uint8
-    multi-hot matrix, or :class:`MaskTargets`); built from lists too (converted)."""
+    """One split: file paths (a :class:`PathArray`), targets (int64 class indices, a uint8
+    multi-hot matrix, or :class:`MaskTargets`; built from lists too) and, when the task names them,
+    subjects and sessions (:class:`IdColumn`; None: each sample is its own subject). ``home``: the
+    task folder, that subject ids without a rule (the path) are relative to."""
 
-    def __init__(self, name: str, paths: Any = (), targets: Any = ()) -> None:
+    def __init__(self, name: str, paths: Any = (), targets: Any = (), subjects: Optional[IdColumn] = None,
+                 sessions: Optional[IdColumn] = None, home: str = "") -> None:
         self.name = name
         self.paths: PathArray = PathArray.from_paths(paths)
         self.targets: Any = as_targets(targets)
+        self.subjects, self.sessions, self.home = subjects, sessions, home
         if len(self.targets) != len(self.paths):
             raise ValueError(f"split {name}: {len(self.paths)} paths but {len(self.targets)} targets")
+        for col in (subjects, sessions):
+            if col is not None and len(col) != len(self.paths):
+                raise ValueError(f"split {name}: {len(self.paths)} paths but {len(col)} subject/session ids")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -50,7 +58,32 @@ class Split:
         return f"Split({self.name!r}, {len(self)} samples)"
 
     def subset(self, idx: Sequence[int], name: str | None = None) -> "Split":
-        return Split(name or self.name, take(self.paths, idx), take(self.targets, idx))
+        return Split(name or self.name, take(self.paths, idx), take(self.targets, idx),
+                     None if self.subjects is None else self.subjects.take(idx),
+                     None if self.sessions is None else self.sessions.take(idx), self.home)
+
+    def relative_paths(self) -> list[str]:
+        """Each path relative to the task folder (``home``)."""
+        return relative_paths(self.paths, self.home)
+
+    def subject_ids(self) -> np.ndarray:
+        """One subject id (str) per sample; without a subject rule the path relative to the task folder."""
+        if self.subjects is not None:
+            return self.subjects.ids()
+        return np.asarray(self.relative_paths(), dtype=str) if len(self) else np.zeros(0, dtype=str)
+
+    def group_codes(self) -> np.ndarray:
+        """An integer per sample, equal for the samples of one subject (what grouped splits use)."""
+        return self.subjects.codes.astype(np.int64) if self.subjects is not None else np.arange(len(self))
+
+    def unique_subjects(self) -> np.ndarray:
+        """The distinct subject ids, sorted (from the codes in use: no per-sample strings)."""
+        if self.subjects is not None:
+            return self.subjects.vocab[np.unique(self.subjects.codes)]
+        return np.unique(self.subject_ids())
+
+    def subject_count(self) -> int:
+        return int(len(np.unique(self.subjects.codes))) if self.subjects is not None else len(self)
 
     def strata(self) -> np.ndarray:
         """Stratification key per sample: the class, or the label combination ('0101...')."""
@@ -65,7 +98,20 @@ class Split:
 
     @property
     def nbytes(self) -> int:
-        return self.paths.nbytes + int(self.targets.nbytes)
+        extra = sum(c.nbytes for c in (self.subjects, self.sessions) if c is not None)
+        return self.paths.nbytes + int(self.targets.nbytes) + extra
+
+
+def join_splits(parts: Sequence[Split], name: str) -> Split:
+    """The samples of ``parts`` one after the other, subjects included (k-fold's pool)."""
+    lens = [len(p) for p in parts]
+    subjects = [p.subjects for p in parts]
+    if any(s is None for s in subjects) and any(s is not None for s in subjects):  # e.g. NIfTI slices in one only
+        subjects = [IdColumn.from_strings(p.subject_ids()) if s is None else s for p, s in zip(parts, subjects)]
+    sessions = [p.sessions for p in parts]
+    sessions = sessions if all(s is not None for s in sessions) else [None] * len(parts)
+    return Split(name, concat([p.paths for p in parts]), concat([p.targets for p in parts]),
+                 concat_ids(subjects, lens), concat_ids(sessions, lens), parts[0].home)
 
 
 @dataclass
@@ -75,6 +121,7 @@ class IndexedTask:
     classes: list[str]
     splits: dict[str, Split]
     how: str = ""  # how the base index was obtained (built / from cache), for the start-up line
+    subjects: str = ""  # where subjects come from (or that there is no rule), for the start-up output
 
     @property
     def num_classes(self) -> int:
@@ -103,24 +150,24 @@ def index_task(task: TaskSpec, data_root: Path, seed: int, formats: Sequence[str
         for n in ready:
             spec = pending.pop(n)
             src = splits[spec.from_]
-            take_idx = stratified_fraction(src.strata(), spec.fraction, seed)
+            take_idx = grouped_fraction(src.strata(), src.group_codes(), spec.fraction, seed)
             keep = np.ones(len(src), bool)
             keep[take_idx] = False
             splits[n] = src.subset(take_idx, n)
             splits[spec.from_] = src.subset(np.flatnonzero(keep))
     if folds:
-        pool = Split("pool", concat([splits["train"].paths, splits["val"].paths]),
-                     concat([splits["train"].targets, splits["val"].targets]))
-        tr, va = kfold_indices(pool.strata(), folds, fold or 0, seed)
+        pool = join_splits([splits["train"], splits["val"]], "pool")
+        tr, va = grouped_kfold(pool.strata(), pool.group_codes(), folds, fold or 0, seed)
         splits["train"], splits["val"] = pool.subset(tr, "train"), pool.subset(va, "val")
     frac = train_fraction if train_fraction is not None else task.train_fraction
     if frac is not None and frac < 1:
-        splits["train"] = splits["train"].subset(stratified_fraction(splits["train"].strata(), frac, seed))
+        tr = splits["train"]
+        splits["train"] = tr.subset(grouped_fraction(tr.strata(), tr.group_codes(), frac, seed))
     for name, s in splits.items():
         if len(s) == 0:
             raise UserError(f"task {task.name}: split '{name}' is empty (no {', '.join(formats)} files; "
                             f"see {task.source_file})")
-    return IndexedTask(task, data_dir, classes, splits, how)
+    return IndexedTask(task, data_dir, classes, splits, how, _subject_note(task))
 
 
 # ----------------------------------------------------------------------------- base splits (cached)
@@ -132,15 +179,26 @@ def _cacheable(reader_name: str) -> bool:
     return fn is not None and fn.__module__ in ("utility.data.targets", "utility.data.mask_readers")
 
 
+def _subject_note(task: TaskSpec) -> str:
+    if task.subject is None:
+        return "subjects: none defined (each sample its own subject; add subject: to the task to group)"
+    r = task.subject
+    how = next(f"{k} {getattr(r, k)!r}" for k in ("column", "regex", "dicom", "reader") if getattr(r, k) is not None)
+    return f"subjects by {how}"
+
+
 def _base(task: TaskSpec, data_dir: Path, formats: list[str], slice_axis: Optional[int],
           cache: Optional[IndexCache]) -> tuple[list[str], dict[str, Split], str]:
-    if cache is None or not _cacheable(task.layout.reader):
+    subject_ok = task.subject is None or (task.subject.builtin and (task.subject.session is None
+                                                                    or task.subject.session.builtin))
+    if cache is None or not _cacheable(task.layout.reader) or not subject_ok:
         classes, splits, _ = _build_base(task, data_dir, formats, slice_axis)
-        why = "" if cache is None else f" (not cached: reader '{task.layout.reader}' is not built in)"
+        why = "" if cache is None else (f" (not cached: reader '{task.layout.reader}' is not built in)"
+                                        if subject_ok else " (not cached: the subject rule reads files)")
         return classes, splits, "built" + why
     key = {"data_dir": str(data_dir.resolve()), "formats": formats, "slice_axis": slice_axis,
            "task": task.model_dump(mode="json", include={"type", "root", "data_format", "classes", "layout",
-                                                         "splits"}, by_alias=True)}
+                                                         "splits", "subject"}, by_alias=True)}
 
     def build():
         classes, splits, stamps = _build_base(task, data_dir, formats, slice_axis)
@@ -149,7 +207,7 @@ def _base(task: TaskSpec, data_dir: Path, formats: list[str], slice_axis: Option
         return arrays, info, stamps
 
     arrays, info = cache.get_or_build("task", key, build)
-    return info["classes"], _unpack(arrays, info), cache.last
+    return info["classes"], _unpack(arrays, info, str(data_dir)), cache.last
 
 
 def _pack(splits: dict[str, Split]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -164,11 +222,14 @@ def _pack(splits: dict[str, Split]) -> tuple[dict[str, np.ndarray], dict[str, An
             entry["mroot"] = s.targets.flat.root
         else:
             arrays[f"{name}.targets"] = s.targets
+        for tag, col in (("subj", s.subjects), ("sess", s.sessions)):
+            if col is not None:
+                arrays[f"{name}.{tag}codes"], arrays[f"{name}.{tag}vocab"] = col.codes, col.vocab
         info["splits"][name] = entry
     return arrays, info
 
 
-def _unpack(arrays: dict[str, np.ndarray], info: dict[str, Any]) -> dict[str, Split]:
+def _unpack(arrays: dict[str, np.ndarray], info: dict[str, Any], home: str) -> dict[str, Split]:
     out = {}
     for name, e in info["splits"].items():
         paths = PathArray(e["root"], arrays[f"{name}.blob"], arrays[f"{name}.offsets"])
@@ -177,7 +238,9 @@ def _unpack(arrays: dict[str, np.ndarray], info: dict[str, Any]) -> dict[str, Sp
                                        arrays[f"{name}.mgroups"])
         else:
             targets = arrays[f"{name}.targets"]
-        out[name] = Split(name, paths, targets)
+        ids = [IdColumn(arrays[f"{name}.{t}codes"], arrays[f"{name}.{t}vocab"]) if f"{name}.{t}codes" in arrays
+               else None for t in ("subj", "sess")]
+        out[name] = Split(name, paths, targets, ids[0], ids[1], home)
     return out
 
 
@@ -191,6 +254,7 @@ def _build_base(task: TaskSpec, data_dir: Path, formats: list[str], slice_axis: 
     reader = get_target_reader(task.layout.reader, task.source_file)
     batch = batch_reader_of(task.layout.reader)
     raw: dict[str, tuple[PathArray, Any]] = {}
+    split_dirs: dict[str, Path] = {}
     for name, spec in task.splits.items():
         if spec.from_ is not None:
             continue
@@ -201,6 +265,7 @@ def _build_base(task: TaskSpec, data_dir: Path, formats: list[str], slice_axis: 
             first = task.layout.image_channels[0]
             files = take(files, [i for i, r in enumerate(files.rel_strings()) if r.endswith(first)])
         ctx = ReaderContext(task=task, data_dir=data_dir, split_dir=ctx_dir)
+        split_dirs[name] = ctx_dir
         try:
             labels = batch(files, ctx) if batch is not None and task.type != "segmentation" else None
             if labels is None:
@@ -212,8 +277,23 @@ def _build_base(task: TaskSpec, data_dir: Path, formats: list[str], slice_axis: 
         lab = raw.get("train", (None, []))[1]
         values = lab.values if isinstance(lab, Labels) else lab
         classes = sorted({str(t) for t in values})
-    splits = {name: _encode(task, name, files, labels, classes) for name, (files, labels) in raw.items()}
+    splits = {name: _with_subjects(task, data_dir, split_dirs[name], _encode(task, name, files, labels, classes))
+              for name, (files, labels) in raw.items()}
     return classes, splits, stamps
+
+
+def _with_subjects(task: TaskSpec, data_dir: Path, split_dir: Path, split: Split) -> Split:
+    """``split`` with its subjects (and sessions) by the task's rule; without a rule NIfTI slices of
+    one volume are one subject and every other sample its own (nothing stored)."""
+    rule = task.subject
+    if rule is None:
+        subjects, sessions = volume_subjects(relative_paths(split.paths, str(data_dir))), None
+    else:
+        what = f"split {split.name}"
+        subjects = read_ids(rule, task, data_dir, split_dir, split.paths, what)
+        sessions = None if rule.session is None else read_ids(rule.session, task, data_dir, split_dir,
+                                                               split.paths, what + " (session)")
+    return Split(split.name, split.paths, split.targets, subjects, sessions, str(data_dir))
 
 
 def _class_list(task: TaskSpec, data_dir: Path) -> list[str] | None:

@@ -30,14 +30,21 @@ class UnreadableImage(Exception):
     """A file that exists but cannot be decoded as an image (reason in the message)."""
 
 
+def split_slice(name: str) -> tuple[str, int | None]:
+    """``vol.nii.gz::12`` -> (``vol.nii.gz``, 12); any other name (a file that merely holds ``::``,
+    such as ``scan::1.png``) is itself, with no slice."""
+    base, sep, k = name.rpartition(SLICE_SEP)
+    if sep and k.isdigit() and base.lower().endswith((".nii", ".nii.gz")):
+        return base, int(k)
+    return name, None
+
+
 def read_image(path: Path) -> np.ndarray:
     """Load ``path`` as float32 [C, H, W], keeping raw intensities (16-bit stays 0..65535)."""
     name = path.name
-    slice_index: int | None = None
-    if SLICE_SEP in name:
-        base, _, k = name.rpartition(SLICE_SEP)
-        path, slice_index = path.with_name(base), int(k)
-        name = base
+    base, slice_index = split_slice(name)
+    if slice_index is not None:
+        path, name = path.with_name(base), base
     lower = name.lower()
     suffix = path.suffix.lower()
     try:

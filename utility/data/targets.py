@@ -113,6 +113,38 @@ def _import_reader_module(name: str, module: str, task_file: str | None) -> Modu
     return mod
 
 
+def reader_code_file(task: TaskSpec) -> Path | None:
+    """The Python file the task's reader would import and run, None for a built-in reader."""
+    name = task.layout.reader
+    if name in _READERS or ":" not in name:
+        return None
+    module = name.rpartition(":")[0]
+    if module.endswith(".py"):
+        path = Path(module).expanduser()
+        if not path.is_absolute() and task.source_file:
+            path = Path(task.source_file).parent / path
+        return path.resolve()
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None  # nothing would be imported: get_target_reader refuses it later
+    return Path(spec.origin).resolve() if spec is not None and spec.origin and Path(spec.origin).is_absolute() else None
+
+
+def refuse_run_code(task: TaskSpec, source: Path, trusted: bool) -> None:
+    """Reading someone's run (its config.yaml names the task) must not run code that came with it:
+    a reader in a .py file, or a module outside this project's own packages, needs the user's
+    explicit ``--trust-run-code``; the message names the file that would have been imported."""
+    code = reader_code_file(task)
+    if trusted or code is None:
+        return
+    own = (REPO_ROOT / "utility").resolve()
+    if code.suffix == ".py" and code.is_relative_to(own) and not task.layout.reader.split(":")[0].endswith(".py"):
+        return
+    raise UserError(f"{source} names task {task.name} whose reader '{task.layout.reader}' would import and "
+                    f"run {code}; refused: check that file, then pass --trust-run-code to allow it")
+
+
 @register_target_reader("folders")
 def folder_target(path: Path, ctx: ReaderContext) -> str:
     rel = path.relative_to(ctx.split_dir)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from utility.config.schemas import Temperature
 from utility.errors import UserError
 from utility.methods.heads import mlp
 from utility.methods.momentum import MomentumNet
@@ -30,7 +31,7 @@ class MoCoV2Settings(MethodSettings):
     proj_hidden: Annotated[int, Field(ge=1)] = 2048
     proj_dim: Annotated[int, Field(ge=1)] = 128
     momentum: Annotated[float, Field(ge=0, le=1)] = Field(0.999, description="EMA rate of the key encoder")
-    temperature: Annotated[float, Field(gt=0)] = 0.2
+    temperature: Temperature = 0.2
 
 
 class MoCoNet(MomentumNet):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utility.config.recipe import recipe_of
 from utility.data.badfiles import BadFiles
 from utility.data.segdata import make_seg_dataset
 from utility.methods.base import SubjectsOf, SupervisedMethod, ci_settings, subjects_lookup
@@ -184,6 +185,12 @@ class SegmentationMethod(SupervisedMethod):
 
 # ----------------------------------------------------------------------------- the pipeline
 
+def seg_loss_for(cfg: Any, task: Any) -> SegLoss:
+    """The task's loss, or under ``recipe: predecessor`` weighted cross-entropy only (its Dice term was off)."""
+    kind = "ce" if recipe_of(cfg).seg_loss_ce_only else task.loss
+    return SegLoss(kind, cfg.w_l, task.ce_weight, task.dice_weight, task.dice_smooth, task.dice_include_background)
+
+
 @register_pipeline("segmentation")
 class SegmentationPipeline:
     segmentation = True
@@ -194,8 +201,7 @@ class SegmentationPipeline:
 
     def method(self, cfg: Any, task: Any, indexed: Any, augment: Optional[nn.Module],
                bad: BadFiles) -> SegmentationMethod:
-        loss = SegLoss(task.loss, cfg.w_l, task.ce_weight, task.dice_weight, task.dice_smooth,
-                       task.dice_include_background)
+        loss = seg_loss_for(cfg, task)
         return SegmentationMethod(indexed.num_classes, indexed.classes, cfg.in_channels or 3, loss,
                                   augment, task.regions, {k: s.paths for k, s in indexed.splits.items()},
                                   task.overlays if cfg.save_predictions else 0, bad=bad,

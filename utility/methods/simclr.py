@@ -7,6 +7,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from utility.config.schemas import Temperature
 from utility.data.badfiles import BadFiles
 from utility.methods.heads import mlp
 from utility.methods.ntxent import nt_xent
@@ -51,7 +52,7 @@ def per_replica_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, 
 class SimCLRSettings(MethodSettings):
     """SimCLR's settings are top-level config keys (the predecessor's), not ``method_settings``."""
 
-    temperature: float = 0.5
+    temperature: Temperature = 0.5
     projection_head: str = "predecessor"
     projection_hidden: Optional[int] = None
     projection_dim: int = 256

@@ -22,6 +22,8 @@ from utility.models.encoders import Classifier
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a weights file safely and unwrap the usual containers."""
     if not path.is_file():
+        if path.is_symlink():
+            raise UserError(f"model_path {path} is a broken symlink or a symlink loop; expected a weights file")
         raise UserError(f"model_path not found: {path} (a relative path is looked up in the current directory, then "
                         "in the repository; after `make demo` the demo's SimCLR encoder is "
                         "logs_and_checkpoints/pretraining/demo/SimCLR/encoder_pretrained.tar)")
@@ -37,6 +39,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{path} does not hold a state dict of tensors")
+    bad = [k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # NaN weights train to the end with NaN metrics: refuse them on load
+        raise UserError(f"{path} holds NaN/inf values in {len(bad)} tensor(s), e.g. '{bad[0]}'; refused (these "
+                        "weights are damaged or come from a run whose loss diverged)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 

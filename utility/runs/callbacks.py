@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from torch import nn
 
+from utility.config.recipe import Recipe, recipe_of, snapshot_epoch
 from utility.data.badfiles import BadFiles
 from utility.distributed import is_main
 from utility.methods.ssl_base import SSLMethod, save_encoder
@@ -25,14 +26,17 @@ class BadFileReports(Callback):
 
 
 class EncoderSnapshots(Callback):
-    """encoder_<epoch>.tar every ``every`` epochs (0: never; rank 0)."""
+    """encoder_<N>.tar every ``every`` epochs (0: never; rank 0); N as the recipe numbers them
+    (utility/config/recipe.py snapshot_epoch: after N epochs, or the predecessor's 0-based epoch)."""
 
-    def __init__(self, model: nn.Module, run_dir: Path, every: int) -> None:
+    def __init__(self, model: nn.Module, run_dir: Path, every: int, recipe: Optional[Recipe] = None) -> None:
         self.model, self.run_dir, self.every = model, run_dir, every
+        self.recipe = recipe or recipe_of("modern")
 
     def on_epoch_end(self, trainer: Any) -> None:
-        if is_main() and self.every and trainer.epoch % self.every == 0:
-            save_encoder(self.model, self.run_dir / f"encoder_{trainer.epoch}.tar")
+        n = snapshot_epoch(self.recipe, trainer.epoch, self.every)
+        if is_main() and n is not None:
+            save_encoder(self.model, self.run_dir / f"encoder_{n}.tar")
 
 
 class MethodSteps(Callback):

@@ -10,29 +10,29 @@ import sys
 from pathlib import Path
 
 from utility.config.loader import load_config
+from utility.config.recipe import recipe_of, task_for
 from utility.config.schemas import FTE_DEPRECATED, FTEConfig
 from utility.config.tasks import TaskSpec, load_task
 from utility.data.augment import build_augment
 from utility.data.badfiles import BadFiles
 from utility.entry import CrashLog
-from utility.errors import UserError, user_errors
+from utility.errors import UserError
 from utility.methods.registry import pipeline_for
 from utility.models import build_network, count_parameters
-from utility.models.vit import lr_scales_of
 from utility.paths import output_root, resolve_user_path
 from utility.runs.callbacks import BadFileReports
 from utility.runs.startup import Startup, augmentation_path, index_cache_for, resolve_tf_device
+from utility.runs.finetune_optim import optimizer_and_schedule
+from utility.runs.split_audit import AUDIT_KEYS, audit_splits
 from utility.runs.supervised_data import build_data, check_folds
 from utility.runs.evaluation import read_test_row, report_bad_files, test_last_and_best, write_folds_summary
 from utility.distributed import is_main, shutdown, world_size
 from utility.training.checkpoint import atomic_save
 from utility.training.engine import TrainerOptions
-from utility.training.optim import build_optimizer
-from utility.training.schedulers import build_scheduler
 from utility.training.session import RESUME_FREE_KEYS, RunSession, make_run_dir
 from utility.tracking import require_trackers, tracking_for
 
-FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex", "ci_resamples", "ci_level"}
+FREE_KEYS = RESUME_FREE_KEYS | {"save_predictions", "index_cache_dir", "reindex", "ci_resamples", "ci_level"} | AUDIT_KEYS
 
 
 def best_settings(cfg: FTEConfig, task: TaskSpec) -> tuple[str, str]:
@@ -64,6 +64,7 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     startup.attach(run_dir)
     pipe = pipeline_for(task.type)
     data = build_data(cfg, task, session.device, pipe, startup, index_cache_for(cfg))
+    audit_splits(cfg, data.indexed, run_dir, startup)
     startup.add("augmentation", None, augmentation_path(cfg.tf_device, requested_tf))
     n_cls = data.indexed.num_classes
     if cfg.w_l is not None and len(cfg.w_l) != n_cls:
@@ -79,19 +80,16 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
     if is_main():
         (run_dir / "classes.txt").write_text("\n".join(data.indexed.classes) + "\n")
     augment, cpu_augment = build_augment(task.augmentation, tuple(cfg.shape_desired or task.shape_desired),
-                                         cfg.no_augs, cfg.noise_injection, cfg.tf_device)
+                                         cfg.no_augs, cfg.noise_injection, cfg.tf_device,
+                                         recipe_of(cfg), task.name)
     if augment is not None:
         augment.to(session.device)
     data.datasets["train"].transform = cpu_augment  # per-sample, in the loader workers
     bad = BadFiles({k: s.paths for k, s in data.indexed.splits.items()}, cfg.max_bad_fraction, run_dir)
     method = pipe.method(cfg, task, data.indexed, augment, bad)
-    optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
-                            fused=session.speed.fused_optimizer,
-                            lr_scales=lr_scales_of(model, cfg.layer_decay, cfg.model_name))
     steps = 1 if cfg.short_training else len(data.loaders["train"])
-    scheduler = user_errors(build_scheduler, optimizer, cfg.scheduler, interval=cfg.scheduling_interval,
-                            steps_per_epoch=steps, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
-                            annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs)
+    optimizer, scheduler = optimizer_and_schedule(cfg, model, len(data.datasets["train"]), steps,
+                                                  session.speed.fused_optimizer)
     metric, mode = best_settings(cfg, task)
     check_best_metric(method, metric, cfg.best_metric is not None, task.name)
     opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=cfg.scheduling_interval,
@@ -133,7 +131,7 @@ def run_folds(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> None:
 
 def main(argv: list[str]) -> int:
     cfg, _ = load_config(FTEConfig, argv, "pkgs/FTE/finetune.py", FTE_DEPRECATED)
-    task = load_task(cfg.task)
+    task = task_for(load_task(cfg.task), recipe_of(cfg))
     run_dir = output_root(cfg.output_root) / "finetuning" / cfg.name
     if cfg.folds:
         if (run_dir / "config.yaml").exists():

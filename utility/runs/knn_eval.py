@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from utility.config.yamlsafe import load_file
 from utility.data.dataset import Preprocess
 from utility.errors import UserError
 from utility.models import build_encoder, load_encoder_weights, read_state_dict, split_state_dict
@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, help="seed of the val carve-out (default: the config's)")
     ap.add_argument("--num_workers", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--trust-run-code", dest="trust_run_code", action="store_true",
+                    help="allow the config's task to import its own Python reader (.py file)")
     return ap
 
 
@@ -50,7 +52,7 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--config not found: {path}")
     if not path.is_file():
         return {}
-    data = yaml.safe_load(path.read_text())
+    data = load_file(path, f"pretraining config {path}")
     return data if isinstance(data, dict) else {}
 
 
@@ -77,6 +79,14 @@ def settings(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     s = settings(args, run_config(args))
+    if s["k"] < 1 or not s["t"] >= 0.02:
+        raise UserError(f"k {s['k']} / t {s['t']}: expected k >= 1 and a temperature t >= 0.02")
+    if not args.task:  # the task came from someone's pretraining config: it must not run their code
+        from utility.config.tasks import load_task
+        from utility.data.targets import refuse_run_code
+
+        refuse_run_code(load_task(s["task"]), Path(args.config or resolve_user_path(args.encoder).parent / "config.yaml"),
+                        args.trust_run_code)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     path = resolve_user_path(args.encoder)
     encoder, _ = build_encoder(s["model"], s["in_channels"])

@@ -14,17 +14,21 @@ numbers it would have drawn without the monitor.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from utility.config.schemas import MonitorConfig
 from utility.config.tasks import load_task
+from utility.data.compact import PathArray
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import index_task
 from utility.data.preprocess import conform_channels
@@ -124,14 +128,33 @@ def measure(encoder: nn.Module, data: LabelledFeatures, device: torch.device, in
     return row
 
 
+def seen_in_pretraining(query: PathArray, pretraining: PathArray, what: str, run_dir: Path) -> int:
+    """How many monitor query images the encoder pretrains on (same file); a warning, also written to
+    ``monitor_overlap.txt``, when any: their kNN accuracy is not measured on held-out images."""
+    real = [os.path.realpath(p) for p in (query.root, pretraining.root)]
+    q = np.asarray([os.path.join(real[0], r) for r in query.rel_strings()], dtype=str)
+    p = np.asarray([os.path.join(real[1], r) for r in pretraining.rel_strings()], dtype=str)
+    n = int(np.isin(q, p).sum()) if len(q) and len(p) else 0
+    if n:
+        msg = (f"warning: the kNN monitor's query split ({what}) holds {n} of {len(q)} images that are also "
+               "pretraining images; set monitor.query to a split outside dataset_base_dir")
+        print(msg, file=sys.stderr)
+        (run_dir / "monitor_overlap.txt").write_text(msg + "\n")
+    return n
+
+
 class Monitor(Callback):
     """A trainer callback that measures the encoder after due epochs (built on rank 0 only)."""
 
     def __init__(self, mcfg: MonitorConfig, prep: Preprocess, data_root: Optional[str], seed: int, batch_size: int,
-                 workers: int, in_channels: int, device: torch.device, run_dir: Path, epochs: int) -> None:
+                 workers: int, in_channels: int, device: torch.device, run_dir: Path, epochs: int,
+                 seen: Optional[PathArray] = None) -> None:
         self.cfg, self.in_channels, self.device, self.epochs = mcfg, in_channels, device, epochs
-        self.data = labelled_loaders(mcfg.task, prep, data_root, seed, mcfg.batch_size or batch_size, workers)
+        self.data = labelled_loaders(mcfg.task, prep, data_root, seed, mcfg.batch_size or batch_size, workers,
+                                     mcfg.query)
         self.log = CsvLog(run_dir / "monitor.log", MONITOR_COLUMNS)
+        if seen is not None:
+            seen_in_pretraining(self.data.query.dataset.split.paths, seen, f"{mcfg.task} {mcfg.query}", run_dir)
         self.trimmed = False
 
     def due(self, epoch: int) -> bool:

@@ -11,6 +11,7 @@ utility/runs/simclr_config.py; the method and the batch checks: utility/runs/ssl
 from __future__ import annotations
 
 from utility.config.loader import load_config
+from utility.config.recipe import excludes_bn_bias, recipe_of
 from utility.config.schemas import SIMCLR_DEPRECATED, SimCLRConfig
 from utility.config.tasks import load_task
 from utility.data.badfiles import BadFiles
@@ -24,6 +25,7 @@ from utility.runs.callbacks import BadFileReports, EncoderSnapshots, MethodSteps
 from utility.runs.monitor import Monitor
 from utility.runs.simclr_config import PROG, build_lr_schedule, lr_plan, raw_config, resolve_lr_rule
 from utility.runs.pretrain_data import build_pretrain_data
+from utility.runs.pretrain_start import predecessor_parallel, start_from_encoder
 from utility.runs.ssl_config import check_batch_size, resolve_method
 from utility.runs.startup import Startup
 from utility.tracking import require_trackers, tracking_for
@@ -46,7 +48,7 @@ def main(argv: list[str], prog: str = PROG) -> int:
     cfg = cfg.model_copy(update={"lr_rule": rule})  # config.yaml records the rule in force
     lr = lr_plan(cfg, rule, why)
     run_dir = output_root(cfg.output_root) / "pretraining" / cfg.name
-    requested = "dp" if (cfg.dataparallel and cfg.parallel == "auto") else cfg.parallel
+    requested = predecessor_parallel(cfg)
     check_batch_size(cfg, method_cls)
     require_trackers(cfg.trackers)  # before any work: exit 2 if one is not installed
     session = RunSession.open(cfg, run_dir, requested, FREE_KEYS)
@@ -63,6 +65,8 @@ def main(argv: list[str], prog: str = PROG) -> int:
 
     encoder, width = build_encoder(cfg.resnet, cfg.in_channels)
     model = method_cls.build_model(encoder, width, settings)
+    if cfg.init_encoder is not None:
+        start_from_encoder(model.encoder, cfg.init_encoder, run_dir)
     train_module = session.place(model, cfg.syncbn, cfg.gpus)
     views = TwoViews(cfg.image_size, cfg.jitter_strength, cfg.jitter_p, cfg.grayscale, cfg.blur_p,
                      cfg.crop_scale, cfg.hflip_p).to(session.device)
@@ -72,18 +76,19 @@ def main(argv: list[str], prog: str = PROG) -> int:
     if cfg.monitor is not None and is_main():
         mprep = Preprocess(channels=cfg.in_channels, shape=shape, normalizer=prep.normalizer, window=prep.window)
         monitor = Monitor(cfg.monitor, mprep, cfg.data_root, cfg.seed, cfg.batch_size, workers, cfg.in_channels,
-                          session.device, run_dir, cfg.epochs)
+                          session.device, run_dir, cfg.epochs, seen=split.paths)
     optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum,
+                            exclude_bn_bias=excludes_bn_bias(recipe_of(cfg), cfg.optimizer),
                             fused=session.speed.fused_optimizer)
     interval = lr.interval
-    scheduler = build_lr_schedule(optimizer, lr, cfg, len(loader))
+    scheduler = build_lr_schedule(optimizer, lr, cfg, len(loader), len(ds))
 
     opts = TrainerOptions(epochs=cfg.epochs, seed=cfg.seed, scheduler_interval=interval,
                           verbose=cfg.verbose and not cfg.low_verbosity, debug=cfg.debug,
                           log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
                           config=cfg.model_dump(mode="json"), train_columns=PRETRAIN_COLUMNS)
     callbacks = [MethodSteps(method), BadFileReports(bad), *([monitor] if monitor else []),
-                 EncoderSnapshots(model, run_dir, cfg.enc_save_frequency), tracking_for(cfg, run_dir)]
+                 EncoderSnapshots(model, run_dir, cfg.enc_save_frequency, recipe_of(cfg)), tracking_for(cfg, run_dir)]
     trainer = session.trainer(model, method, optimizer, scheduler, opts, train_module, callbacks)
     if cfg.verbose and is_main():
         p = count_parameters(model)

@@ -3,6 +3,7 @@ deterministic preprocessing, the shared cache and the loader. Split out of runs/
 entry stays one screen."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,10 @@ import torch
 
 from utility.config.schemas import SimCLRConfig
 from utility.data.cache import SharedStore
-from utility.data.compact import concat, take
+from utility.config.tasks import IdRule, TaskSpec
+from utility.data.compact import concat
+from utility.data.splits import grouped_random_subset
+from utility.data.subjects import concat_ids, read_ids
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import Split
 from utility.data.index_cache import IndexCache, cached_listing
@@ -22,24 +26,51 @@ from utility.runs.startup import Startup, index_cache_for
 from utility.distributed import is_dist, main_decides
 
 
+_PRETRAIN_TASK = TaskSpec(name="pretraining", root=".", splits={k: {"dir": k} for k in ("train", "val", "test")})
+
+
+def distinct_folders(dirs: list[str]) -> list[Path]:
+    """The dataset_base_dir folders by real path, each image once: a folder named twice, or inside
+    another listed folder, would train its images twice per epoch; it is dropped and the count says so."""
+    if not dirs:
+        raise UserError("dataset_base_dir is empty; expected one or more folders of images")
+    folders = []
+    for d in dirs:
+        if not str(d).strip():  # '' would resolve to the current folder
+            raise UserError("dataset_base_dir holds an empty folder name; expected folders of images")
+        folder = resolve_user_path(d)  # the real path (symlinks resolved)
+        if not folder.is_dir():
+            raise UserError(f"dataset_base_dir not found: {folder}")
+        folders.append(folder)
+    keep = [f for i, f in enumerate(folders)
+            if not any(o in f.parents or (o == f and j < i) for j, o in enumerate(folders) if j != i)]
+    if len(keep) < len(folders):
+        print(f"dataset_base_dir: {len(folders)} folders given, {len(keep)} distinct by real path; "
+              f"{len(folders) - len(keep)} dropped (the same folder again, or inside another listed folder)")
+    return keep
+
+
 def unlabeled_split(cfg: SimCLRConfig, cache: IndexCache | None = None) -> Split:
     """Every image under the dataset_base_dir folders (listed once per folder state with a cache)."""
     formats = cfg.data_format or [".png", ".jpg", ".jpeg", ".npy"]
     parts = []
-    for d in cfg.dataset_base_dir:
-        folder = resolve_user_path(d)
-        if not folder.is_dir():
-            raise UserError(f"dataset_base_dir not found: {folder}")
+    for folder in distinct_folders(cfg.dataset_base_dir):
         found = cached_listing(folder, formats, cfg.slice_axis, cache)
         if not found:
             raise UserError(f"no {', '.join(formats)} images under {folder} (data_format)")
         parts.append(found)
     paths = concat(parts)
+    subjects = None
+    if cfg.subject_regex:  # relative to each folder: pretraining folders have no task folder above them
+        subjects = concat_ids([read_ids(IdRule(regex=cfg.subject_regex), _PRETRAIN_TASK, Path(p.root),
+                                        Path(p.root), p, f"dataset_base_dir {p.root}") for p in parts],
+                              [len(p) for p in parts])
+    split = Split("train", paths, np.zeros(len(paths), np.int64), subjects)
     if cfg.random_subset < 1:
-        rng = np.random.default_rng(cfg.seed)
-        k = max(1, int(round(cfg.random_subset * len(paths))))
-        paths = take(paths, np.sort(rng.choice(len(paths), size=k, replace=False)))
-    return Split("train", paths, np.zeros(len(paths), np.int64))
+        idx = grouped_random_subset(None if subjects is None else subjects.codes, len(paths), cfg.random_subset,
+                                    cfg.seed)
+        split = split.subset(idx)
+    return split
 
 
 def build_pretrain_data(cfg: SimCLRConfig, device: torch.device, startup: Startup, method_cls: Any,

@@ -10,7 +10,7 @@ The learning-rate rule (``lr_rule``, printed once at the start of every run):
   ``lr_scaling``, ``warmup_epochs``, ``scheduling_interval``) have no place in it and are refused.
 * ``config``: ``lr`` (or ``base_lr`` x ``lr_scaling``, or 0.075*sqrt(batch) for LARS without either) and
   ``scheduler``, or ``stepwise_scheduler`` instead of it.
-* ``auto`` (default): ``predecessor`` when the config (file and overrides) carries a key that only the
+* ``auto`` (default): ``predecessor`` under ``recipe: predecessor`` or when the config (file and overrides) carries a key only the
   predecessor's configs have (:data:`PREDECESSOR_ONLY_KEYS`) or the predecessor's ``loss_device: gpu|cpu``,
   else ``config``. The resolved rule is what config.yaml records.
 """
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from utility.config.loader import parse_argv, read_yaml
+from utility.config.recipe import epoch_steps, recipe_of
 from utility.config.schemas import SIMCLR_DEPRECATED, SimCLRConfig
 from utility.errors import UserError, user_errors
 from utility.methods.simclr import PER_REPLICA  # noqa: F401  (re-exported: loss_device values, one NT-Xent per replica)
@@ -67,6 +68,8 @@ def resolve_lr_rule(cfg: SimCLRConfig, raw: dict[str, Any]) -> tuple[str, str]:
     """(rule, why): ``lr_rule`` itself, or for ``auto`` what marks the config as the predecessor's."""
     if cfg.lr_rule != "auto":
         rule, why = cfg.lr_rule, f"lr_rule: {cfg.lr_rule}"
+    elif cfg.recipe == "predecessor":
+        rule, why = "predecessor", "recipe: predecessor"
     else:
         marks = predecessor_markers(raw)
         rule, why = ("predecessor", "predecessor config: " + ", ".join(marks)) if marks else ("config", "")
@@ -123,11 +126,16 @@ def lr_plan(cfg: SimCLRConfig, rule: str, why: str) -> LrPlan:
 
 
 def build_lr_schedule(optimizer: torch.optim.Optimizer, plan: LrPlan, cfg: SimCLRConfig,
-                      steps_per_epoch: int) -> ResumableLambdaLR:
+                      steps_per_epoch: int, n_images: int = 0) -> ResumableLambdaLR:
+    """``n_images``: the training set size (the predecessor's recipe counts epochs as n_images / batch steps)."""
+    r = recipe_of(cfg)
+    decay = cfg.decay_per_epoch
+    if cfg.stepwise_scheduler == "DecayingCosine" and not r.ssl_decaying_cosine_decay:
+        decay = 1.0  # the predecessor computed the decay but never applied it
+    shape = dict(steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, decay_per_epoch=decay,
+                 annealing_time=cfg.annealing_time, restarts=not r.continuous_decaying_cosine,
+                 epoch_steps=epoch_steps(r, n_images, cfg.batch_size))
     if plan.per_epoch is not None:
-        return user_errors(build_epoch_times_step_scheduler, optimizer, plan.per_epoch, plan.per_step,
-                           steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
-                           annealing_time=cfg.annealing_time)
+        return user_errors(build_epoch_times_step_scheduler, optimizer, plan.per_epoch, plan.per_step, **shape)
     return user_errors(build_scheduler, optimizer, plan.per_step, interval=plan.interval,
-                       steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
-                       annealing_time=cfg.annealing_time, warmup_epochs=plan.warmup_epochs)
+                       warmup_epochs=plan.warmup_epochs, **shape)

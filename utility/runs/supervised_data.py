@@ -4,12 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from utility.config.schemas import FTEConfig
 from utility.config.tasks import TaskSpec
 from utility.data.dataset import Preprocess
-from utility.data.index import IndexedTask, index_task
+from utility.data.index import IndexedTask, index_task, join_splits
 from utility.data.loader import CacheAwareLoader, build_loader, fill_cache
 from utility.errors import UserError
 from utility.methods.registry import Pipeline
@@ -49,10 +50,10 @@ def check_folds(cfg: FTEConfig, task: TaskSpec, cache: Optional[IndexCache] = No
     if not cfg.folds:
         return
     splits = index_with_cache(cfg.model_copy(update={"folds": None, "fold": None, "train_fraction": None}), task, cache).splits
-    n = len(splits["train"]) + len(splits["val"])
+    n = join_splits([splits["train"], splits["val"]], "pool").subject_count()  # folds take whole subjects
     if cfg.folds > n:
         raise UserError(f"config key 'folds': {cfg.folds} folds but task {task.name} has only {n} "
-                        f"train + val samples; use at most {n} folds")
+                        f"train + val subjects; use at most {n} folds")
 
 
 def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device, pipe: Pipeline,
@@ -82,3 +83,19 @@ def build_data(cfg: FTEConfig, task: TaskSpec, device: torch.device, pipe: Pipel
         loaders[name] = build_loader(ds, cfg.batch_size, cfg.seed, name == "train", workers, cfg.prefetch_factor,
                                      pin_memory=device.type == "cuda")
     return Data(indexed, loaders, datasets)
+
+
+def check_trainable(task: TaskSpec, indexed: IndexedTask) -> None:
+    """What training cannot use is refused before work: a training split of one image (BatchNorm
+    needs two; a train_fraction that rounds to 1 does this) or, for a multiclass task, of one class
+    (nothing to tell apart: the loss is 0 from the first step and AUC undefined)."""
+    train = indexed.splits["train"]
+    hint = " (train_fraction or a size variant -S/-XS/-XXS keeps too little of it?)"
+    if len(train) < 2:
+        raise UserError(f"task {task.name}: the training split has {len(train)} image; training needs at least 2" + hint)
+    if task.type == "multiclass":
+        present = np.unique(np.asarray(train.targets))
+        if len(present) < 2:
+            name = indexed.classes[int(present[0])] if len(present) and len(indexed.classes) > int(present[0]) else "?"
+            raise UserError(f"task {task.name}: every training image is of class '{name}'; a multiclass task "
+                            "needs at least 2 classes in its training split" + hint)

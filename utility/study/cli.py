@@ -19,6 +19,7 @@ from typing import Any
 
 from utility.errors import UserError
 from utility.paths import REPO_ROOT
+from utility.study import contamination
 from utility.study.jobs import append_jobs, job_table, reopen
 from utility.study.plan import Plan, make_plan, write_configs
 from utility.study.results import collect, pretrain_states, primary_metric, write_results
@@ -47,6 +48,9 @@ def report(plan: Plan, quiet: bool = False) -> Path:
     summary = summarize(rows, mets, list(plan.spec.pretrain), list(plan.spec.grid))
     add_subject_statistics(summary, states, list(plan.spec.pretrain), list(plan.spec.grid))
     adjust_summary(summary, list(plan.spec.grid))
+    found = contamination.findings_of(plan)
+    for row in summary:
+        row["contamination"] = contamination.label_of(found, row["source"], row["task"])
     write_summary(plan.study_dir / "summary.csv", summary)
     write_report(plan.study_dir / "report.html", plan, states, summary, mets, pre)
     if not quiet:
@@ -115,6 +119,8 @@ def status(plan: Plan) -> str:
     out = f"study {plan.spec.name}: {len(states)} finetuning runs: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in kinds)
     out += "".join(f"\npretraining {st.job.label} ({st.name}): {st.status}{_why(st)}" for st in pre)
     out += "".join(f"\n{st.status}: {st.run.name}{_why(st)}" for st in states if st.status in ("failed", "interrupted"))
+    out += "".join(f"\n{contamination.describe(f)}" for f in contamination.findings_of(plan)
+                   if f.status in ("contaminated", "val overlap"))
     return out
 
 
@@ -184,6 +190,11 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     plan = make_plan(load_study(args.config))
     if args.jobs:
+        if not args.jobs.parent.resolve().is_dir():  # refused before any config is written
+            raise UserError(f"--jobs {args.jobs}: folder {args.jobs.parent.resolve()} does not exist; "
+                            "expected a jobs file in an existing folder")
+        if args.jobs.exists() and not args.jobs.is_file():
+            raise UserError(f"--jobs {args.jobs} is not a regular file; expected a jobs file (Jobs.csv)")
         plan.jobs_path = args.jobs.resolve()
     if args.command == "status":
         print(status(plan))
@@ -193,6 +204,7 @@ def main(argv: list[str]) -> int:
         return 0
     if not (args.plan_only or args.jobs):
         check_gpus(plan, args)
+    contamination.refuse_or_flag(plan, plan.spec.allow_contamination)
     new_cfg = write_configs(plan)
     new_jobs = append_jobs(plan)
     print(f"study {plan.spec.name}: {len(plan.pretrain)} pretraining + {len(plan.runs)} finetuning runs; "

@@ -18,6 +18,7 @@ import yaml
 from utility.config.loader import read_yaml, validate
 from utility.config.schemas import FTE_DEPRECATED, SIMCLR_DEPRECATED, FTEConfig, SimCLRConfig
 from utility.config.tasks import load_task
+from utility.config.yamlsafe import load_file
 from utility.errors import UserError
 from utility.paths import DEFAULT_OUTPUT_ROOT, REPO_ROOT, resolve_user_path
 from utility.study.spec import PretrainSource, StudySpec
@@ -90,8 +91,9 @@ def task_label(task: str) -> str:
     return Path(task).stem if task.endswith((".yaml", ".yml")) or "/" in task else task
 
 
-def run_name(study: str, source: str, task: str, mode: str, point: dict[str, Any], repeat: int) -> str:
-    name = f"PT_{source}_FT_{task_label(task)}"
+def run_name(study: str, source: str, task: str, mode: str, point: dict[str, Any], repeat: int,
+             label: Optional[str] = None) -> str:
+    name = f"PT_{source}_FT_{label or task_label(task)}"
     if mode != "finetune":
         name += f"_{mode}"
     for key, v in point.items():
@@ -112,6 +114,13 @@ def make_plan(spec: StudySpec) -> Plan:
     plan = Plan(spec, out_root, config_dir, out_root / "studies" / spec.name)
     for task in spec.tasks:
         load_task(task)  # an unknown task is refused here, with the closest preset named
+    stray = [t for t in spec.task_settings if t not in spec.tasks]
+    if stray:
+        raise UserError(f"study key 'task_settings.{stray[0]}': not one of the study's tasks ({', '.join(spec.tasks)})")
+    if spec.metrics:
+        from utility.study.metricnames import check_study_metrics
+
+        check_study_metrics(spec.metrics, spec.tasks)
     base_path = resolve_user_path(spec.finetune.config)
     base = read_yaml(base_path)
     base.update(spec.finetune.overrides)
@@ -119,6 +128,8 @@ def make_plan(spec: StudySpec) -> Plan:
     for label, src in spec.pretrain.items():
         if src is None:
             encoders[label] = None
+        elif src.run is not None:  # made outside the study: checked when the run loads it
+            encoders[label] = out_root / "pretraining" / src.run / src.file
         elif src.encoder is not None:
             enc = resolve_user_path(src.encoder)
             if not enc.is_file():
@@ -131,9 +142,11 @@ def make_plan(spec: StudySpec) -> Plan:
     after = {j.label: j.job_id for j in plan.pretrain}
     for label in spec.pretrain:
         for task in spec.tasks:
+            setting = spec.task_settings.get(task)
+            seeds = setting.seeds if setting is not None and setting.seeds else None
             for mode, mode_over in spec.modes.items():
                 for point in grid_points(spec.grid):
-                    for r in range(spec.repeats.count):
+                    for r in range(len(seeds) if seeds else spec.repeats.count):
                         plan.runs.append(_finetune_run(spec, {**base, **source_keys(spec.pretrain[label])},
                                                        label, encoders[label], task, mode, mode_over,
                                                        point, r, out_root, config_dir, after.get(label)))
@@ -174,16 +187,19 @@ def _pretrain_job(spec: StudySpec, label: str, config: str, overrides: dict[str,
 def _finetune_run(spec: StudySpec, base: dict[str, Any], source: str, encoder: Optional[Path], task: str,
                   mode: str, mode_over: dict[str, Any], point: dict[str, Any], repeat: int, out_root: Path,
                   config_dir: Path, after: Optional[str]) -> FinetuneRun:
-    name = run_name(spec.name, source, task, mode, point, repeat)
+    setting = spec.task_settings.get(task)
+    name = run_name(spec.name, source, task, mode, point, repeat, setting.label if setting else None)
     cfg: dict[str, Any] = dict(base)
     cfg.update({"name": name, "task": task, "model_path": portable(encoder) if encoder is not None else None})
     if spec.output_root:
         cfg["output_root"] = str(out_root)
+    cfg.update(setting.overrides if setting else {})
     cfg.update(mode_over)
     cfg.update(point)
     seed = fold = None
-    if spec.repeats.seeds is not None:
-        seed = spec.repeats.seeds[repeat]
+    seeds = setting.seeds if setting is not None and setting.seeds else spec.repeats.seeds
+    if seeds is not None:
+        seed = seeds[repeat]
         cfg["seed"] = seed
     else:
         fold = repeat
@@ -208,7 +224,7 @@ def write_configs(plan: Plan) -> int:
                                                                           for r in plan.runs]
     for name, path, cfg in items:  # check all before writing any
         if path.exists():
-            old = yaml.safe_load(path.read_text()) or {}
+            old = load_file(path, f"generated config {path}") or {}
             diff = [k for k in sorted(set(old) | set(cfg)) if old.get(k) != cfg.get(k)]
             if diff:
                 k = diff[0]

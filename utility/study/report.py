@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from utility.config.tasks import SIZE_VARIANTS, _VARIANT_RE
+from utility.study import contamination
 from utility.study.plan import Plan
 from utility.study.report_uncertainty import section, survives
 from utility.study.results import PretrainState, RunState, as_float, crash_message, read_rows
@@ -90,6 +91,9 @@ class Report:
                           f"<b>{', '.join(map(html.escape, s.tasks))}</b>; modes {', '.join(s.modes)}; "
                           f"{s.repeats.count} repeats ({'seeds' if s.repeats.seeds else 'folds'}). "
                           f"{state}.</p>")
+
+    def overlap(self) -> None:
+        self.parts.append(contamination.html_section(contamination.read(self.plan.study_dir / "contamination.csv")))
 
     def table(self) -> None:
         rows = self.summary
@@ -321,8 +325,8 @@ class Report:
         self.parts.append(f"<h2 id=runs>Runs not completed ({len(bad)})</h2><ul>{''.join(items)}</ul>")
 
     def render(self) -> str:
-        for section in (self.header, self.table, self.uncertainty, self.bars, self.curves, self.convergence, self.data_size,
-                        self.missing):
+        for section in (self.header, self.overlap, self.table, self.uncertainty, self.bars, self.curves,
+                        self.convergence, self.data_size, self.missing):
             section()
         style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
                  "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"

@@ -180,6 +180,10 @@ def result_row(plan: Plan, st: RunState, commit: str) -> dict[str, Any]:
             row[f"last_{m}_subjects_ci_low"] = as_float(ci[m].get("ci_low"))
             row[f"last_{m}_subjects_ci_high"] = as_float(ci[m].get("ci_high"))
     row["converged"] = has_converged(series, conv)
+    sizes = {r.get("split"): r for r in read_rows(st.run_dir / "split_sizes.csv")}  # utility/runs/split_audit.py
+    for split in ("train", "val", "test"):
+        for what in ("samples", "subjects"):
+            row[f"{split}_{what}"] = sizes.get(split, {}).get(what, "")
     return row
 
 

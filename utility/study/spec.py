@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from utility.config.loader import closest_key
+from utility.config.yamlsafe import load_file
 from utility.errors import UserError
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -24,11 +25,14 @@ class Strict(BaseModel):
 
 
 class PretrainSource(Strict):
-    """A source pretrained by the study (``config`` + ``overrides``) or an existing ``encoder`` file."""
+    """A source pretrained by the study (``config`` + ``overrides``), an existing ``encoder`` file, or
+    the encoder a pretraining ``run`` (under <output_root>/pretraining/) writes outside the study."""
 
     config: Optional[str] = None
     overrides: dict[str, Any] = Field(default_factory=dict)
     encoder: Optional[str] = None
+    run: Optional[str] = None
+    file: str = Field("encoder_pretrained.tar", description="with run: the file in the run's folder")
     format: Literal["auto", "timm", "dinov2", "radimagenet_resnet50"] = Field(
         "auto", description="with encoder: a released model's file layout (finetuning's model_path_format)")
     model_name: Optional[str] = Field(None, description="with encoder: its architecture, when not the finetune "
@@ -36,9 +40,10 @@ class PretrainSource(Strict):
 
     @model_validator(mode="after")
     def _one(self) -> "PretrainSource":
-        if (self.config is None) == (self.encoder is None):
-            raise ValueError("give either 'config' (pretrained by the study) or 'encoder' (an existing file)")
-        if self.config is not None and (self.format != "auto" or self.model_name is not None):
+        if sum(x is not None for x in (self.config, self.encoder, self.run)) != 1:
+            raise ValueError("give one of 'config' (pretrained by the study), 'encoder' (an existing file) or "
+                             "'run' (a pretraining run's encoder, made outside the study)")
+        if self.encoder is None and (self.format != "auto" or self.model_name is not None):
             raise ValueError("'format' and 'model_name' go with 'encoder' (a file); a pretraining config has its own")
         if self.encoder is not None and self.overrides:
             raise ValueError("'overrides' only go with 'config'")
@@ -71,6 +76,15 @@ class Repeats(Strict):
         return len(self.seeds) if self.seeds is not None else int(self.folds or 0)
 
 
+class TaskSetting(Strict):
+    """Per-task settings: the name its runs carry (``label``, e.g. the predecessor's I1k for ImageNet-1k),
+    config keys for that task only, and its own seeds."""
+
+    label: Optional[str] = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    seeds: Optional[list[int]] = None
+
+
 class StudySpec(Strict):
     """A study: pretraining sources x tasks x modes x grid, each repeated (the study YAML)."""
 
@@ -81,8 +95,11 @@ class StudySpec(Strict):
     modes: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"finetune": {}})
     repeats: Repeats = Field(default_factory=lambda: Repeats(seeds=[42]))
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    task_settings: dict[str, TaskSetting] = Field(default_factory=dict, description="keyed by a task of 'tasks'")
     metrics: Optional[list[str]] = None
     gpus_per_job: int = Field(1, ge=0)
+    allow_contamination: bool = Field(False, description="run although a pretraining source holds a task's "
+                                      "test files or test subjects (utility/study/contamination.py)")
     output_root: Optional[str] = Field(None, description="runs, studies/ and the jobs file; default logs_and_checkpoints")
     config_dir: Optional[str] = Field(None, description="generated configs; default pkgs/FTE/config/<name>/")
 
@@ -149,6 +166,9 @@ def _unknown_keys(model: type[BaseModel], data: Any, where: str) -> None:
         sub = {"finetune": FinetuneBase, "repeats": Repeats}.get(key) if model is StudySpec else None
         if sub is not None:
             _unknown_keys(sub, value, f"{where}{key}.")
+        elif model is StudySpec and key == "task_settings" and isinstance(value, dict):
+            for task, setting in value.items():
+                _unknown_keys(TaskSetting, setting, f"task_settings.{task}.")
         elif model is StudySpec and key == "pretrain" and isinstance(value, dict):
             for label, src in value.items():
                 _unknown_keys(PretrainSource, src, f"pretrain.{label}.")
@@ -157,10 +177,7 @@ def _unknown_keys(model: type[BaseModel], data: Any, where: str) -> None:
 def load_study(path: Path, overrides: Optional[dict[str, Any]] = None) -> StudySpec:
     if not path.is_file():
         raise UserError(f"study file not found: {path}")
-    try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        raise UserError(f"study file {path} is not valid YAML: {exc}") from None
+    raw = load_file(path, f"study file {path}", _UniqueKeyLoader)
     if not isinstance(raw, dict):
         raise UserError(f"study file {path} must hold a mapping of key: value")
     raw.update(overrides or {})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -64,6 +65,10 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any
         missing = [k for k in required if not isinstance(ck, dict) or k not in ck]
         if missing:
             raise ValueError(f"no '{missing[0]}' entry")
+        bad = [k for k in ("epoch", "batch_in_epoch", "global_step") if k in required
+               and (not isinstance(ck[k], int) or isinstance(ck[k], bool) or ck[k] < 0)]
+        if bad:
+            raise ValueError(f"'{bad[0]}' is {ck[bad[0]]!r}, expected a whole number >= 0")
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # zip/pickle errors of every kind
@@ -90,3 +95,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def restoring(path: Path) -> Iterator[None]:
+    """Restoring a checkpoint's parts into this run: a file from another architecture, optimizer or
+    with a malformed RNG state is one line naming the file, not a traceback from load_state_dict."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise UserError(f"{path} does not fit this run (another model, optimizer or a damaged entry; "
+                        f"{type(exc).__name__}: {short_reason(exc)}); to start over, delete it or use "
+                        "another run name") from None

@@ -23,6 +23,7 @@ from utility.training.callbacks import Callback, CallbackList
 from utility.training.datawait import WAIT_COLUMNS, DataWait
 from utility.training.checkpoint import RESUME_KEYS, atomic_save, load_checkpoint, rng_state, set_rng_state
 from utility.distributed import all_reduce_sum, barrier, is_main, rank, world_size
+from utility.training.finite import check_losses
 from utility.errors import Stopped
 from utility.training.rundir import CsvLog, TensorBoard
 from utility.training.stopsignal import StopOnSignal
@@ -392,6 +393,7 @@ class Trainer:
             self.train_log.write({"epoch": self.epoch + 1, "step": step, "loss": v, "lr": lr,
                                   "global_step": gstep, "datetime": stamp, "data_wait": round(wait.data_wait, 4),
                                   "images_per_s": round(wait.images_per_s, 2)})
+        check_losses(values, [p[1] for p in pending], self.epoch + 1)  # after the rows: train.log shows it
         self.tb.scalars({"loss": values[-1], "lr": pending[-1][3], "data_wait": wait.data_wait,
                          "images_per_s": wait.images_per_s}, pending[-1][1], "train")
         if self.opts.debug:

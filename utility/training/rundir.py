@@ -21,10 +21,7 @@ def _notify(on_row: Optional[RowObserver], path: Path, columns: list[str], row: 
 def fmt(v: Any) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else repr(float(v))  # np.float64's repr is 'np.float64(...)'
-    s = str(v)
-    if any(c in s for c in ',"\n\r'):  # a path or subject id with a comma stays one CSV field
-        return '"' + s.replace('"', '""') + '"'
-    return s
+    return str(v)  # quoting (commas, quotes, newlines) is the csv writer's job
 
 
 class CsvLog:
@@ -44,14 +41,14 @@ class CsvLog:
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._fh = self.path.open("a", newline="")
         if new:
-            self._fh.write(",".join(self.columns) + "\n")
+            csv.writer(self._fh, lineterminator="\n").writerow(self.columns)
             self._fh.flush()
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self._open()
-        self._fh.write(",".join(fmt(row.get(c, "")) for c in self.columns) + "\n")
+        csv.writer(self._fh, lineterminator="\n").writerow([fmt(row.get(c, "")) for c in self.columns])
         self._fh.flush()
         _notify(self.on_row, self.path, self.columns, row)
 
@@ -67,9 +64,9 @@ class CsvLog:
             return
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("w", newline="") as fh:
-            fh.write(",".join(self.columns) + "\n")
-            for r in kept:
-                fh.write(",".join(r.get(c, "") or "" for c in self.columns) + "\n")
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(self.columns)
+            w.writerows([r.get(c, "") or "" for c in self.columns] for r in kept)
         tmp.replace(self.path)
 
     def close(self) -> None:
@@ -114,10 +111,10 @@ def write_table(path: Path, columns: list[str], rows: Iterable[dict[str, Any]],
         return
     rows = list(rows)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        fh.write(",".join(columns) + "\n")
-        for r in rows:
-            fh.write(",".join(fmt(r.get(c, "")) for c in columns) + "\n")
+    with tmp.open("w", newline="") as fh:  # a real CSV writer: names may hold commas, quotes, newlines
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows([fmt(r.get(c, "")) for c in columns] for r in rows)
     tmp.replace(path)
     for r in rows:
         _notify(on_row, path, columns, r)

@@ -7,6 +7,11 @@ training time in epochs since the end of warmup (fractional when stepping per ba
 * ``decay``:            g^t                                   (g = decay_per_epoch)
 * ``cosine``:           (1 + cos(pi * (t mod T0) / T0)) / 2   (warm restarts every T0 = annealing_time)
 * ``decaying_cosine``:  [eta + (1 - eta) (1 + cos(pi * (t mod T0) / T0)) / 2] * g^t,  eta = 1e-6
+  (with ``restarts=False``, the predecessor's: t instead of t mod T0, one continuous cosine that falls
+  over T0 and rises over the next; utility/config/recipe.py)
+
+``epoch_steps`` (per-step schedules only; the predecessor's recipe): an epoch counts as this many steps
+(train size / batch size, fractional) for the decay, and T0 = int(annealing_time * epoch_steps) steps.
 * ``cosine_total``:     (1 + cos(pi * t / T)) / 2, T = training length after warmup (one cosine to 0)
 * ``None``:             1 (constant)
 
@@ -82,8 +87,14 @@ class ScheduleFactor:
         decay_per_epoch: float = 1.0,
         annealing_time: float | None = None,
         warmup_epochs: float = 0.0,
+        restarts: bool = True,
+        epoch_steps: float | None = None,
     ) -> None:
         self.name = _normalise_name(name)
+        self.restarts = bool(restarts)
+        # the predecessor's per-step schedules counted an epoch as train size / batch size steps
+        # (fractional) and truncated periods to whole steps; None: steps_per_epoch
+        self.epoch_steps = float(epoch_steps) if epoch_steps and interval == "step" else None
         if interval not in INTERVALS:
             raise SettingError(f"Unknown scheduling interval {interval!r}; valid choices: {', '.join(INTERVALS)}")
         if int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1:
@@ -111,6 +122,10 @@ class ScheduleFactor:
         w = self.warmup_epochs * self.units_per_epoch
         self.warmup_units = max(1, int(round(w))) if self.warmup_epochs > 0 else 0
         self.period_units = _as_units(self.annealing_time * self.units_per_epoch)
+        self.decay_units = float(self.units_per_epoch)
+        if self.epoch_steps is not None:
+            self.decay_units = self.epoch_steps
+            self.period_units = float(max(1, int(self.annealing_time * self.epoch_steps)))
         self.total_units = _as_units(self.epochs * self.units_per_epoch) - self.warmup_units
         if self.name == "cosine_total" and self.total_units <= 0:
             raise SettingError(
@@ -122,11 +137,11 @@ class ScheduleFactor:
         name = self.name
         if name is None:
             return 1.0
-        t = u / self.units_per_epoch  # epochs since end of warmup
+        t = u / self.decay_units  # epochs since end of warmup
         if name == "decay":
             return self.decay_per_epoch ** t
         if name in ("cosine", "decaying_cosine"):
-            phase = math.fmod(u, self.period_units) / self.period_units
+            phase = (math.fmod(u, self.period_units) if self.restarts or name == "cosine" else u) / self.period_units
             cos = (1.0 + math.cos(math.pi * phase)) / 2.0
             if name == "cosine":
                 return cos
@@ -148,7 +163,8 @@ class ScheduleFactor:
     def config(self) -> dict[str, Any]:
         return dict(name=self.name, interval=self.interval, steps_per_epoch=self.steps_per_epoch,
                     epochs=self.epochs, decay_per_epoch=self.decay_per_epoch,
-                    annealing_time=self.annealing_time, warmup_epochs=self.warmup_epochs)
+                    annealing_time=self.annealing_time, warmup_epochs=self.warmup_epochs, restarts=self.restarts,
+                    epoch_steps=self.epoch_steps)
 
 
 class EpochTimesStepFactor:
@@ -242,13 +258,16 @@ def build_epoch_times_step_scheduler(
     epochs: int,
     decay_per_epoch: float = 1.0,
     annealing_time: float | None = None,
+    restarts: bool = True,
+    epoch_steps: float | None = None,
 ) -> ResumableLambdaLR:
     """Schedule ``per_epoch`` (stepped once per epoch) times schedule ``per_step`` (stepped per batch), as one
     scheduler to ``.step()`` once per optimizer step. ``decay_per_epoch`` and ``annealing_time`` parameterise
     ``per_step``; ``per_epoch`` takes the names of :func:`build_scheduler` with its defaults."""
     outer = ScheduleFactor(per_epoch, interval="epoch", steps_per_epoch=steps_per_epoch, epochs=epochs)
     inner = ScheduleFactor(per_step, interval="step", steps_per_epoch=steps_per_epoch, epochs=epochs,
-                           decay_per_epoch=decay_per_epoch, annealing_time=annealing_time)
+                           decay_per_epoch=decay_per_epoch, annealing_time=annealing_time, restarts=restarts,
+                           epoch_steps=epoch_steps)
     return ResumableLambdaLR(optimizer, EpochTimesStepFactor(outer, inner))
 
 

@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
 import torch
-import yaml
 from pydantic import BaseModel
 from torch import nn
 
 from utility.config.loader import dump_config
+from utility.config.yamlsafe import load_file
 from utility.entry import CrashLog
 from utility.errors import Stopped, UserError
 from utility.training import parallel, speed
 from utility.training.callbacks import Callback
-from utility.training.checkpoint import RESUME_KEYS, load_checkpoint, seed_everything
+from utility.training.checkpoint import RESUME_KEYS, load_checkpoint, restoring, seed_everything
 from utility.distributed import is_main, main_decides
 from utility.training.engine import Amp, Method, Trainer, TrainerOptions
 from utility.training.environment import ENV_FILE, record_environment
@@ -35,6 +35,8 @@ RESUME_FREE_KEYS = frozenset({"epochs", "num_workers", "prefetch_factor", "verbo
                               "trackers", "tracker_project", *speed.SPEED_KEYS})
 # files of ours an attempt that ended before its first checkpoint may have left
 STALE_FILES = ("train.log", "val.log", "crash.log", ENV_FILE)
+# written once the data are indexed, before config.yaml (utility/runs/split_audit.py)
+AUDIT_FILES = ("splits.csv.gz", "split_sizes.csv", "leakage.txt", "monitor_overlap.txt")
 
 
 def make_run_dir(run_dir: Path) -> None:
@@ -71,8 +73,8 @@ def check_run_dir(run_dir: Path, new: dict[str, Any], free_keys: Iterable[str]) 
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists():
         try:
-            old = yaml.safe_load(cfg_path.read_text())
-        except yaml.YAMLError:
+            old = load_file(cfg_path, f"run config {cfg_path}")  # alias bombs refused, binary files too
+        except UserError:
             old = None
         if not isinstance(old, dict) or "name" not in old:
             raise UserError(f"run directory {run_dir} holds a config.yaml that is not a run config of ours; "
@@ -82,7 +84,7 @@ def check_run_dir(run_dir: Path, new: dict[str, Any], free_keys: Iterable[str]) 
             shown = "; ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diffs[:4])
             raise UserError(f"run directory {run_dir} holds a run with a different config ({shown}); "
                             "choose another name to start a new run (nothing was overwritten)")
-    elif run_dir.is_dir() and any(p.name not in ("crash.log", LOCK_NAME) for p in run_dir.iterdir()):
+    elif run_dir.is_dir() and any(p.name not in ("crash.log", LOCK_NAME, *AUDIT_FILES) for p in run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} is not empty and holds no run config of ours; "
                         "choose another name or move it away (nothing was overwritten)")
 
@@ -191,7 +193,9 @@ class RunSession:
         if is_main():
             dump_config(self.cfg, self.run_dir / "config.yaml")
             record_environment(self.run_dir, self.device, self.state)  # threads, CPU, versions
-        if self.state == "resume" and trainer.resume():
+        with restoring(trainer.last_path):  # another model/optimizer, damaged RNG: one line naming the file
+            resumed = self.state == "resume" and trainer.resume()
+        if resumed:
             print(f"resuming {self.run_dir} at epoch {trainer.epoch + 1} step {trainer.batch_in_epoch}")
         trainer.callbacks.on_run_start(trainer, self.state == "resume")
         try:
