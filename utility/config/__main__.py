@@ -1,6 +1,7 @@
 """``python -m utility.config schema [DIR]``: a JSON Schema per config kind (finetune.schema.json,
 pretrain.schema.json, task.schema.json) so that editors complete and check the YAML files
-(e.g. ``# yaml-language-server: $schema=<DIR>/finetune.schema.json`` on a config's first line)."""
+(e.g. ``# yaml-language-server: $schema=<DIR>/finetune.schema.json`` on a config's first line).
+``python -m utility.config reference``: the configuration reference page (docs/configuration.md) on stdout."""
 from __future__ import annotations
 
 import json
@@ -26,6 +27,11 @@ def write_schemas(out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["reference"]:
+        from utility.config.reference import reference
+
+        sys.stdout.write(reference())
+        return 0
     if not argv or argv[0] != "schema" or len(argv) > 2:
         print(__doc__.strip(), file=sys.stderr)
         return 2
