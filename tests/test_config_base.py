@@ -70,3 +70,28 @@ def test_base_must_name_a_file(tmp_path, value):
 def test_config_without_base_is_unchanged(tmp_path):
     f = write_yaml(tmp_path / "c.yaml", {"name": "x", "task": "digits"})
     assert read_run_config(f) == {"name": "x", "task": "digits"}
+
+
+def test_study_reads_base_includes_of_its_finetune_and_pretrain_configs(tmp_path):
+    from conftest import small_run_config, task_dict
+    from utility.study.plan import make_plan
+    from utility.study.spec import load_study
+
+    task = write_yaml(tmp_path / "tasks" / "tiny.yaml", task_dict())
+    write_yaml(tmp_path / "cfg" / "ft_common.yaml", small_run_config(name="base", task=str(task), lr=0.5,
+                                                                     data_root=str(tmp_path / "data")))
+    ft = write_yaml(tmp_path / "cfg" / "ft.yaml", {"base": "ft_common.yaml", "lr": 0.25})
+    write_yaml(tmp_path / "cfg" / "pre_common.yaml", {"name": "x", "dataset_base_dir": str(tmp_path / "data"),
+                                                      "resnet": "resnet18", "batch_size": 4, "epochs": 1})
+    pre = write_yaml(tmp_path / "cfg" / "pre.yaml", {"base": "pre_common.yaml", "batch_size": 8})
+    study = write_yaml(tmp_path / "study.yaml", {
+        "name": "S", "pretrain": {"Scratch": None, "SSL": {"config": str(pre)}},
+        "finetune": {"config": str(ft), "overrides": {"epochs": 2}}, "tasks": [str(task)],
+        "repeats": {"seeds": [42]}, "gpus_per_job": 0,
+        "output_root": str(tmp_path / "out"), "config_dir": str(tmp_path / "cfgs")})
+    plan = make_plan(load_study(study))
+    (job,) = plan.pretrain
+    assert job.config["batch_size"] == 8 and job.config["epochs"] == 1 and "base" not in job.config
+    for run in plan.runs:
+        assert run.config["lr"] == pytest.approx(0.25) and run.config["epochs"] == 2 and "base" not in run.config
+        assert run.config["data_root"] == str(tmp_path / "data")
