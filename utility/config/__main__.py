@@ -11,6 +11,7 @@ from pathlib import Path
 from utility.config.schemas import FTEConfig, SimCLRConfig
 from utility.config.tasks import TaskSpec
 
+BASE_HELP = "another YAML file whose keys this file's keys override (relative to this file)"
 KINDS = {"finetune": FTEConfig, "pretrain": SimCLRConfig, "task": TaskSpec}
 
 
@@ -21,6 +22,8 @@ def write_schemas(out_dir: Path) -> list[Path]:
         path = out_dir / f"{kind}.schema.json"
         schema = model.model_json_schema(by_alias=True)
         schema["title"] = f"{kind} config ({model.__name__})"
+        if kind != "task":  # run configs may include another file (utility/config/loader.py)
+            schema["properties"]["base"] = {"type": "string", "description": BASE_HELP}
         path.write_text(json.dumps(schema, indent=1) + "\n")
         written.append(path)
     return written
