@@ -366,7 +366,7 @@ class SimCLRConfig(RunBase, DataKeys):
                              f"image_size {self.image_size} is larger than shape_desired {list(shape)}")
 
         if self.nodes > 1:
-            raise ValueError("nodes > 1: launch with torchrun --nnodes (see README, multi-node)")
+            raise ValueError("nodes > 1: launch with torchrun --nnodes (see docs/multi_gpu.md)")
         late = [m.epoch for m in (self.monitor.milestones if self.monitor else []) if m.epoch > self.epochs]
         if late:
             raise keys_error(("monitor", "epochs"), f"milestone epoch {late[0]} is after the last epoch "
