@@ -1,19 +1,29 @@
 """Write the leakage demonstration data (config/studies/leakage_demo.yaml, docs/subjects.md): patients
-that each contribute several near-identical slices, and a stand-in "pretrained" encoder.
+that each contribute several near-identical slices, and two stand-in "pretrained" encoders, one that
+recognises patients and one that sees the class signal.
 
-    datasets/leakage/all/<class>/p<patient>_s<slice>.png      40 patients x 6 slices, 16 px
-    datasets/leakage/encoder_lowpass.tar                      ResNet-18 encoder (see below)
+    datasets/leakdemo/all/<class>/p<patient>_s<slice>.png     60 patients x 6 slices, 16 px
+    datasets/leakdemo/encoder_memorizer.tar                   ResNet-18 encoders (see below)
+    datasets/leakdemo/encoder_signal.tar
 
-Each patient has an individual appearance (smooth blobs and a fixed texture); its slices differ by a
-one-pixel shift and a little noise. The class is a patient property that the images do NOT show (as
-an outcome that no scan predicts): on new patients every model is at chance (50 %). A split drawn per
-image puts slices of one patient on both sides, so a model that recognises patients scores well on
-validation and test images anyway.
+Each patient has a latent severity z; the label is z plus patient-level noise > 0, so the images show
+the class only in part (no model can be perfect on new patients). A slice is
+    z * (a centred, smoothly windowed left-right ramp)      low frequency: the class signal
+  + slice-own smooth noise                                   low frequency: hides part of the signal
+  + the patient's fixed fine texture                         high frequency: the patient's identity
+  + a little pixel noise,
+so the slices of one patient are near-identical and recognisable by their texture.
 
-``encoder_lowpass.tar`` stands in for a pretraining source: a seeded random ResNet-18 whose first
-layer is a smoothing filter (one sign and a random gain per channel). It keeps the patients' smooth
-anatomy, so it recognises patients better than a random encoder; it knows nothing about the class.
-Nothing is downloaded; the same seed writes the same files. Existing files are left as they are.
+- ``encoder_memorizer.tar``: a seeded random ResNet-18 whose first-layer kernels are projected off
+  the polynomials of degree <= 2, so it passes fine texture (patient identity) and almost none of
+  the smooth ramp (the class).
+- ``encoder_signal.tar``: a seeded random ResNet-18 whose first layer smooths (one sign and a random
+  gain per channel), so it passes the ramp and little of the texture.
+
+Split per image, a patient's sibling slices sit in train, so the Memorizer scores high on validation
+and test and looks like the best source; split per patient it falls to about chance and the Signal
+encoder wins. Nothing is downloaded; the same seed writes the same files. Existing files are left as
+they are (the directory is new: the earlier layout under datasets/leakage is not read).
 """
 from __future__ import annotations
 
@@ -25,45 +35,49 @@ import numpy as np
 from PIL import Image
 
 
-def patient(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A patient's base image in [0, 1]: three smooth blobs plus a fixed texture."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    img = np.zeros((size, size), np.float32)
-    for _ in range(3):
-        cy, cx = rng.uniform(0, size, 2)
-        w = rng.uniform(size / 8, size / 3)
-        img += rng.uniform(0.3, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * w * w))
-    img += 0.35 * rng.random((size, size)).astype(np.float32)
-    return img / img.max()
+def smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    """Unit-variance Gaussian noise low-passed in frequency (sigma in cycles per pixel)."""
+    k = np.fft.fftfreq(size)
+    gain = np.exp(-(k[:, None] ** 2 + k[None, :] ** 2) / (2 * sigma ** 2))
+    out = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(size, size))) * gain))
+    return out / out.std()
 
 
-def slices(img: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+def slices(rng: np.random.Generator, z: float, n: int, size: int) -> list[np.ndarray]:
+    """n slices of one patient as 8-bit images (module docstring)."""
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+    ramp = 6 * xx * np.exp(-(xx ** 2 + yy ** 2) / (2 * 0.18 ** 2))   # flat at the border
+    checker = (-1.0) ** np.add.outer(np.arange(size), np.arange(size))
+    texture = smooth_noise(rng, size, 0.12) * checker                 # moved to high frequencies
     out = []
     for _ in range(n):
-        s = np.roll(img, tuple(rng.integers(-1, 2, 2)), axis=(0, 1)) + rng.normal(0, 0.02, img.shape)
-        out.append((np.clip(s / 1.3, 0, 1) * 255).astype(np.uint8))
+        img = z * ramp + 0.2 * smooth_noise(rng, size, 0.06) + 0.3 * texture \
+            + 0.03 * rng.normal(size=(size, size))
+        img = (img - img.min()) / (img.max() - img.min())
+        out.append(np.round(img * 255).astype(np.uint8))
     return out
 
 
-def write(out: Path, patients: int = 40, per_patient: int = 6, size: int = 16, seed: int = 0) -> int:
+def write(out: Path, patients: int = 60, per_patient: int = 6, size: int = 16, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
+    z = rng.normal(size=patients)
+    labels = (z + 0.3 * rng.normal(size=patients) > 0).astype(int)
     written = 0
-    labels = rng.permutation(np.arange(patients) % 2)  # half each; not visible in the images
     for p in range(patients):
-        base = patient(rng, size)
-        label = int(labels[p])
-        for k, img in enumerate(slices(base, per_patient, rng)):
-            path = out / "all" / ("pos" if label else "neg") / f"p{p:03d}_s{k}.png"
+        for k, img in enumerate(slices(rng, float(z[p]), per_patient, size)):
+            path = out / "all" / ("pos" if labels[p] else "neg") / f"p{p:03d}_s{k}.png"
             if path.exists():
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img, mode="L").save(path)
             written += 1
-    return written + write_encoder(out / "encoder_lowpass.tar", seed)
+    for kind in ("memorizer", "signal"):
+        written += write_encoder(out / f"encoder_{kind}.tar", kind, seed)
+    return written
 
 
-def write_encoder(path: Path, seed: int) -> int:
-    """The stand-in pretrained encoder (module docstring); 0 when it exists."""
+def write_encoder(path: Path, kind: str, seed: int) -> int:
+    """One stand-in pretrained encoder (module docstring); 0 when it exists."""
     if path.exists():
         return 0
     import torch
@@ -74,8 +88,15 @@ def write_encoder(path: Path, seed: int) -> int:
     enc.fc = torch.nn.Identity()
     with torch.no_grad():
         w = enc.conv1.weight
-        sign = torch.sign(w.sum(dim=(1, 2, 3), keepdim=True))
-        w.copy_(w.abs().mean() * sign.expand_as(w) * torch.rand(w.shape[0], 1, 1, 1))
+        if kind == "signal":
+            sign = torch.sign(w.sum(dim=(1, 2, 3), keepdim=True))
+            w.copy_(w.abs().mean() * sign.expand_as(w) * torch.rand(w.shape[0], 1, 1, 1))
+        else:  # remove each 7x7 kernel's part along 1, x, y, x^2, y^2, xy: smooth ramps pass ~nothing
+            yy, xx = torch.meshgrid(torch.arange(7.0) - 3, torch.arange(7.0) - 3, indexing="ij")
+            basis = torch.stack([torch.ones(7, 7), xx, yy, xx * xx, yy * yy, xx * yy]).reshape(6, 49)
+            q, _ = torch.linalg.qr(basis.T)
+            v = w.reshape(-1, 49)
+            w.copy_(3 * (v - (v @ q) @ q.T).reshape(w.shape))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(enc.state_dict(), path)
     return 1
@@ -83,7 +104,7 @@ def write_encoder(path: Path, seed: int) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "leakage")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "leakdemo")
     args = ap.parse_args()
     n = write(args.out)
     print(f"leakage demo data: {n} new files written to {args.out}" if n else f"leakage demo data already in {args.out}")
