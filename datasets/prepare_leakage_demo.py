@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+RAMP, SLICE_NOISE, TEXTURE, LABEL_NOISE = 6.0, 0.4, 0.6, 0.8   # amplitudes (module docstring)
+
 
 def smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
     """Unit-variance Gaussian noise low-passed in frequency (sigma in cycles per pixel)."""
@@ -46,12 +48,12 @@ def smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarra
 def slices(rng: np.random.Generator, z: float, n: int, size: int) -> list[np.ndarray]:
     """n slices of one patient as 8-bit images (module docstring)."""
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
-    ramp = 6 * xx * np.exp(-(xx ** 2 + yy ** 2) / (2 * 0.18 ** 2))   # flat at the border
+    ramp = RAMP * xx * np.exp(-(xx ** 2 + yy ** 2) / (2 * 0.18 ** 2))   # flat at the border
     checker = (-1.0) ** np.add.outer(np.arange(size), np.arange(size))
     texture = smooth_noise(rng, size, 0.12) * checker                 # moved to high frequencies
     out = []
     for _ in range(n):
-        img = z * ramp + 0.2 * smooth_noise(rng, size, 0.06) + 0.3 * texture \
+        img = z * ramp + SLICE_NOISE * smooth_noise(rng, size, 0.06) + TEXTURE * texture \
             + 0.03 * rng.normal(size=(size, size))
         img = (img - img.min()) / (img.max() - img.min())
         out.append(np.round(img * 255).astype(np.uint8))
@@ -61,7 +63,7 @@ def slices(rng: np.random.Generator, z: float, n: int, size: int) -> list[np.nda
 def write(out: Path, patients: int = 60, per_patient: int = 6, size: int = 16, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     z = rng.normal(size=patients)
-    labels = (z + 0.3 * rng.normal(size=patients) > 0).astype(int)
+    labels = (z + LABEL_NOISE * rng.normal(size=patients) > 0).astype(int)
     written = 0
     for p in range(patients):
         for k, img in enumerate(slices(rng, float(z[p]), per_patient, size)):
@@ -96,7 +98,7 @@ def write_encoder(path: Path, kind: str, seed: int) -> int:
             basis = torch.stack([torch.ones(7, 7), xx, yy, xx * xx, yy * yy, xx * yy]).reshape(6, 49)
             q, _ = torch.linalg.qr(basis.T)
             v = w.reshape(-1, 49)
-            w.copy_(3 * (v - (v @ q) @ q.T).reshape(w.shape))
+            w.copy_(30 * (v - (v @ q) @ q.T).reshape(w.shape))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(enc.state_dict(), path)
     return 1
