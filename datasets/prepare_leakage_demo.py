@@ -16,7 +16,8 @@ so the slices of one patient are near-identical and recognisable by their textur
 
 - ``encoder_memorizer.tar``: a seeded random ResNet-18 whose first-layer kernels are projected off
   the polynomials of degree <= 2, so it passes fine texture (patient identity) and almost none of
-  the smooth ramp (the class).
+  the smooth ramp (the class); its first layer has a large gain, so its features are several times
+  larger than the Signal encoder's and a short linear probe fits (memorises) them quickly.
 - ``encoder_signal.tar``: a seeded random ResNet-18 whose first layer smooths (one sign and a random
   gain per channel), so it passes the ramp and little of the texture.
 
