@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from utility.config.schemas import FTEConfig, SimCLRConfig
+from utility.config.schemas import FTEConfig, PretrainConfig
 from utility.config.tasks import TaskSpec
 
-KINDS = {"finetune": FTEConfig, "pretrain": SimCLRConfig, "task": TaskSpec}
+KINDS = {"finetune": FTEConfig, "pretrain": PretrainConfig, "task": TaskSpec}
 
 
 def write_schemas(out_dir: Path) -> list[Path]:

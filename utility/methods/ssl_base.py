@@ -36,6 +36,10 @@ class SSLMethod(NoEvaluation):
     label: ClassVar[str] = ""              # how messages name the method
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
     min_batch: ClassVar[int] = 2           # images per process: BatchNorm needs 2, contrastive losses too
+    batch_why: ClassVar[str] = "its BatchNorm layers and batch statistics need several images"
+    # settings the predecessor's configs held as top-level keys (not ``method_settings``); read by the
+    # one compatibility shim, ``ssl_registry.settings_given``
+    TOP_LEVEL_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, views: TwoViews, settings: Any, in_channels: int = 3,
                  bad: Optional[BadFiles] = None) -> None:
