@@ -17,17 +17,22 @@ from utility.methods.mocov2 import MoCoV2Method
 from utility.methods.simclr import SimCLRMethod
 from utility.methods.ssl_base import MethodSettings, SSLMethod
 from utility.methods.vicreg import VICRegMethod
+from utility.registry import Registry
 
-METHODS: dict[str, type[SSLMethod]] = {m.name: m for m in (
-    SimCLRMethod, BarlowTwinsMethod, BYOLMethod, VICRegMethod, MoCoV2Method)}
+
+def _unknown(name: str, known: list[str]) -> str:
+    hint = difflib.get_close_matches(str(name).lower().replace("-", "_"), known, n=1, cutoff=0.4)
+    return (f"unknown method '{name}'" + (f"; did you mean '{hint[0]}'?" if hint else "")
+            + f" (methods: {', '.join(known)})")
+
+
+METHODS: Registry[type[SSLMethod]] = Registry("method", _unknown)
+for _cls in (SimCLRMethod, BarlowTwinsMethod, BYOLMethod, VICRegMethod, MoCoV2Method):
+    METHODS.register(_cls.name, entry=_cls)
 
 
 def method_class(name: str) -> type[SSLMethod]:
-    if name in METHODS:
-        return METHODS[name]
-    hint = difflib.get_close_matches(str(name).lower().replace("-", "_"), list(METHODS), n=1, cutoff=0.4)
-    raise UserError(f"unknown method '{name}'" + (f"; did you mean '{hint[0]}'?" if hint else "")
-                    + f" (methods: {', '.join(METHODS)})")
+    return METHODS.find(name)
 
 
 def _owners(key: str, but: str) -> list[str]:
