@@ -394,7 +394,7 @@ def test_class_weights_are_torch_weighted_cross_entropy():
 
 
 def test_log_epoch_numbering_and_our_readers_agree(tmp_path):
-    """val.log epochs are 1-based like train.log's (README "Compatibility with the predecessor": the
+    """val.log epochs are 1-based like train.log's (docs/compatibility.md: the
     predecessor's val.log counted from 0, its finetuning train.log from 1): val.log epoch e scores the
     epoch whose train.log rows say e, and the study readers' epoch numbers (convergence epoch, training
     curve per epoch) are val.log epoch values."""

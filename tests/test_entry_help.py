@@ -86,7 +86,7 @@ def test_json_schema_per_config_kind(tmp_path):
     assert main(["schema", str(tmp_path)]) == 0
     for kind, model in (("finetune", FTEConfig), ("pretrain", PretrainConfig)):
         schema = json.loads((tmp_path / f"{kind}.schema.json").read_text())
-        assert set(schema["properties"]) == set(model.model_fields)
+        assert set(schema["properties"]) == set(model.model_fields) | {"base"}   # base: the include key
         assert schema["properties"]["batch_size"]["minimum"] == 1
     assert "properties" in json.loads((tmp_path / "task.schema.json").read_text())
     assert main(["nonsense"]) == 2

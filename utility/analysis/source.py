@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from utility.config.loader import read_yaml, validate
+from utility.config.loader import read_run_config, read_yaml, validate
 from utility.config.schemas import FTE_DEPRECATED, FTEConfig
 from utility.config.recipe import recipe_of, task_for
 from utility.config.tasks import TaskSpec, load_task
@@ -147,7 +147,7 @@ def open_subject(args: Any) -> Subject:
             if getattr(args, k, None) is not None}
     if getattr(args, "config", None):  # a finetuning config (lr-find): its starting weights, no run dir
         path = resolve_user_path(args.config)
-        raw = read_yaml(path)
+        raw = read_run_config(path)
         raw.update(over)
         cfg = validate(FTEConfig, raw, str(path), FTE_DEPRECATED)
         weights = resolve_weights(cfg.model_path) if cfg.model_path else None

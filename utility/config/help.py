@@ -90,7 +90,8 @@ def config_help(schema: type[BaseModel], prog: str) -> str:
     lines = [USAGE.format(prog=prog),
              "Any key below can be set in the YAML file or overridden as --key value (values are YAML: true, "
              "null, [1,2]). --print-config prints the resolved config and exits; `python -m utility.config "
-             "schema DIR` writes JSON Schemas for editors.", "", *key_lines(schema)]
+             "schema DIR` writes JSON Schemas for editors. A config file may start with `base: other.yaml` (that "
+             "file's keys first, this file's override them).", "", *key_lines(schema)]
     return "\n".join(lines).rstrip() + "\n"
 
 

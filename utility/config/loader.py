@@ -84,6 +84,30 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+BASE_KEY = "base"  # `base: other.yaml` in a run config: that file's keys, this file's on top
+
+
+def read_run_config(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A run config's keys with its ``base:`` includes resolved (recursively, relative to the including
+    file); the including file's keys win over its base's. Lets variants of one config share a file."""
+    data = read_yaml(path)
+    if BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str) or not base.strip():
+        raise UserError(f"config key 'base' in {path}: expected the name of another YAML file, got {base!r}")
+    base_path = Path(os.path.expanduser(base))
+    base_path = base_path if base_path.is_absolute() else path.parent / base_path
+    chain = (*_chain, path)
+    if any(base_path.resolve() == p.resolve() for p in chain):
+        raise UserError("config 'base' includes form a cycle: " + " -> ".join(str(p) for p in (*chain, base_path)))
+    if not base_path.is_file():
+        raise UserError(f"config key 'base' in {path}: file not found: {base_path}")
+    merged = read_run_config(base_path, chain)
+    merged.update(data)
+    return merged
+
+
 # Common spellings of a key that string similarity cannot find (learning_rate -> annealing_time).
 KEY_SYNONYMS: dict[str, str] = {
     "learning_rate": "lr", "wd": "weight_decay", "bs": "batch_size", "n_epochs": "epochs",
@@ -176,11 +200,11 @@ def validate(schema: type[M], raw: dict[str, Any], source: str,
 
 def load_config(schema: type[M], argv: list[str], prog: str,
                 deprecated: dict[str, str] | None = None) -> tuple[M, Path | None]:
-    """YAML file + overrides -> validated config object. Overrides win over the file."""
+    """YAML file (with its ``base:`` includes) + overrides -> validated config object. Overrides win."""
     exit_on_help(argv, schema, prog)
     show = PRINT_CONFIG in argv
     path, overrides = parse_argv([a for a in argv if a != PRINT_CONFIG], prog)
-    raw: dict[str, Any] = read_yaml(path) if path is not None else {}
+    raw: dict[str, Any] = read_run_config(path) if path is not None else {}
     raw.update(overrides)
     source = str(path) if path else "the command line"
     cfg = validate(schema, raw, source, deprecated, frozenset(overrides))

@@ -335,7 +335,7 @@ class PretrainConfig(RunBase, DataKeys):
                              f"image_size {self.image_size} is larger than shape_desired {list(shape)}")
 
         if self.nodes > 1:
-            raise ValueError("nodes > 1: launch with torchrun --nnodes (see README, multi-node)")
+            raise ValueError("nodes > 1: launch with torchrun --nnodes (see docs/multi_gpu.md)")
         return self
 
 

@@ -269,16 +269,12 @@ class Runner:
         reason = act.kill_reason or reason
         rec = {"event": "end", "command": ln.command, "occurrence": ln.occurrence,
                "attempt": act.attempt, "exit_code": rc, "end_time": time.time()}
-        if act.stopping:
-            self.book.record(dict(rec, status="open", reason="queue stopped"))
+        if act.stopping or act.reopen:
+            why, said = (("queue stopped", f"stopped (exit {rc})") if act.stopping
+                         else ("dependency resubmitted", "cancelled (its dependency was interrupted)"))
+            self.book.record(dict(rec, status="open", reason=why))
             self.book.queue_status(act.key, "open")
-            self.book.say(f"L{ln.lineno} stopped (exit {rc}); marked open again")
-            del self.book.active[act.token]
-            return
-        if act.reopen:
-            self.book.record(dict(rec, status="open", reason="dependency resubmitted"))
-            self.book.queue_status(act.key, "open")
-            self.book.say(f"L{ln.lineno} cancelled (its dependency was interrupted); marked open again")
+            self.book.say(f"L{ln.lineno} {said}; marked open again")
             del self.book.active[act.token]
             return
         if rc == 0 and not act.kill_reason and not reason:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from utility.config.loader import parse_argv, read_yaml
+from utility.config.loader import parse_argv, read_run_config
 from utility.config.recipe import epoch_steps, recipe_of
 from utility.config.schemas import PRETRAIN_DEPRECATED, PretrainConfig
 from utility.errors import UserError, user_errors
@@ -50,7 +50,7 @@ def learning_rate(cfg: PretrainConfig) -> float:
 def raw_config(argv: list[str], prog: str = PROG) -> dict[str, Any]:
     """The keys as the user wrote them (file, then overrides), deprecated ones included."""
     path, overrides = parse_argv(argv, prog)
-    raw = read_yaml(path) if path is not None else {}
+    raw = read_run_config(path) if path is not None else {}
     raw.update(overrides)
     return raw
 

@@ -15,14 +15,18 @@ from typing import Any, Sequence
 import numpy as np
 
 
+def _family(p: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p as float64, an all-NaN output, the indices of the finite p-values in ascending order)."""
+    arr = np.asarray(p, dtype=np.float64)
+    idx = np.flatnonzero(~np.isnan(arr))
+    return arr, np.full(arr.shape, math.nan), idx[np.argsort(arr[idx], kind="stable")]
+
+
 def holm(p: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (NaN stays NaN and does not count in the family)."""
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full(p.shape, math.nan)
-    idx = np.flatnonzero(~np.isnan(p))
-    m = len(idx)
+    p, out, order = _family(p)
+    m = len(order)
     if m:
-        order = idx[np.argsort(p[idx], kind="stable")]
         steps = (m - np.arange(m)) * p[order]
         out[order] = np.minimum(1.0, np.maximum.accumulate(steps))
     return out
@@ -30,12 +34,9 @@ def holm(p: Sequence[float]) -> np.ndarray:
 
 def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
     """Benjamini-Hochberg step-up adjusted p-values (q-values); NaN as in :func:`holm`."""
-    p = np.asarray(p, dtype=np.float64)
-    out = np.full(p.shape, math.nan)
-    idx = np.flatnonzero(~np.isnan(p))
-    m = len(idx)
+    p, out, order = _family(p)
+    m = len(order)
     if m:
-        order = idx[np.argsort(p[idx], kind="stable")]
         scaled = p[order] * m / np.arange(1, m + 1)
         out[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
     return out

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import yaml
 
-from utility.config.loader import read_yaml, validate
+from utility.config.loader import read_run_config, validate
 from utility.config.schemas import FTE_DEPRECATED, PRETRAIN_DEPRECATED, FTEConfig, PretrainConfig
 from utility.config.tasks import load_task
 from utility.config.yamlsafe import load_file
@@ -122,7 +122,7 @@ def make_plan(spec: StudySpec) -> Plan:
 
         check_study_metrics(spec.metrics, spec.tasks)
     base_path = resolve_user_path(spec.finetune.config)
-    base = read_yaml(base_path)
+    base = read_run_config(base_path)
     base.update(spec.finetune.overrides)
     encoders: dict[str, Optional[Path]] = {}
     for label, src in spec.pretrain.items():
@@ -159,7 +159,7 @@ def make_plan(spec: StudySpec) -> Plan:
 def _pretrain_job(spec: StudySpec, label: str, config: str, overrides: dict[str, Any], out_root: Path,
                   config_dir: Path) -> PretrainJob:
     path = resolve_user_path(config)
-    raw = read_yaml(path)
+    raw = read_run_config(path)
     raw.update(overrides)
     raw["name"] = overrides.get("name") or f"{spec.name}/{label}"   # a name given: shared by studies
     if spec.output_root:
