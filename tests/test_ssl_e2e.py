@@ -111,7 +111,8 @@ def test_run_directory_and_resolved_settings(runs):
     rows = read_rows(d / "monitor.log")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert list(rows[0]) == ["epoch", "knn_accuracy", "linear_accuracy", "knn_k", "knn_t", "n_train", "n_val",
-                             "seconds"]
+                             "seconds", "rankme"]
+    assert all(1 <= float(r["rankme"]) <= int(r["n_train"]) for r in rows)  # the collapse guard's measure
     assert rows[0]["n_train"] == "18" and rows[0]["n_val"] == "6"
     # the task's val is carved out of the pretraining folder: the monitor says so (issue 20)
     assert "holds 6 of 6 images that are also pretraining images" in (d / "monitor_overlap.txt").read_text()

@@ -226,6 +226,8 @@ def test_every_methods_encoder_file_loads_into_get_model(tmp_path):
     enc, width = build_encoder("resnet18")
     tv_keys = {k for k in torchvision.models.resnet18().state_dict() if not k.startswith("fc.")}
     for name, cls in METHODS.items():
+        if name == "mae":  # masks ViT patches: its encoder file is tested with a ViT in tests/test_dino_mae.py
+            continue
         small = {} if name == "simclr" else {k: 8 for k in cls.Settings.model_fields if k.endswith(("hidden", "dim"))}
         model = cls.build_model(copy.deepcopy(enc), width, resolve_settings(name, small, set()))
         save_encoder(model, tmp_path / f"{name}.tar")

@@ -8,6 +8,12 @@ CKA(X, Y) = sum_b HSIC_1(K_b, L_b) / sqrt(sum_b HSIC_1(K_b, K_b) * sum_b HSIC_1(
 It is 1 for identical features and does not change under orthogonal transforms or isotropic scaling
 of either side. Features are each block's output averaged over space (utility/analysis/features.py).
 Minibatches with fewer than 4 samples are skipped (the estimator needs n >= 4).
+
+``estimator="biased"`` gives instead the linear CKA of Kornblith et al. (2019) that most papers report,
+with the biased HSIC_0(K, L) = tr(K H L H) / (n-1)^2 (H the centring matrix) in the same accumulation;
+on one batch holding all samples it is ||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F) for the
+centred features. The biased estimator is inflated for small n relative to the feature width; the
+debiased one is not, which is why it is the default. Outputs name the estimator.
 """
 from __future__ import annotations
 
@@ -38,11 +44,24 @@ def hsic1(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
     return term / (n * (n - 3))
 
 
+def hsic0(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """Biased HSIC of two Gram matrices: tr(K H L H) / (n-1)^2."""
+    n = k.shape[0]
+    h = torch.eye(n, dtype=k.dtype, device=k.device) - 1.0 / n
+    return (k @ h @ l @ h).trace() / (n - 1) ** 2
+
+
+ESTIMATORS = {"debiased": hsic1, "biased": hsic0}
+ESTIMATOR_NAMES = {"debiased": "debiased linear CKA (unbiased HSIC, Nguyen et al. 2021)",
+                   "biased": "linear CKA (biased HSIC, Kornblith et al. 2019)"}
+
+
 class MinibatchCKA:
     """Accumulates HSIC terms for every pair (block a of model A, block b of model B)."""
 
-    def __init__(self, names_a: list[str], names_b: list[str]) -> None:
+    def __init__(self, names_a: list[str], names_b: list[str], estimator: str = "debiased") -> None:
         self.names_a, self.names_b = names_a, names_b
+        self.estimator, self.hsic = estimator, ESTIMATORS[estimator]
         self.xy = np.zeros((len(names_a), len(names_b)))
         self.xx = np.zeros(len(names_a))
         self.yy = np.zeros(len(names_b))
@@ -57,11 +76,11 @@ class MinibatchCKA:
         ka = [gram(feats_a[a]) for a in self.names_a]
         kb = [gram(feats_b[b]) for b in self.names_b]
         for i, k in enumerate(ka):
-            self.xx[i] += float(hsic1(k, k))
+            self.xx[i] += float(self.hsic(k, k))
             for j, l in enumerate(kb):
-                self.xy[i, j] += float(hsic1(k, l))
+                self.xy[i, j] += float(self.hsic(k, l))
         for j, l in enumerate(kb):
-            self.yy[j] += float(hsic1(l, l))
+            self.yy[j] += float(self.hsic(l, l))
         self.batches += 1
 
     def result(self) -> np.ndarray:
@@ -69,18 +88,19 @@ class MinibatchCKA:
             return self.xy / np.sqrt(np.outer(self.xx, self.yy))
 
 
-def cka(x_batches: Iterable[np.ndarray | torch.Tensor], y_batches: Iterable[np.ndarray | torch.Tensor]) -> float:
+def cka(x_batches: Iterable[np.ndarray | torch.Tensor], y_batches: Iterable[np.ndarray | torch.Tensor],
+        estimator: str = "debiased") -> float:
     """Minibatch linear CKA of one pair of feature sets given as matching minibatches."""
-    acc = MinibatchCKA(["x"], ["y"])
+    acc = MinibatchCKA(["x"], ["y"], estimator)
     for x, y in zip(x_batches, y_batches):
         acc.update({"x": torch.as_tensor(np.asarray(x))}, {"y": torch.as_tensor(np.asarray(y))})
     return float(acc.result()[0, 0])
 
 
 def cka_matrix(model_a: Any, model_b: Any, names_a: list[str], names_b: list[str], loader: Any,
-               device: torch.device, in_channels: tuple[int, int]) -> MinibatchCKA:
+               device: torch.device, in_channels: tuple[int, int], estimator: str = "debiased") -> MinibatchCKA:
     """Both encoders see the same batches; every block of one against every block of the other."""
-    acc = MinibatchCKA(names_a, names_b)
+    acc = MinibatchCKA(names_a, names_b, estimator)
     tap_a, tap_b = BlockTap(model_a, names_a), BlockTap(model_b, names_b)
     try:
         with torch.no_grad():

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps["gradcam"].add_argument("--method", choices=("gradcam", "gradcam++", "eigencam"), default="gradcam")
     ps["gradcam"].add_argument("--layer", help="target module name (default: the encoder's last block)")
     ps["cka"].add_argument("--other", help="second model: run dir, weights file or 'random'")
+    ps["cka"].add_argument("--estimator", choices=("debiased", "biased"), default="debiased",
+                           help="debiased (unbiased HSIC, default) or biased (Kornblith et al. 2019, most papers)")
     _knn_opts(ps["layer-knn"], [20])
     ps["l2"].add_argument("files", nargs="*", help="two weight files A B (B - A), or use --run [--other]")
     ps["l2"].add_argument("--other", help="with --run: the initial weights (default: the run's model_path)")

@@ -8,11 +8,12 @@ import numpy as np
 
 from utility.analysis import gradcam as gc
 from utility.analysis import plots
-from utility.analysis.cka import cka_matrix
+from utility.analysis.cka import ESTIMATOR_NAMES, cka_matrix
 from utility.analysis.evaluate import evaluate, make_method
 from utility.analysis.features import block_features, block_names
 from utility.analysis.layers import importance_rows, l2_rows, layer_knn_rows, read_weights
 from utility.analysis.outputs import announce, write_csv
+from utility.data.preprocess import conform_channels
 from utility.analysis.source import check_split, open_subject, other_subject, resolve_weights
 from utility.errors import UserError
 from utility.paths import output_root, resolve_user_path
@@ -24,8 +25,10 @@ def gradcam(args: Any) -> int:
     if args.images < 1:
         raise UserError("--images must be at least 1")
     model = subject.network(need_head=True)
-    layer_name, layer = gc.target_layer(model, args.layer)
     shown = gc.pick_images(subject, args.images, args.split)
+    first = next(i for v in shown.values() for i in v)
+    sample = subject.data.datasets[args.split][first]["image"]
+    layer_name, layer = gc.target_layer(model, args.layer, conform_channels(sample[None], subject.cfg.in_channels or 3)[0])
     records = gc.run_gradcam(subject, model, layer, shown, args.method, args.split)
     out = subject.out_dir("gradcam", args.out)
     rows = gc.save_records(records, out, args.method, layer_name)
@@ -42,21 +45,22 @@ def cka(args: Any) -> int:
     other = other_subject(subject, args.other)
     a, b = subject.network(), other.network()
     na, nb = block_names(a), block_names(b)
+    estimator = getattr(args, "estimator", "debiased")
     acc = cka_matrix(a, b, na, nb, subject.loader(args.split), subject.device,
-                     (subject.cfg.in_channels or 3, other.cfg.in_channels or 3))
+                     (subject.cfg.in_channels or 3, other.cfg.in_channels or 3), estimator)
     if acc.batches == 0:
         raise UserError(f"no minibatch of at least 4 images in split {args.split}; raise --batch_size")
     m = acc.result()
     out = subject.out_dir("cka", args.out)
-    rows = [{"block": n, **{c: float(v) for c, v in zip(nb, m[i])}} for i, n in enumerate(na)]
+    rows = [{"block": n, "estimator": estimator, **{c: float(v) for c, v in zip(nb, m[i])}} for i, n in enumerate(na)]
     written = [write_csv(out / "cka.csv", rows)]
     short = lambda names: [n.split(".", 1)[-1] for n in names]  # noqa: E731
-    written.append(plots.heatmap(out / "cka.png", m, short(na), short(nb), f"linear CKA on {args.split}",
+    written.append(plots.heatmap(out / "cka.png", m, short(na), short(nb), f"{ESTIMATOR_NAMES[estimator]} on {args.split}",
                                  f"other: {Path(args.other).name}", "this model", vmin=0, vmax=1))
     announce("cka", written)
     if acc.skipped:
         print(f"note: {acc.skipped} images in minibatches under 4 were left out")
-    print("cka diagonal: " + ", ".join(f"{n.split('.')[-1]} {m[i, i]:.3f}" for i, n in enumerate(na) if i < len(nb)))
+    print(f"cka ({ESTIMATOR_NAMES[estimator]}) diagonal: " + ", ".join(f"{n.split('.')[-1]} {m[i, i]:.3f}" for i, n in enumerate(na) if i < len(nb)))
     return 0
 
 

@@ -4,13 +4,15 @@ Classification: for every class, the first N test images of that class (multi-la
 positive, so an image gets one map per positive label), each explained for its class. Segmentation:
 for every foreground class, the first N test images whose mask holds the class, explained by the
 summed class score over the predicted pixels of the class (the true pixels when none is predicted).
-The target layer defaults to the encoder's last block with a spatial output (ResNet: ``encoder.layer4``);
-CNN encoders (ViTs' token outputs would need a reshape, not provided).
+The target layer defaults to the deepest encoder block whose map is at least 7x7 at the input size (at 32
+px a ResNet's layer4 is 1x1, which says nothing about where: layer2 is 4x4... so layer1 there), else the
+block with the largest map, for ResNets and ViTs alike. A ViT block's tokens are reshaped to the patch grid
+(the class/register tokens dropped), the reshape_transform the grad-cam package documents for ViTs.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -21,7 +23,8 @@ from utility.data.preprocess import conform_channels
 from utility.errors import UserError
 
 METHODS = ("gradcam", "gradcam++", "eigencam")
-NOT_MAPS = ("head", "norm", "fc_norm", "pre_logits")  # final blocks of timm encoders that output vectors
+NOT_MAPS = ("head", "norm", "fc_norm", "pre_logits", "patch_embed")  # vectors, or ViT's channels-last stem
+MIN_SIDE = 7
 
 
 def cam_class(method: str) -> type:
@@ -30,11 +33,80 @@ def cam_class(method: str) -> type:
     return {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}[method]
 
 
-def target_layer(model: nn.Module, name: Optional[str]) -> tuple[str, nn.Module]:
-    """The named module, or the encoder's last block; an unknown name lists the valid ones."""
+def _vit_of(model: nn.Module) -> Optional[nn.Module]:
+    from utility.models.vit import is_vit
+
+    enc = getattr(model, "encoder", None)
+    return enc if enc is not None and is_vit(enc) else None
+
+
+def token_reshape(model: nn.Module, sample: torch.Tensor) -> Optional[Callable]:
+    """For a ViT: tokens [B, prefix + h*w, D] -> maps [B, D, h, w] (grad-cam's reshape_transform)."""
+    vit = _vit_of(model)
+    if vit is None:
+        return None
+    from utility.models.vit import tokens_to_grid
+
+    p = int(vit.patch_embed.patch_size[0])
+    grid = (sample.shape[-2] // p, sample.shape[-1] // p)
+    return lambda t: tokens_to_grid(t, int(vit.num_prefix_tokens), grid)
+
+
+@torch.no_grad()
+def map_sides(model: nn.Module, names: list[str], sample: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """(h, w) of each named block's output map for ``sample`` [C, H, W] (ViT tokens: the patch grid)."""
+    modules, sides = dict(model.named_modules()), {}
+    reshape = token_reshape(model, sample)
+
+    def hook(name: str) -> Callable:
+        def f(_m: nn.Module, _i: Any, out: Any) -> None:
+            t = out[-1] if isinstance(out, (list, tuple)) else out
+            if t.ndim == 3 and reshape is not None:
+                try:
+                    t = reshape(t)
+                except RuntimeError:
+                    return
+            if t.ndim == 4:
+                sides[name] = (int(t.shape[-2]), int(t.shape[-1]))
+        return f
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    was = model.training
+    model.eval()
+    try:
+        model(sample[None].to(next(model.parameters()).device))
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return sides
+
+
+def default_layer(model: nn.Module, sample: torch.Tensor) -> str:
+    """The deepest block whose map is at least 7x7, else the deepest of those with the largest map (ViT: its
+    norm1)."""
     blocks = block_names(model)
     maps = [b for b in blocks if b.split(".")[-1] not in NOT_MAPS] or blocks
-    name = name or maps[-1]
+    sides = map_sides(model, maps, sample)
+    if not sides:
+        return maps[-1]
+    big = [n for n in maps if n in sides and min(sides[n]) >= MIN_SIDE]
+    if not big:
+        largest = max(min(v) for v in sides.values())
+        big = [n for n in maps if n in sides and min(sides[n]) == largest]
+    # a ViT block's output patch tokens no longer reach the class token: explain the input of its attention
+    # (norm1), the layer the grad-cam package's ViT tutorial uses
+    inner = f"{big[-1]}.norm1"
+    return inner if _vit_of(model) is not None and inner in dict(model.named_modules()) else big[-1]
+
+
+def target_layer(model: nn.Module, name: Optional[str], sample: Optional[torch.Tensor] = None
+                 ) -> tuple[str, nn.Module]:
+    """The named module, or :func:`default_layer` for ``sample`` (without one: the encoder's last block
+    with a map); an unknown name lists the valid ones."""
+    blocks = block_names(model)
+    maps = [b for b in blocks if b.split(".")[-1] not in NOT_MAPS] or blocks
+    name = name or (default_layer(model, sample) if sample is not None else maps[-1])
     modules = dict(model.named_modules())
     if name not in modules or name == "":
         near = [n for n in modules if n.count(".") <= blocks[-1].count(".") + 1 and n.startswith(tuple(blocks))]
@@ -46,7 +118,7 @@ def target_layer(model: nn.Module, name: Optional[str]) -> tuple[str, nn.Module]
 def compute_cams(model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: list[Any],
                  method: str = "gradcam") -> np.ndarray:
     """[B, H, W] maps in [0, 1] (each scaled to its own maximum) at the input resolution."""
-    with cam_class(method)(model=model, target_layers=[layer]) as cam:
+    with cam_class(method)(model=model, target_layers=[layer], reshape_transform=token_reshape(model, images[0])) as cam:
         return cam(input_tensor=images, targets=targets)
 
 

@@ -138,6 +138,8 @@ class FTEConfig(RunBase, DataKeys):
     model_name: str = "resnet50"
     in_channels: Optional[Literal[1, 3]] = Field(None, description="encoder input channels; default 3")
     model_path: Optional[str] = Field(None, description="weights to start from; null = random init")
+    model_path_format: Literal["auto", "timm", "dinov2", "radimagenet_resnet50"] = Field(
+        "auto", description="layout of a released model's model_path (utility/models/external.py); auto = ours")
     allow_partial_load: bool = Field(False, description="load what fits from model_path and list the keys "
                                                          "not loaded (else any mismatch stops the run)")
     unet_decoder: Literal["auto", "smp", "predecessor"] = Field(
@@ -150,6 +152,9 @@ class FTEConfig(RunBase, DataKeys):
 
     optimizer: str = "AdamW"
     lr: Annotated[float, Field(gt=0)] = 1e-3
+    layer_decay: Optional[Annotated[float, Field(gt=0, le=1)]] = Field(
+        None, description="ViT encoders: layer-wise lr decay (block i of L gets lr x decay^(L+1-(i+1)); MAE "
+                          "finetuning uses 0.65-0.75); null = one lr")
     weight_decay: Annotated[float, Field(ge=0)] = 1e-5
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     scheduler: Optional[Literal["decay", "cosine", "decaying_cosine", "cosine_total"]] = "decay"
@@ -206,6 +211,25 @@ FTE_DEPRECATED: dict[str, str] = {
 }
 
 
+class Milestone(BaseModel):
+    """A collapse guard: by ``epoch`` (the first monitor measurement at or after it) each given value must
+    be reached, else the pretraining stops with this reason (exit 3, no encoder_pretrained.tar)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: PositiveInt
+    knn_accuracy: Optional[Annotated[float, Field(ge=0, le=1)]] = None
+    linear_accuracy: Optional[Annotated[float, Field(ge=0, le=1)]] = None
+    rankme: Optional[Annotated[float, Field(ge=1)]] = Field(None, description="effective rank of the embeddings")
+
+    @model_validator(mode="after")
+    def _some(self) -> "Milestone":
+        if self.knn_accuracy is None and self.linear_accuracy is None and self.rankme is None:
+            raise ValueError(f"milestone at epoch {self.epoch} sets no value: give knn_accuracy, linear_accuracy "
+                             "or rankme")
+        return self
+
+
 class MonitorConfig(BaseModel):
     """Online monitor of a pretraining run: weighted kNN accuracy (and optionally a linear probe) of the
     current encoder on a labelled task's train -> val split, every ``every`` epochs (and the last one)."""
@@ -220,6 +244,13 @@ class MonitorConfig(BaseModel):
     batch_size: Optional[PositiveInt] = Field(None, description="feature extraction batch; default batch_size")
     query: str = Field("val", description="the task split measured against train; use one the pretraining "
                                           "data do not contain (the run warns when they do)")
+    milestones: list[Milestone] = Field([], description="collapse guard: values to reach by an epoch")
+
+    @model_validator(mode="after")
+    def _linear_for_milestones(self) -> "MonitorConfig":
+        if any(m.linear_accuracy is not None for m in self.milestones) and not self.linear:
+            raise ValueError("a milestone sets linear_accuracy but the monitor has linear: false; set linear: true")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -336,6 +367,10 @@ class PretrainConfig(RunBase, DataKeys):
 
         if self.nodes > 1:
             raise ValueError("nodes > 1: launch with torchrun --nnodes (see docs/multi_gpu.md)")
+        late = [m.epoch for m in (self.monitor.milestones if self.monitor else []) if m.epoch > self.epochs]
+        if late:
+            raise keys_error(("monitor", "epochs"), f"milestone epoch {late[0]} is after the last epoch "
+                             f"({self.epochs}); it would never be checked")
         return self
 
 

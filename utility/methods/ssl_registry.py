@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from utility.errors import UserError
 from utility.methods.barlow_twins import BarlowTwinsMethod
 from utility.methods.byol import BYOLMethod
+from utility.methods.dino import DINOMethod
+from utility.methods.mae import MAEMethod
 from utility.methods.mocov2 import MoCoV2Method
 from utility.methods.simclr import SimCLRMethod
 from utility.methods.ssl_base import MethodSettings, SSLMethod
@@ -27,7 +29,8 @@ def _unknown(name: str, known: list[str]) -> str:
 
 
 METHODS: Registry[type[SSLMethod]] = Registry("method", _unknown)
-for _cls in (SimCLRMethod, BarlowTwinsMethod, BYOLMethod, VICRegMethod, MoCoV2Method):
+for _cls in (SimCLRMethod, BarlowTwinsMethod, BYOLMethod, VICRegMethod, MoCoV2Method, DINOMethod,
+             MAEMethod):
     METHODS.register(_cls.name, entry=_cls)
 
 

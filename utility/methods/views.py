@@ -16,6 +16,9 @@ class TwoViews(nn.Module):
                  grayscale_data: bool = False, blur_p: float = 0.0, crop_scale=(0.08, 1.0),
                  hflip_p: float = 0.5) -> None:
         super().__init__()
+        self.image_size = image_size
+        self._args = dict(jitter_strength=jitter_strength, jitter_p=jitter_p, grayscale_data=grayscale_data,
+                          blur_p=blur_p, hflip_p=hflip_p)
         s = jitter_strength
         ops: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=tuple(crop_scale))]
         if hflip_p > 0:
@@ -34,3 +37,13 @@ class TwoViews(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.clamp(0, 1)
         return self.ops(x), self.ops(x)
+
+    def resized(self, image_size: int, crop_scale) -> "TwoViews":
+        """The same augmentation at another crop size and scale (DINO's local crops)."""
+        return TwoViews(image_size, crop_scale=crop_scale, **self._args)
+
+    @torch.no_grad()
+    def many(self, x: torch.Tensor, n: int) -> list[torch.Tensor]:
+        """``n`` independent views of every image."""
+        x = x.clamp(0, 1)
+        return [self.ops(x) for _ in range(n)]

@@ -17,7 +17,8 @@ def build_encoder(name: str, in_channels: int = 3) -> tuple[nn.Module, int]:
     """A randomly initialised encoder returning pooled features, and its feature width.
 
     torchvision ResNets by their names (their state-dict keys match the predecessor's encoder
-    files); any other name, or ``timm:<name>``, comes from timm (no download: random init).
+    files); ViTs (``vit:img=16,patch=4,dim=64,depth=4`` or a timm ViT name: utility/models/vit.py); any
+    other name, or ``timm:<name>``, comes from timm (no download: random init).
     """
     key = name.lower()
     if key in TORCHVISION_ENCODERS:
@@ -29,6 +30,10 @@ def build_encoder(name: str, in_channels: int = 3) -> tuple[nn.Module, int]:
             net.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride,
                                   old.padding, bias=False)
         return net, width
+    from utility.models.vit import build_vit, is_vit_name
+
+    if is_vit_name(name):
+        return build_vit(name, in_channels)
     import timm
 
     tname = name.split(":", 1)[1] if key.startswith("timm:") else name
@@ -40,7 +45,12 @@ def build_encoder(name: str, in_channels: int = 3) -> tuple[nn.Module, int]:
 
 
 def encoder_blocks(encoder: nn.Module) -> list[nn.Module]:
-    """Top-level children that hold parameters, input to output (ResNet: conv1, bn1, layer1..4)."""
+    """Top-level children that hold parameters, input to output (ResNet: conv1, bn1, layer1..4; ViT:
+    the stem, then each transformer block, the last one with the final norm)."""
+    from utility.models.vit import is_vit, vit_groups
+
+    if is_vit(encoder):
+        return vit_groups(encoder)
     return [m for m in encoder.children() if any(True for _ in m.parameters())]
 
 

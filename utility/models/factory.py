@@ -29,12 +29,13 @@ UNET_DECODERS = ("auto", "smp", "predecessor")
 def build_network(model_name: str, classes: int, in_channels: int = 3, weights: str | Path | None = None,
                   allow_partial: bool = False, frozen_encoder: bool = False, unfreeze_last_n: int = 0,
                   segmentation: bool | None = None, head_dropout: float = 0.0,
-                  unet_decoder: str = "auto") -> tuple[nn.Module, list[str]]:
+                  unet_decoder: str = "auto", weights_format: str = "auto") -> tuple[nn.Module, list[str]]:
     """(network, notes about what did not load). ``segmentation``: a U-Net whose encoder is
     ``model_name`` (None: decided by a ``unet_`` name); else an encoder + linear head classifier.
     ``unet_decoder``: ``smp`` (ours), ``predecessor`` (the predecessor's backboned_unet layout) or
     ``auto`` (predecessor when ``weights`` is a predecessor U-Net file, else smp).
-    ``frozen_encoder`` freezes the encoder's blocks but the last ``unfreeze_last_n`` (BN included)."""
+    ``frozen_encoder`` freezes the encoder's blocks but the last ``unfreeze_last_n`` (BN included).
+    ``weights_format``: the layout of a released model's file (utility/models/external.py); auto = ours."""
     if segmentation is None:
         segmentation = is_unet_name(model_name)
     if unet_decoder not in UNET_DECODERS:
@@ -47,8 +48,17 @@ def build_network(model_name: str, classes: int, in_channels: int = 3, weights: 
                                                      predecessor_unet_state)
         from utility.models.unet import UNet, encoder_of, load_into_unet  # smp only when needed
 
+        from utility.models.vit import is_vit_name
+
         pred_state = predecessor_unet_state(sd) if sd is not None else None
-        if unet_decoder == "predecessor" or (unet_decoder == "auto" and pred_state is not None):
+        if is_vit_name(encoder_of(model_name)):  # a ViT: the multi-level decoder on its blocks
+            from utility.models.vit_seg import ViTSegNet
+
+            model = ViTSegNet(encoder_of(model_name), classes, in_channels)
+            if sd is not None:
+                sd, mapped = _external(sd, weights_format, model.encoder)
+                notes = mapped + load_into_unet(model, Path(weights), allow_partial, sd)  # type: ignore[arg-type]
+        elif unet_decoder == "predecessor" or (unet_decoder == "auto" and pred_state is not None):
             decoder = decoder_of(pred_state) if pred_state is not None else {}
             model = PredecessorUNet(encoder_of(model_name), classes, in_channels, **decoder)
             if sd is not None:
@@ -56,15 +66,26 @@ def build_network(model_name: str, classes: int, in_channels: int = 3, weights: 
         else:
             model = UNet(encoder_of(model_name), classes, in_channels)
             if sd is not None:
-                notes = load_into_unet(model, Path(weights), allow_partial, sd)
+                sd, mapped = _external(sd, weights_format, model.encoder_core)
+                notes = load_into_unet(model, Path(weights), allow_partial, sd) + mapped
     else:
         encoder, width = build_encoder(model_name, in_channels)
         model = Classifier(encoder, width, classes, head_dropout)
         if weights is not None:
-            notes = load_into_classifier(model, Path(weights), allow_partial, sd)
+            sd, mapped = _external(sd, weights_format, encoder)
+            notes = load_into_classifier(model, Path(weights), allow_partial, sd) + mapped
     if frozen_encoder:
         model.freeze_encoder(unfreeze_last_n)  # type: ignore[operator]
     return model, notes
+
+
+def _external(sd, fmt: str, encoder: nn.Module):
+    """The file's keys mapped from a released model's layout, and what the mapping changed (as notes)."""
+    if fmt == "auto":
+        return sd, []
+    from utility.models.external import map_external
+
+    return map_external(sd, fmt, encoder)
 
 
 def get_model(model_name: str, enc_weights: str | Path | None, classes: int,

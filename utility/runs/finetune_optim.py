@@ -8,6 +8,7 @@ from torch import nn
 
 from utility.config.recipe import epoch_steps, excludes_bn_bias, recipe_of
 from utility.errors import user_errors
+from utility.models.vit import lr_scales_of
 from utility.training.optim import build_optimizer
 from utility.training.schedulers import build_scheduler
 
@@ -18,7 +19,8 @@ def optimizer_and_schedule(cfg: Any, model: nn.Module, n_train: int, steps_per_e
     ``fused``: the fused optimizer kernels (the session's speed settings)."""
     recipe = recipe_of(cfg)
     optimizer = user_errors(build_optimizer, model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
-                            exclude_bn_bias=excludes_bn_bias(recipe, cfg.optimizer), fused=fused)
+                            exclude_bn_bias=excludes_bn_bias(recipe, cfg.optimizer), fused=fused,
+                            lr_scales=lr_scales_of(model, cfg.layer_decay, cfg.model_name))
     scheduler = user_errors(build_scheduler, optimizer, cfg.scheduler, interval=cfg.scheduling_interval,
                             steps_per_epoch=steps_per_epoch, epochs=cfg.epochs, decay_per_epoch=cfg.decay_per_epoch,
                             annealing_time=cfg.annealing_time, warmup_epochs=cfg.warmup_epochs,

@@ -3,9 +3,12 @@
 Every ``monitor.every`` epochs (and after the last one) the current encoder embeds a labelled task's
 train and val images (no augmentation, eval mode, float32, rank 0 only) and the weighted kNN accuracy
 (utility/metrics/knn.py) of val against train goes to ``monitor.log`` (``epoch,knn_accuracy,
-linear_accuracy,knn_k,knn_t,n_train,n_val,seconds``) and TensorBoard (``monitor/...``). With
+linear_accuracy,knn_k,knn_t,n_train,n_val,seconds,rankme``) and TensorBoard (``monitor/...``). With
 ``linear: true`` also a logistic-regression probe (scikit-learn, deterministic) on the same detached
-features. The global random state is saved before and restored after, so training draws exactly the
+features. RankMe (utility/metrics/rankme.py) is the effective rank of the train features. The collapse
+guard: ``monitor.milestones`` (e.g. ``{epoch: 4, knn_accuracy: 0.3, rankme: 5}``) are measured at their
+epoch; a missed one stops the run (CollapseDetected, exit 3) before that epoch's checkpoint, so starting
+it again repeats the epoch and stops again rather than handing on a collapsed encoder. The global random state is saved before and restored after, so training draws exactly the
 numbers it would have drawn without the monitor.
 """
 from __future__ import annotations
@@ -31,12 +34,21 @@ from utility.data.index import index_task
 from utility.data.preprocess import conform_channels
 from utility.errors import UserError
 from utility.metrics.knn import knn_accuracy
+from utility.metrics.rankme import rankme
 from utility.paths import DEFAULT_DATA_ROOT, resolve_user_path
 from utility.training.callbacks import Callback
 from utility.training.checkpoint import rng_state, set_rng_state
 from utility.training.rundir import CsvLog
 
-MONITOR_COLUMNS = ["epoch", "knn_accuracy", "linear_accuracy", "knn_k", "knn_t", "n_train", "n_val", "seconds"]
+MONITOR_COLUMNS = ["epoch", "knn_accuracy", "linear_accuracy", "knn_k", "knn_t", "n_train", "n_val", "seconds",
+                   "rankme"]
+GUARDED = ("knn_accuracy", "linear_accuracy", "rankme")
+
+
+class CollapseDetected(UserError):
+    """A milestone of the collapse guard was missed: the run stops (exit 3, one line, crash.log holds it)."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -93,12 +105,13 @@ def extract_features(encoder: nn.Module, loader: DataLoader, device: torch.devic
 
 def linear_probe_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, query_f: torch.Tensor,
                           query_y: torch.Tensor) -> float:
-    """Logistic regression (lbfgs, deterministic) on standardised frozen features."""
+    """Logistic regression (lbfgs converged: tol 1e-8, deterministic) on standardised frozen features."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(train_f.cpu().double().numpy())
-    clf = LogisticRegression(max_iter=1000).fit(scaler.transform(train_f.cpu().double().numpy()), train_y.cpu().numpy())
+    clf = LogisticRegression(max_iter=10000, tol=1e-8).fit(scaler.transform(train_f.cpu().double().numpy()),
+                                                           train_y.cpu().numpy())
     pred = clf.predict(scaler.transform(query_f.cpu().double().numpy()))
     return float((pred == query_y.cpu().numpy()).mean())
 
@@ -110,7 +123,7 @@ def measure(encoder: nn.Module, data: LabelledFeatures, device: torch.device, in
     query_f, query_y = extract_features(encoder, data.query, device, in_channels)
     row = {"knn_accuracy": knn_accuracy(train_f, train_y, query_f, query_y, data.num_classes, k, t),
            "linear_accuracy": linear_probe_accuracy(train_f, train_y, query_f, query_y) if linear else math.nan,
-           "knn_k": k, "knn_t": t, "n_train": len(train_y), "n_val": len(query_y)}
+           "knn_k": k, "knn_t": t, "n_train": len(train_y), "n_val": len(query_y), "rankme": rankme(train_f)}
     row["seconds"] = round(time.time() - t0, 3)
     return row
 
@@ -145,7 +158,19 @@ class Monitor(Callback):
         self.trimmed = False
 
     def due(self, epoch: int) -> bool:
-        return epoch % self.cfg.every == 0 or epoch == self.epochs
+        return epoch % self.cfg.every == 0 or epoch == self.epochs or any(m.epoch == epoch for m in self.cfg.milestones)
+
+    def guard(self, epoch: int, row: dict[str, float]) -> None:
+        """Raise CollapseDetected when this epoch's measurement misses a milestone of this epoch (NaN misses)."""
+        for m in self.cfg.milestones:
+            if m.epoch != epoch:
+                continue
+            for key in GUARDED:
+                need = getattr(m, key)
+                if need is not None and not float(row[key]) >= need:
+                    raise CollapseDetected(
+                        f"collapse guard: {key} {float(row[key]):.4f} at epoch {epoch} is below the milestone "
+                        f"{need:g} (monitor.milestones); pretraining stopped, no encoder_pretrained.tar")
 
     def __call__(self, encoder: nn.Module, epoch: int, tb) -> Optional[dict[str, float]]:
         if not self.trimmed:  # rows of an attempt killed after its monitor but before its checkpoint
@@ -160,9 +185,11 @@ class Monitor(Callback):
         finally:
             set_rng_state(saved)
         self.log.write({"epoch": epoch, **row})
-        tb.scalars({k: row[k] for k in ("knn_accuracy", "linear_accuracy")}, epoch, "monitor")
+        tb.scalars({k: row[k] for k in GUARDED}, epoch, "monitor")
         print(f"monitor epoch {epoch}: knn_accuracy {row['knn_accuracy']:.4f}"
-              + (f"  linear_accuracy {row['linear_accuracy']:.4f}" if self.cfg.linear else ""), flush=True)
+              + (f"  linear_accuracy {row['linear_accuracy']:.4f}" if self.cfg.linear else "")
+              + f"  rankme {row['rankme']:.2f}", flush=True)
+        self.guard(epoch, row)
         return row
 
     def on_epoch_end(self, trainer: Any) -> None:

@@ -21,7 +21,7 @@ from utility.config.tasks import load_task
 from utility.config.yamlsafe import load_file
 from utility.errors import UserError
 from utility.paths import DEFAULT_OUTPUT_ROOT, REPO_ROOT, resolve_user_path
-from utility.study.spec import StudySpec
+from utility.study.spec import PretrainSource, StudySpec
 
 @dataclass
 class PretrainJob:
@@ -147,13 +147,22 @@ def make_plan(spec: StudySpec) -> Plan:
             for mode, mode_over in spec.modes.items():
                 for point in grid_points(spec.grid):
                     for r in range(len(seeds) if seeds else spec.repeats.count):
-                        plan.runs.append(_finetune_run(spec, base, label, encoders[label], task, mode, mode_over,
+                        plan.runs.append(_finetune_run(spec, {**base, **source_keys(spec.pretrain[label])},
+                                                       label, encoders[label], task, mode, mode_over,
                                                        point, r, out_root, config_dir, after.get(label)))
     names = [r.name for r in plan.runs]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise UserError(f"two runs of the study would be named {dup}; make labels or grid values distinct")
     return plan
+
+
+def source_keys(src: Optional[PretrainSource]) -> dict[str, Any]:
+    """Finetuning keys an encoder-file source sets for its runs: its layout and architecture."""
+    if src is None or src.encoder is None:
+        return {}
+    return {**({"model_path_format": src.format} if src.format != "auto" else {}),
+            **({"model_name": src.model_name} if src.model_name else {})}
 
 
 def _pretrain_job(spec: StudySpec, label: str, config: str, overrides: dict[str, Any], out_root: Path,

@@ -16,7 +16,7 @@ from utility.config.tasks import SIZE_VARIANTS, _VARIANT_RE
 from utility.study import contamination
 from utility.study.plan import Plan
 from utility.study.report_uncertainty import section, survives
-from utility.study.results import PretrainState, RunState, as_float, read_rows
+from utility.study.results import PretrainState, RunState, as_float, crash_message, read_rows
 
 
 def _fig_uri(fig, save: Optional[Path] = None) -> str:
@@ -314,7 +314,8 @@ class Report:
             name = st.run.name if isinstance(st, RunState) else f"pretraining {st.name}"
             why = ""
             if st.crash_log:
-                why = f"crash log: <code>{html.escape(str(st.crash_log))}</code>"
+                said = crash_message(st.crash_log)  # a stop with a reason (collapse guard, user error)
+                why = (f"{html.escape(said)}; " if said else "") + f"crash log: <code>{html.escape(str(st.crash_log))}</code>"
             elif st.reason:
                 why = html.escape(st.reason)
             if st.status == "failed" and not st.crash_log and st.queue_log:

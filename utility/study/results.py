@@ -97,6 +97,15 @@ class PretrainState:
         return self.job.name
 
 
+def crash_message(path: Path) -> str:
+    """The one-line reason a run stopped on (crash.log of a UserError: ``error: <reason>``), else ''."""
+    try:
+        first = path.read_text(errors="replace").splitlines()[0]
+    except (OSError, IndexError):
+        return ""
+    return first[len("error: "):][:400] if first.startswith("error: ") else ""
+
+
 def _status(done: bool, rd: Path, info: Optional[JobInfo]) -> tuple[str, Optional[Path], str, Optional[str]]:
     """(status, crash log, reason, queue log) from the run directory and the run's queue line."""
     crash = rd / "crash.log"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -33,12 +33,18 @@ class PretrainSource(Strict):
     encoder: Optional[str] = None
     run: Optional[str] = None
     file: str = Field("encoder_pretrained.tar", description="with run: the file in the run's folder")
+    format: Literal["auto", "timm", "dinov2", "radimagenet_resnet50"] = Field(
+        "auto", description="with encoder: a released model's file layout (finetuning's model_path_format)")
+    model_name: Optional[str] = Field(None, description="with encoder: its architecture, when not the finetune "
+                                                        "config's (a foundation model: vit_small_patch14_dinov2)")
 
     @model_validator(mode="after")
     def _one(self) -> "PretrainSource":
         if sum(x is not None for x in (self.config, self.encoder, self.run)) != 1:
             raise ValueError("give one of 'config' (pretrained by the study), 'encoder' (an existing file) or "
                              "'run' (a pretraining run's encoder, made outside the study)")
+        if self.encoder is None and (self.format != "auto" or self.model_name is not None):
+            raise ValueError("'format' and 'model_name' go with 'encoder' (a file); a pretraining config has its own")
         if self.encoder is not None and self.overrides:
             raise ValueError("'overrides' only go with 'config'")
         return self

@@ -33,7 +33,8 @@ def _is_excluded(module: nn.Module, param_name: str, param: torch.Tensor) -> boo
     return isinstance(module, NORM_LAYER_TYPES) or param.ndim <= 1 or param_name == "bias"
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool = True) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool = True,
+                 lr_scales: dict[str, float] | None = None) -> list[dict]:
     """Split ``model``'s trainable parameters into optimizer parameter groups.
 
     Only parameters with ``requires_grad`` are returned; shared parameters appear once.  With
@@ -43,27 +44,29 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool = 
         {"params": [...], "weight_decay": 0.0,          "lars_exclude": True}    # biases, norm layers, 1-D
 
     Without it, a single group with ``weight_decay`` and ``lars_exclude=False`` holds every parameter.
-    Empty groups are omitted (so a fully frozen model gives ``[]``).
+    Empty groups are omitted (so a fully frozen model gives ``[]``). ``lr_scales`` (parameter name ->
+    lr multiplier: layer-wise lr decay) splits each of these by multiplier, largest first, each group
+    with ``lr_scale``; :func:`build_optimizer` sets its ``lr`` to lr x lr_scale.
     """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
     seen: set[int] = set()
-    for module in model.modules():
+    for mname, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if id(param) in seen:
                 continue
             seen.add(id(param))
             if not param.requires_grad:
                 continue
-            if exclude_bn_bias and _is_excluded(module, name, param):
-                no_decay.append(param)
-            else:
-                decay.append(param)
+            full = f"{mname}.{name}" if mname else name
+            scale = 1.0 if lr_scales is None else float(lr_scales.get(full, 1.0))
+            excluded = bool(exclude_bn_bias and _is_excluded(module, name, param))
+            buckets.setdefault((scale, excluded), []).append(param)
     groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": float(weight_decay), "lars_exclude": False})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
+    for (scale, excluded), params in sorted(buckets.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        group = {"params": params, "weight_decay": 0.0 if excluded else float(weight_decay), "lars_exclude": excluded}
+        if lr_scales is not None:
+            group["lr_scale"] = scale
+        groups.append(group)
     return groups
 
 
@@ -161,6 +164,7 @@ def build_optimizer(
     momentum: float = 0.9,
     lars_eta: float = 0.001,
     exclude_bn_bias: bool = True,
+    lr_scales: dict[str, float] | None = None,
     fused: bool = False,
 ) -> torch.optim.Optimizer:
     """Build the optimizer named by the config key ``optimizer`` (case-insensitive).
@@ -169,18 +173,22 @@ def build_optimizer(
     get no weight decay (for Adam that means no L2 term, for AdamW no decoupled decay, for LARS neither decay
     nor trust ratio).  ``momentum`` is used by SGD (non-Nesterov) and LARS; ``lars_eta`` by LARS only.
     ``fused``: PyTorch's fused kernels for Adam/AdamW/SGD when every parameter is on CUDA (the config
-    key ``fused_optimizer``, utility/training/speed.py); ignored for LARS and off CUDA.
+    key ``fused_optimizer``, utility/training/speed.py); ignored for LARS and off CUDA. ``lr_scales``:
+    per-parameter lr multipliers (layer-wise decay), each group's lr = lr x its ``lr_scale``.
     """
     key = str(name).strip().lower() if name is not None else ""
     valid = {n.lower(): n for n in OPTIMIZER_NAMES}
     if key not in valid:
         raise SettingError(f"Unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZER_NAMES)}")
-    groups = param_groups(model, weight_decay, exclude_bn_bias=exclude_bn_bias)
+    groups = param_groups(model, weight_decay, exclude_bn_bias=exclude_bn_bias, lr_scales=lr_scales)
     if not groups:
         raise SettingError("The model has no trainable parameters (all have requires_grad=False)")
     for value, what in ((lr, "learning rate"), (weight_decay, "weight_decay"), (momentum, "momentum")):
         if not value >= 0.0:  # torch's optimizers would say so too, as a ValueError of any kind
             raise SettingError(f"Invalid {what}: {value}")
+    for g in groups:
+        if "lr_scale" in g:
+            g["lr"] = lr * g["lr_scale"]
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
     extra: dict[str, Any] = {"fused": True} if fused and on_cuda else {}
     if key == "adam":
