@@ -39,7 +39,7 @@ def test_project_registries_keep_their_messages():
     from utility.methods.ssl_registry import METHODS, method_class
     from utility.queue.cli import BACKENDS
     from utility.tracking.registry import tracker_class, tracker_names
-    assert list(METHODS) == ["simclr", "barlow_twins", "byol", "vicreg", "mocov2"]
+    assert list(METHODS) == ["simclr", "barlow_twins", "byol", "vicreg", "mocov2", "dino", "mae"]
     assert method_class("byol") is METHODS["byol"] and METHODS["byol"].name == "byol"
     with pytest.raises(UserError, match="unknown method 'Barlow-Twin'; did you mean 'barlow_twins'"):
         method_class("Barlow-Twin")
