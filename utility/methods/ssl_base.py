@@ -68,12 +68,18 @@ class SSLMethod(NoEvaluation):
         """After every optimizer step, with the plain model (EMA/momentum targets); most methods need nothing."""
 
     # ------------------------------------------------------------------ the shared step
+    def valid_images(self, batch: dict[str, Any], ctx: StepContext, least: int) -> Optional[torch.Tensor]:
+        """The batch's valid images as 3 channels on the device, or None when fewer than ``least`` remain."""
+        batch = drop_invalid(batch, "train", self.bad)
+        if batch is None or batch["image"].shape[0] < least:
+            return None
+        return conform_channels(batch["image"].to(ctx.device, non_blocking=True), 3)
+
     def two_views(self, batch: dict[str, Any], ctx: StepContext) -> Optional[tuple[torch.Tensor, torch.Tensor, int]]:
         """Both views of the batch's valid images on the device, or None when fewer than 2 remain."""
-        batch = drop_invalid(batch, "train", self.bad)
-        if batch is None or batch["image"].shape[0] < 2:
+        x = self.valid_images(batch, ctx, 2)
+        if x is None:
             return None
-        x = conform_channels(batch["image"].to(ctx.device, non_blocking=True), 3)
         with torch.autocast(ctx.device.type, enabled=False):
             v1, v2 = self.views(x.float())
         if self.in_channels == 1:
