@@ -15,7 +15,7 @@ import torch
 from pydantic import ValidationError
 
 from conftest import REPO, make_folder_dataset, write_yaml
-from utility.config.schemas import MonitorConfig, SimCLRConfig
+from utility.config.schemas import MonitorConfig, PretrainConfig
 from utility.metrics.rankme import rankme
 from utility.runs.monitor import CollapseDetected, Monitor
 
@@ -36,7 +36,7 @@ def test_milestone_validation():
     with pytest.raises(ValidationError, match="set linear: true"):
         MonitorConfig(task="digits", milestones=[{"epoch": 2, "linear_accuracy": 0.5}])
     with pytest.raises(ValidationError, match="milestone epoch 5 is after the last epoch"):
-        SimCLRConfig(name="x", dataset_base_dir=".", epochs=3,
+        PretrainConfig(name="x", dataset_base_dir=".", epochs=3,
                      monitor={"task": "digits", "milestones": [{"epoch": 5, "rankme": 3}]})
 
 

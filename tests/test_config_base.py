@@ -5,7 +5,7 @@ import pytest
 
 from conftest import write_yaml
 from utility.config.loader import load_config, read_run_config
-from utility.config.schemas import FTE_DEPRECATED, FTEConfig, SIMCLR_DEPRECATED, SimCLRConfig
+from utility.config.schemas import FTE_DEPRECATED, FTEConfig, PRETRAIN_DEPRECATED, PretrainConfig
 from utility.errors import UserError
 
 PROG = "pkgs/FTE/finetune.py"
@@ -32,7 +32,7 @@ def test_base_chain_is_resolved_recursively_relative_to_each_file(tmp_path):
 def test_base_works_for_pretraining_configs(tmp_path):
     write_yaml(tmp_path / "p.yaml", {"name": "P/x", "dataset_base_dir": [str(tmp_path)], "epochs": 2})
     child = write_yaml(tmp_path / "q.yaml", {"base": "p.yaml", "batch_size": 16})
-    cfg, _ = load_config(SimCLRConfig, ["-c", str(child)], "pkgs/SSL/pretrain.py", SIMCLR_DEPRECATED)
+    cfg, _ = load_config(PretrainConfig, ["-c", str(child)], "pkgs/SSL/pretrain.py", PRETRAIN_DEPRECATED)
     assert (cfg.name, cfg.epochs, cfg.batch_size) == ("P/x", 2, 16)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from utility.config.__main__ import main
 from utility.config.reference import reference
-from utility.config.schemas import FTEConfig, SimCLRConfig
+from utility.config.schemas import FTEConfig, PretrainConfig
 from utility.config.tasks import LayoutSpec, TaskSpec
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -19,7 +19,7 @@ def test_committed_reference_equals_generator_output():
 def test_reference_lists_every_key_of_every_kind_with_default():
     text = reference()
     sections = text.split("\n## ")
-    for title, schema in (("Finetuning runs", FTEConfig), ("Pretraining runs", SimCLRConfig), ("Tasks", TaskSpec)):
+    for title, schema in (("Finetuning runs", FTEConfig), ("Pretraining runs", PretrainConfig), ("Tasks", TaskSpec)):
         section = next(s for s in sections if s.startswith(title))
         for key, field in schema.model_fields.items():
             assert f"- `{field.alias or key}`: " in section, (title, key)

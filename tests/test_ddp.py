@@ -424,7 +424,8 @@ def test_torchrun_finetune_logs_once_and_metrics_match_predictions(ddp_run):
     proc, rd = ddp_run["proc"], ddp_run["rd"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "parallel ddp x2" in proc.stdout
-    assert proc.stdout.count("task tiny") == 1  # the summary line comes from rank 0 only
+    assert proc.stdout.count("task tiny (") == 1  # the summary line comes from rank 0 only
+    assert proc.stdout.count("names no subject rule") == 1  # said once, by rank 0
     import re
     n_train, n_val, n_test = (int(re.search(rf"\b{s} (\d+)[,;]", proc.stdout).group(1))
                               for s in ("train", "val", "test"))

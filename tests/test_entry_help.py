@@ -10,10 +10,10 @@ import pytest
 from conftest import HANG_GUARD_S, REPO
 from utility.config.help import config_help, type_text
 from utility.config.loader import load_config
-from utility.config.schemas import FTEConfig, SimCLRConfig
+from utility.config.schemas import FTEConfig, PretrainConfig
 
 
-@pytest.mark.parametrize("schema", [FTEConfig, SimCLRConfig])
+@pytest.mark.parametrize("schema", [FTEConfig, PretrainConfig])
 def test_help_lists_every_key_once_with_its_default(schema):
     text = config_help(schema, "prog.py")
     keys = [line.split()[0][2:] for line in text.splitlines() if line.startswith("  --")]
@@ -37,7 +37,7 @@ def test_help_lines_say_type_bounds_and_default():
 
 def test_load_config_help_exits_0_with_the_keys(capsys):
     with pytest.raises(SystemExit) as exc:
-        load_config(SimCLRConfig, ["-c", "missing.yaml", "--help"], "pkgs/SimCLR/main.py")
+        load_config(PretrainConfig, ["-c", "missing.yaml", "--help"], "pkgs/SimCLR/main.py")
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--temperature float >= 0.001 (default 0.5)" in out and "--dataset_base_dir" in out
@@ -84,7 +84,7 @@ def test_json_schema_per_config_kind(tmp_path):
     from utility.config.__main__ import main
 
     assert main(["schema", str(tmp_path)]) == 0
-    for kind, model in (("finetune", FTEConfig), ("pretrain", SimCLRConfig)):
+    for kind, model in (("finetune", FTEConfig), ("pretrain", PretrainConfig)):
         schema = json.loads((tmp_path / f"{kind}.schema.json").read_text())
         assert set(schema["properties"]) == set(model.model_fields) | {"base"}   # base: the include key
         assert schema["properties"]["batch_size"]["minimum"] == 1

@@ -24,7 +24,7 @@ import torch
 
 from conftest import FINETUNE, REPO, make_folder_dataset, small_run_config, task_dict, write_png, write_yaml
 from utility.config.loader import load_config
-from utility.config.schemas import FTEConfig, SimCLRConfig
+from utility.config.schemas import FTEConfig, PretrainConfig
 from utility.data.badfiles import BadFiles
 from utility.data.cache import SharedStore, private_dir
 from utility.data.dataset import ImageDataset, Preprocess
@@ -290,8 +290,8 @@ def test_key_in_the_file_names_the_file(tmp_path):
 def test_simclr_crop_scale_checked(tmp_path, scale):
     keys = {"name": "p", "dataset_base_dir": str(tmp_path), "crop_scale": scale}
     with pytest.raises(UserError, match="'crop_scale'.*0 < min <= max <= 1"):
-        _load(tmp_path, keys, [], SimCLRConfig)
-    assert _load(tmp_path, {**keys, "crop_scale": [0.2, 1.0]}, [], SimCLRConfig)[0].crop_scale == (0.2, 1.0)
+        _load(tmp_path, keys, [], PretrainConfig)
+    assert _load(tmp_path, {**keys, "crop_scale": [0.2, 1.0]}, [], PretrainConfig)[0].crop_scale == (0.2, 1.0)
 
 
 def test_seed_at_the_limit_trains_its_loader(tmp_path):

@@ -15,7 +15,7 @@ from torch import nn
 from utility.config.loader import closest_key, load_config
 from utility.config.recipe import (DIFFERENCES, RECIPE_TABLE, excludes_bn_bias, recipe_of, snapshot_epoch,
                                    task_for)
-from utility.config.schemas import FTE_DEPRECATED, SIMCLR_DEPRECATED, FTEConfig, SimCLRConfig
+from utility.config.schemas import FTE_DEPRECATED, PRETRAIN_DEPRECATED, FTEConfig, PretrainConfig
 from utility.config.tasks import load_task
 from utility.data.augment import DeviceAugment, build_augment
 from utility.data.body_part import class_of
@@ -23,7 +23,7 @@ from utility.data.noise import add_noise
 from utility.data.predecessor_augment import PredecessorAugment
 from utility.errors import UserError
 from utility.methods.segmentation import seg_loss_for
-from utility.runs.simclr_config import build_lr_schedule, lr_plan
+from utility.runs.pretrain_config import build_lr_schedule, lr_plan
 from utility.training.optim import build_optimizer
 from utility.training.schedulers import build_scheduler
 
@@ -35,8 +35,8 @@ def fte(**keys) -> FTEConfig:
     return FTEConfig(**{"name": "r", "task": "LiTS", **keys})
 
 
-def ssl(**keys) -> SimCLRConfig:
-    return SimCLRConfig(**{"name": "p", "dataset_base_dir": "d", **keys})
+def ssl(**keys) -> PretrainConfig:
+    return PretrainConfig(**{"name": "p", "dataset_base_dir": "d", **keys})
 
 
 # ----------------------------------------------------------------------------- loss
@@ -254,7 +254,7 @@ def test_encoder_network_overrides_resnet_and_refuses_others():
 
 
 def test_did_you_mean_only_for_close_names():
-    valid = list(SimCLRConfig.model_fields)
+    valid = list(PretrainConfig.model_fields)
     assert closest_key("encoder_netwrk", valid) == "encoder_network"
     assert closest_key("learnin_rate", list(FTEConfig.model_fields)) is None  # not annealing_time
     assert closest_key("nework", valid) is None
@@ -303,7 +303,7 @@ def test_init_encoder_loads_weights_and_records_provenance(tmp_path):
     assert record["init_encoder_sha256"] == hashlib.sha256((tmp_path / "enc.tar").read_bytes()).hexdigest()
     with pytest.raises(UserError, match="init_encoder"):
         start_from_encoder(target, str(tmp_path / "missing.tar"), tmp_path / "run")
-    assert SimCLRConfig.model_fields["init_encoder"] and "init_encoder" in SIMCLR_DEPRECATED["reload"]
+    assert PretrainConfig.model_fields["init_encoder"] and "init_encoder" in PRETRAIN_DEPRECATED["reload"]
 
 
 def test_every_difference_is_a_row_of_the_docs_table():

@@ -15,11 +15,11 @@ import torch
 
 from conftest import write_yaml
 from utility.config.loader import load_config, validate
-from utility.config.schemas import SIMCLR_DEPRECATED, SimCLRConfig
+from utility.config.schemas import PRETRAIN_DEPRECATED, PretrainConfig
 from utility.errors import UserError
 from utility.methods.ntxent import nt_xent
-from utility.methods.simclr import per_replica_nt_xent
-from utility.runs.simclr_config import PER_REPLICA, lr_plan, raw_config, resolve_lr_rule
+from utility.methods.simclr import PER_REPLICA, per_replica_nt_xent
+from utility.runs.pretrain_config import lr_plan, raw_config, resolve_lr_rule
 from utility.training.schedulers import build_epoch_times_step_scheduler
 
 pytestmark = pytest.mark.filterwarnings("ignore:config key .* has no effect")
@@ -42,10 +42,10 @@ def predecessor_config(data_dir: str = "data/unlabeled", **over) -> dict:
     return cfg
 
 
-def load(tmp_path: Path, data: dict, *overrides: str) -> tuple[SimCLRConfig, dict]:
+def load(tmp_path: Path, data: dict, *overrides: str) -> tuple[PretrainConfig, dict]:
     path = write_yaml(tmp_path / "cfg.yaml", data)
     argv = ["-c", str(path), *overrides]
-    cfg, _ = load_config(SimCLRConfig, argv, "main.py", SIMCLR_DEPRECATED)
+    cfg, _ = load_config(PretrainConfig, argv, "main.py", PRETRAIN_DEPRECATED)
     return cfg, raw_config(argv)
 
 
@@ -54,7 +54,7 @@ def load(tmp_path: Path, data: dict, *overrides: str) -> tuple[SimCLRConfig, dic
 @pytest.mark.parametrize("value, per_replica", [("gpu", True), ("cpu", False), ("per_replica", True),
                                                 ("gather", False)])
 def test_predecessor_loss_device_values_validate_and_map(value, per_replica):
-    cfg = validate(SimCLRConfig, predecessor_config(loss_device=value), "cfg.yaml", SIMCLR_DEPRECATED)
+    cfg = validate(PretrainConfig, predecessor_config(loss_device=value), "cfg.yaml", PRETRAIN_DEPRECATED)
     assert cfg.loss_device == value
     assert (cfg.loss_device in PER_REPLICA) is per_replica
 

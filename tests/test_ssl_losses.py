@@ -183,6 +183,24 @@ def test_settings_validation(name, given, top, message):
     assert message in str(exc.value)
 
 
+def test_predecessor_shim_top_level_keys():
+    """SimCLR's settings come from its top-level keys (the one compatibility shim) and config.yaml keeps
+    them there; method_settings with SimCLR is refused, even with a valid key (it would be ignored);
+    another method's settings are recorded with the defaults filled in."""
+    from utility.config.schemas import PretrainConfig
+    from utility.runs.ssl_config import resolve_method
+    cfg = PretrainConfig(name="p", dataset_base_dir="d", temperature=0.2, projection_dim=8)
+    cls, settings, recorded = resolve_method(cfg)
+    assert cls.name == "simclr" and (settings.temperature, settings.projection_dim) == (0.2, 8)
+    assert recorded is cfg and recorded.method_settings == {}
+    with pytest.raises(UserError, match="method_settings.temperature: SimCLR takes its settings as top-level keys"):
+        resolve_method(PretrainConfig(name="p", dataset_base_dir="d", method_settings={"temperature": 0.1}))
+    byol = PretrainConfig(name="p", dataset_base_dir="d", method="byol", method_settings={"tau_base": 0.99})
+    _, settings, recorded = resolve_method(byol)
+    assert recorded.method_settings == settings.model_dump(mode="json") and recorded.method_settings["tau_base"] == 0.99
+    assert recorded.method_settings["proj_dim"] == 256 and byol.method_settings == {"tau_base": 0.99}
+
+
 def test_defaults_are_the_papers():
     s = {n: method_class(n).Settings() for n in METHODS}
     assert s["barlow_twins"].lambd == 0.0051 and s["barlow_twins"].proj_dim == 8192

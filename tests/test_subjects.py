@@ -216,16 +216,16 @@ def test_no_rule_each_sample_its_own_subject(tmp_path, capsys):
 
 
 def test_pretraining_random_subset_takes_whole_subjects(tmp_path):
-    from utility.config.schemas import SimCLRConfig
+    from utility.config.schemas import PretrainConfig
     from utility.runs.pretrain_data import unlabeled_split
 
     make_patients(tmp_path / "pat")
     base = {"name": "p", "dataset_base_dir": [str(tmp_path / "pat" / "all")], "data_format": ".png",
             "random_subset": 0.25, "seed": 2}
-    plain = unlabeled_split(SimCLRConfig.model_validate(base))
-    n_all = len(unlabeled_split(SimCLRConfig.model_validate({**base, "random_subset": 1.0})))
+    plain = unlabeled_split(PretrainConfig.model_validate(base))
+    n_all = len(unlabeled_split(PretrainConfig.model_validate({**base, "random_subset": 1.0})))
     assert len(plain) == round(0.25 * n_all)  # no rule: a quarter of the images, as before
-    grouped = unlabeled_split(SimCLRConfig.model_validate({**base, "subject_regex": r"p(\d+)_s"}))
+    grouped = unlabeled_split(PretrainConfig.model_validate({**base, "subject_regex": r"p(\d+)_s"}))
     ids = grouped.subject_ids()
     assert grouped.subject_count() == round(0.25 * sum(PATIENTS.values()))
     names = [p.name for p in (tmp_path / "pat" / "all").rglob("*.png")]

@@ -314,13 +314,13 @@ def test_wandb_goes_online_only_when_logged_in(tmp_path):
 
 
 def test_run_names_and_projects_follow_the_run_directory(tmp_path):
-    from utility.config.schemas import FTEConfig, SimCLRConfig
+    from utility.config.schemas import FTEConfig, PretrainConfig
     from utility.tracking.hub import run_info
 
     ft = FTEConfig(name="E1/PT_a_FT_b", task="t", output_root=str(tmp_path))
     info = run_info(ft, tmp_path / "finetuning" / "E1" / "PT_a_FT_b" / "fold_0")
     assert (info.name, info.project, info.kind) == ("E1/PT_a_FT_b/fold_0", "E1", "finetuning")
-    pt = SimCLRConfig(name="enc", dataset_base_dir=["x"], output_root=str(tmp_path), tracker_project="P")
+    pt = PretrainConfig(name="enc", dataset_base_dir=["x"], output_root=str(tmp_path), tracker_project="P")
     info = run_info(pt, tmp_path / "pretraining" / "enc")
     assert (info.name, info.project, info.kind, info.output_root) == ("enc", "P", "pretraining", tmp_path.resolve())
     info = run_info(pt.model_copy(update={"tracker_project": None}), tmp_path / "pretraining" / "enc")

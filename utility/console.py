@@ -24,7 +24,7 @@ def finetune() -> int:
 
 def pretrain() -> int:
     """``tli-pretrain`` = ``python pkgs/SSL/pretrain.py`` (any SSL method by name)."""
-    _help_first("SimCLRConfig", "tli-pretrain")
+    _help_first("PretrainConfig", "tli-pretrain")
     from utility.entry import run_entry
     from utility.runs.pretrain import main
     return run_entry(lambda argv: main(argv, "tli-pretrain"))
@@ -32,7 +32,7 @@ def pretrain() -> int:
 
 def simclr() -> int:
     """``tli-simclr`` = ``python pkgs/SimCLR/main.py`` (the predecessor's SimCLR command)."""
-    _help_first("SimCLRConfig", "tli-simclr")
+    _help_first("PretrainConfig", "tli-simclr")
     from utility.entry import run_entry
     from utility.runs.pretrain import main
     return run_entry(lambda argv: main(argv, "tli-simclr"))

@@ -1,15 +1,15 @@
 """Self-supervised pretraining by method name: ``python pkgs/SSL/pretrain.py -c cfg.yaml [--key value ...]``.
 
 ``method: simclr | barlow_twins | byol | vicreg | mocov2`` (default simclr) with ``method_settings``;
-the rest of the config is pkgs/SimCLR/main.py's (utility/config/schemas.py, SimCLRConfig)."""
+the rest of the config is pkgs/SimCLR/main.py's (utility/config/schemas.py, PretrainConfig)."""
 import sys
 
 try:
     from utility.config.help import exit_on_help
-    from utility.config.schemas import SimCLRConfig
+    from utility.config.schemas import PretrainConfig
 
     if __name__ == "__main__":
-        exit_on_help(sys.argv[1:], SimCLRConfig, "pkgs/SSL/pretrain.py")  # the keys, before torch is imported
+        exit_on_help(sys.argv[1:], PretrainConfig, "pkgs/SSL/pretrain.py")  # the keys, before torch is imported
     from utility.entry import run_entry
     from utility.runs.pretrain import main
 except ModuleNotFoundError as _missing:  # not the project's environment: say which one, not a traceback

@@ -3,10 +3,10 @@ import sys
 
 try:
     from utility.config.help import exit_on_help
-    from utility.config.schemas import SimCLRConfig
+    from utility.config.schemas import PretrainConfig
 
     if __name__ == "__main__":
-        exit_on_help(sys.argv[1:], SimCLRConfig, "pkgs/SimCLR/main.py")  # the keys, before torch is imported
+        exit_on_help(sys.argv[1:], PretrainConfig, "pkgs/SimCLR/main.py")  # the keys, before torch is imported
     from utility.entry import run_entry
     from utility.runs.pretrain import main
 except ModuleNotFoundError as _missing:  # not the project's environment: say which one, not a traceback

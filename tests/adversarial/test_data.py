@@ -14,7 +14,7 @@ import pytest
 from adversarial.harness import Case, check
 from conftest import make_folder_dataset, task_dict, write_png, write_yaml
 from utility.config.loader import validate
-from utility.config.schemas import SimCLRConfig
+from utility.config.schemas import PretrainConfig
 from utility.data.badfiles import BadFiles
 from utility.data.cache import store_key
 from utility.data.dataset import ImageDataset, Preprocess
@@ -62,7 +62,7 @@ def test_pretraining_folders_deduplicated_by_real_path(tmp_path, capsys):
     paths = make_folder_dataset(tmp_path / "d", ["a", "b"], 3, splits=("train",))["train"]
     (tmp_path / "link").symlink_to(tmp_path / "d" / "train")
     dirs = [str(tmp_path / "d" / "train" / "a"), str(tmp_path / "d"), str(tmp_path / "d"), str(tmp_path / "link")]
-    cfg = validate(SimCLRConfig, {"name": "p", "dataset_base_dir": dirs, "index_cache_dir": "off"}, "test")
+    cfg = validate(PretrainConfig, {"name": "p", "dataset_base_dir": dirs, "index_cache_dir": "off"}, "test")
     split = unlabeled_split(cfg)
     assert sorted(map(str, split.paths)) == sorted(str(p.resolve()) for p in paths)  # each image once
     assert "4 folders given, 1 distinct by real path; 3 dropped" in capsys.readouterr().out

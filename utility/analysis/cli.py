@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
+from utility.registry import Registry
 
-COMMANDS: dict[str, tuple[str, str]] = {  # name -> (module:function, one-line help)
+
+COMMANDS: Registry[Callable[[Any], int]] = Registry("analysis command")  # imported when run
+for _name, (_target, _help) in {  # name -> (module:function, one-line help)
     "embed": ("cmd_embed:embed", "pooled encoder embeddings of splits as .npz (cached by weights/task/split/preprocessing)"),
     "knn": ("cmd_embed:knn", "weighted kNN (cosine, temperature) train -> val/test on frozen embeddings"),
     "probe": ("cmd_embed:probe", "logistic regression and linear SVM probes on standardised embeddings (C chosen on val)"),
@@ -17,7 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name -> (module:function, one-line h
     "l2": ("cmd_model:l2", "per-block L2 distance and relative change between two weight files"),
     "importance": ("cmd_model:importance", "metric drop when one block at a time is re-initialised"),
     "lr-find": ("cmd_model:lr_find", "LR range test for a finetuning config (config and run dir untouched)"),
-}
+}.items():
+    COMMANDS.lazy(_name, f"utility.analysis.{_target}", _help)
 
 
 def _source(p: argparse.ArgumentParser) -> None:
@@ -52,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="analyze.py", description="Evaluation protocols and explanations of trained "
                                  "models. Run '<command> --help' for a command's options.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="command")
-    ps = {name: sub.add_parser(name, help=h, description=h) for name, (_, h) in COMMANDS.items()}
+    ps = {name: sub.add_parser(name, help=h, description=h) for name, h in COMMANDS.help.items()}
     for name, p in ps.items():
         _source(p)
     ps["embed"].add_argument("--splits", nargs="+", default=["train", "val", "test"])
@@ -88,10 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command(name: str) -> Callable[[Any], int]:
-    import importlib
-
-    mod, fn = COMMANDS[name][0].split(":")
-    return getattr(importlib.import_module(f"utility.analysis.{mod}"), fn)
+    return COMMANDS.find(name)
 
 
 def main(argv: list[str]) -> int:

@@ -8,11 +8,11 @@ import json
 import sys
 from pathlib import Path
 
-from utility.config.schemas import FTEConfig, SimCLRConfig
+from utility.config.schemas import FTEConfig, PretrainConfig
 from utility.config.tasks import TaskSpec
 
 BASE_HELP = "another YAML file whose keys this file's keys override (relative to this file)"
-KINDS = {"finetune": FTEConfig, "pretrain": SimCLRConfig, "task": TaskSpec}
+KINDS = {"finetune": FTEConfig, "pretrain": PretrainConfig, "task": TaskSpec}
 
 
 def write_schemas(out_dir: Path) -> list[Path]:

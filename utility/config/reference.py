@@ -11,13 +11,13 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel
 
 from utility.config.help import default_text, key_groups, type_text
-from utility.config.schemas import FTEConfig, SimCLRConfig
+from utility.config.schemas import FTEConfig, PretrainConfig
 from utility.config.tasks import TaskSpec
 
 # (title, schema, where the keys are written, one line on what else applies)
 KINDS: list[tuple[str, type[BaseModel], str]] = [
     ("Finetuning runs", FTEConfig, "`pkgs/FTE/finetune.py -c CONFIG.yaml [--key value ...]`"),
-    ("Pretraining runs", SimCLRConfig, "`pkgs/SSL/pretrain.py` / `pkgs/SimCLR/main.py -c CONFIG.yaml`"),
+    ("Pretraining runs", PretrainConfig, "`pkgs/SSL/pretrain.py` / `pkgs/SimCLR/main.py -c CONFIG.yaml`"),
     ("Tasks", TaskSpec, "`tasks/<name>.yaml`, or `task:` in a run config naming such a file"),
 ]
 

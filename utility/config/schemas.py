@@ -268,7 +268,7 @@ class MonitorConfig(BaseModel):
 PREDECESSOR_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
-class SimCLRConfig(RunBase, DataKeys):
+class PretrainConfig(RunBase, DataKeys):
     """Self-supervised pretraining (``pkgs/SSL/pretrain.py``, ``pkgs/SimCLR/main.py``); the predecessor's
     SimCLR keys keep their meaning."""
 
@@ -359,7 +359,7 @@ class SimCLRConfig(RunBase, DataKeys):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SimCLRConfig":
+    def _consistent(self) -> "PretrainConfig":
         shape = self.shape_desired
         if shape is not None and (self.image_size > shape[0] or self.image_size > shape[1]):
             raise keys_error(("image_size", "shape_desired"),
@@ -374,7 +374,7 @@ class SimCLRConfig(RunBase, DataKeys):
         return self
 
 
-SIMCLR_DEPRECATED: dict[str, str] = {
+PRETRAIN_DEPRECATED: dict[str, str] = {
     "pretrain": "unused by the predecessor too", "dataset_dir": "use dataset_base_dir",
     "checkpoint_epoch": "unused by the predecessor too", "model_path": "unused by the predecessor too",
     "logistic_batch_size": "unused by the predecessor too", "logistic_epochs": "unused by the predecessor too",

@@ -29,6 +29,7 @@ from utility.config.tasks import LayoutSpec, TaskSpec
 from utility.data.labeltable import read_table
 from utility.errors import UserError
 from utility.paths import REPO_ROOT
+from utility.registry import Registry
 
 @dataclass(frozen=True)
 class ReaderContext:
@@ -40,14 +41,12 @@ class ReaderContext:
 
 
 TargetReader = Callable[[Path, ReaderContext], Any]
-_READERS: dict[str, TargetReader] = {}
+_READERS: Registry[TargetReader] = Registry(
+    "target reader", lambda name, known: f"unknown target reader '{name}'; registered: {', '.join(sorted(known))}")
 
 
 def register_target_reader(name: str) -> Callable[[TargetReader], TargetReader]:
-    def deco(fn: TargetReader) -> TargetReader:
-        _READERS[name] = fn
-        return fn
-    return deco
+    return _READERS.register(name)
 
 
 def get_target_reader(name: str, task_file: str | None = None) -> TargetReader:
@@ -66,7 +65,7 @@ def get_target_reader(name: str, task_file: str | None = None) -> TargetReader:
         if callable(fn):
             return fn
         raise UserError(f"target reader '{name}': {module} has no function '{attr}'")
-    raise UserError(f"unknown target reader '{name}'; registered: {', '.join(sorted(_READERS))}")
+    return _READERS.find(name)
 
 
 def _in_project(origin: str | None) -> bool:

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from utility.data.badfiles import drop_invalid
 from utility.data.preprocess import conform_channels
 from utility.methods.heads import widths
 from utility.methods.momentum import MomentumNet, cosine_tau
@@ -142,10 +141,9 @@ class DINOMethod(SSLMethod):
         self.center = self.center.to(teacher.device, teacher.dtype) * m + total / count * (1 - m)
 
     def train_loss(self, model: nn.Module, batch: dict[str, Any], ctx):
-        batch = drop_invalid(batch, "train", self.bad)
-        if batch is None or batch["image"].shape[0] < self.min_batch:
+        x = self.valid_images(batch, ctx, self.min_batch)
+        if x is None:
             return None, 0
-        x = conform_channels(batch["image"].to(ctx.device, non_blocking=True), 3)
         with torch.autocast(ctx.device.type, enabled=False):
             v1, v2 = self.views(x.float())
             local = self.local_views.many(x.float(), self.settings.local_crops) if self.local_views else []

@@ -20,7 +20,6 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from utility.data.badfiles import drop_invalid
 from utility.data.preprocess import conform_channels
 from utility.errors import UserError
 from utility.methods.ssl_base import MethodSettings, SSLMethod, as_float
@@ -143,10 +142,9 @@ class MAEMethod(SSLMethod):
         return mae_loss(pred, target, mask.to(pred.dtype), self.settings.norm_pix_loss)
 
     def train_loss(self, model: nn.Module, batch: dict[str, Any], ctx):
-        batch = drop_invalid(batch, "train", self.bad)
-        if batch is None or batch["image"].shape[0] < self.min_batch:
+        x = self.valid_images(batch, ctx, self.min_batch)
+        if x is None:
             return None, 0
-        x = conform_channels(batch["image"].to(ctx.device, non_blocking=True), 3)
         with torch.autocast(ctx.device.type, enabled=False):
             v = self.views.many(x.float(), 1)[0]
         if self.in_channels == 1:

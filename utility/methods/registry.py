@@ -11,14 +11,9 @@ on first use, so a classification run never loads segmentation code::
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Optional, Protocol
 
-from utility.errors import UserError
-
-_BUILTIN = {"multiclass": "utility.methods.classification", "multilabel": "utility.methods.classification",
-            "segmentation": "utility.methods.segmentation"}
-_PIPELINES: dict[str, "Pipeline"] = {}
+from utility.registry import Registry
 
 
 class Pipeline(Protocol):
@@ -32,17 +27,20 @@ class Pipeline(Protocol):
         """The engine method (loss, evaluation, artifacts)."""
 
 
+PIPELINES: Registry["Pipeline"] = Registry(
+    "pipeline", lambda t, known: f"no pipeline for task type '{t}' (known: {', '.join(sorted(known))})")
+for _type, _module in (("multiclass", "utility.methods.classification"),
+                       ("multilabel", "utility.methods.classification"),
+                       ("segmentation", "utility.methods.segmentation")):
+    PIPELINES.lazy(_type, _module)  # importing the module registers its pipeline
+
+
 def register_pipeline(*task_types: str) -> Callable[[type], type]:
     def deco(cls: type) -> type:
-        for t in task_types:
-            _PIPELINES[t] = cls()
+        PIPELINES.register(*task_types, entry=cls())
         return cls
     return deco
 
 
 def pipeline_for(task_type: str) -> Pipeline:
-    if task_type not in _PIPELINES and task_type in _BUILTIN:
-        importlib.import_module(_BUILTIN[task_type])
-    if task_type not in _PIPELINES:
-        raise UserError(f"no pipeline for task type '{task_type}' (known: {', '.join(sorted(set(_BUILTIN) | set(_PIPELINES)))})")
-    return _PIPELINES[task_type]
+    return PIPELINES.find(task_type)

@@ -66,6 +66,7 @@ class SimCLRMethod(SSLMethod):
 
     name, label, Settings = "simclr", "SimCLR", SimCLRSettings
     TOP_LEVEL_KEYS = tuple(SimCLRSettings.model_fields)
+    batch_why = "NT-Xent contrasts each image with the others in its batch"
 
     def __init__(self, views: TwoViews, temperature: float, in_channels: int = 3, gather: bool = True,
                  bad: Optional[BadFiles] = None) -> None:

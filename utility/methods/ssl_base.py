@@ -36,6 +36,10 @@ class SSLMethod(NoEvaluation):
     label: ClassVar[str] = ""              # how messages name the method
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
     min_batch: ClassVar[int] = 2           # images per process: BatchNorm needs 2, contrastive losses too
+    batch_why: ClassVar[str] = "its BatchNorm layers and batch statistics need several images"
+    # settings the predecessor's configs held as top-level keys (not ``method_settings``); read by the
+    # one compatibility shim, ``ssl_registry.settings_given``
+    TOP_LEVEL_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, views: TwoViews, settings: Any, in_channels: int = 3,
                  bad: Optional[BadFiles] = None) -> None:
@@ -64,12 +68,18 @@ class SSLMethod(NoEvaluation):
         """After every optimizer step, with the plain model (EMA/momentum targets); most methods need nothing."""
 
     # ------------------------------------------------------------------ the shared step
+    def valid_images(self, batch: dict[str, Any], ctx: StepContext, least: int) -> Optional[torch.Tensor]:
+        """The batch's valid images as 3 channels on the device, or None when fewer than ``least`` remain."""
+        batch = drop_invalid(batch, "train", self.bad)
+        if batch is None or batch["image"].shape[0] < least:
+            return None
+        return conform_channels(batch["image"].to(ctx.device, non_blocking=True), 3)
+
     def two_views(self, batch: dict[str, Any], ctx: StepContext) -> Optional[tuple[torch.Tensor, torch.Tensor, int]]:
         """Both views of the batch's valid images on the device, or None when fewer than 2 remain."""
-        batch = drop_invalid(batch, "train", self.bad)
-        if batch is None or batch["image"].shape[0] < 2:
+        x = self.valid_images(batch, ctx, 2)
+        if x is None:
             return None
-        x = conform_channels(batch["image"].to(ctx.device, non_blocking=True), 3)
         with torch.autocast(ctx.device.type, enabled=False):
             v1, v2 = self.views(x.float())
         if self.in_channels == 1:

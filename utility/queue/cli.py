@@ -17,6 +17,7 @@ from utility.queue.deps import Graph, read_checked, waits_text
 from utility.queue.local_backend import local_argv
 from utility.queue.errors import QueueError
 from utility.queue.state import StateLog
+from utility.registry import Registry
 
 REPO_ROOT = Path(__file__).absolute().parents[2]
 DEFAULT_JOBS = str(REPO_ROOT / "Jobs.csv")
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: CUDA_VISIBLE_DEVICES, else nvidia-smi -L, else none")
     p.add_argument("--workdir", metavar="DIR",
                    help="directory the jobs run in (default: the directory of the jobs file)")
-    p.add_argument("--backend", choices=("local", "slurm"), default="local")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="local")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true",
                       help="exit when no open/running job is left (the default)")
@@ -120,16 +121,27 @@ def status_table(jobs: str, log_dir: str) -> str:
     return "\n".join(out + notes + [f"{jobs}: {summary}"])
 
 
-def make_backend(args, total: list[str], events=None, echo=None, check: bool = True):
-    """The backend of --backend; check=False only plans (no sbatch needed for --dry-run)."""
-    if args.backend == "slurm":
-        from utility.queue.slurm_backend import SlurmBackend
-        return SlurmBackend(events, echo, args.partition, args.time_limit, args.sbatch_args,
-                            args.poll, all_gpus=len(total) if args.gpus is not None else None,
-                            check=check, signal_before=args.signal_before,
-                            max_requeues=args.max_requeues)
+def _slurm_backend(args, total: list[str], events, echo, check: bool):
+    from utility.queue.slurm_backend import SlurmBackend
+    return SlurmBackend(events, echo, args.partition, args.time_limit, args.sbatch_args,
+                        args.poll, all_gpus=len(total) if args.gpus is not None else None,
+                        check=check, signal_before=args.signal_before,
+                        max_requeues=args.max_requeues)
+
+
+def _local_backend(args, total: list[str], events, echo, check: bool):
     from utility.queue.local_backend import LocalBackend
     return LocalBackend(events, echo)
+
+
+BACKENDS: Registry = Registry("backend")  # --backend name -> factory(args, total, events, echo, check)
+BACKENDS.register("local", entry=_local_backend)
+BACKENDS.register("slurm", entry=_slurm_backend)
+
+
+def make_backend(args, total: list[str], events=None, echo=None, check: bool = True):
+    """The backend of --backend; check=False only plans (no sbatch needed for --dry-run)."""
+    return BACKENDS.find(args.backend)(args, total, events, echo, check)
 
 
 def dry_run(args, total: list[str], source: str) -> str:

@@ -6,13 +6,13 @@ utility/methods/ssl_registry.py.
 logs_and_checkpoints/pretraining/<name>/: config.yaml, train.log (epoch, step, loss, lr, datetime),
 TensorBoard, encoder_<epoch>.tar every enc_save_frequency epochs, checkpoint_last.pt (resume; with EMA
 targets and MoCo's queue), monitor.log (with ``monitor``), encoder_pretrained.tar at the end. The LR rule:
-utility/runs/simclr_config.py; the method and the batch checks: utility/runs/ssl_config.py.
+utility/runs/pretrain_config.py; the method and the batch checks: utility/runs/ssl_config.py.
 """
 from __future__ import annotations
 
 from utility.config.loader import load_config
 from utility.config.recipe import excludes_bn_bias, recipe_of
-from utility.config.schemas import SIMCLR_DEPRECATED, SimCLRConfig
+from utility.config.schemas import PRETRAIN_DEPRECATED, PretrainConfig
 from utility.config.tasks import load_task
 from utility.data.badfiles import BadFiles
 from utility.data.dataset import Preprocess
@@ -23,7 +23,7 @@ from utility.models import build_encoder, count_parameters
 from utility.paths import output_root
 from utility.runs.callbacks import BadFileReports, EncoderSnapshots, MethodSteps
 from utility.runs.monitor import Monitor
-from utility.runs.simclr_config import PROG, build_lr_schedule, lr_plan, raw_config, resolve_lr_rule
+from utility.runs.pretrain_config import PROG, build_lr_schedule, lr_plan, raw_config, resolve_lr_rule
 from utility.runs.pretrain_data import build_pretrain_data
 from utility.runs.pretrain_start import predecessor_parallel, start_from_encoder
 from utility.runs.ssl_config import check_batch_size, resolve_method
@@ -40,7 +40,7 @@ PRETRAIN_COLUMNS = ["epoch", "step", "loss", "datetime", "lr", "global_step"]
 
 
 def main(argv: list[str], prog: str = PROG) -> int:
-    cfg, _ = load_config(SimCLRConfig, argv, prog, SIMCLR_DEPRECATED)
+    cfg, _ = load_config(PretrainConfig, argv, prog, PRETRAIN_DEPRECATED)
     method_cls, settings, cfg = resolve_method(cfg)
     if cfg.monitor is not None:
         load_task(cfg.monitor.task)  # an unknown task is refused before any work
@@ -102,7 +102,7 @@ def main(argv: list[str], prog: str = PROG) -> int:
         if is_main():
             save_encoder(model, run_dir / "encoder_pretrained.tar")
 
-    startup.add("augmentation", None, f"SimCLR views batched on the training device ({session.device}, kornia)")
+    startup.add("augmentation", None, f"{method_cls.label} views batched on the training device ({session.device}, kornia)")
     session.run(trainer, startup.time_first_batch(loader), None, finish)
     if is_main():
         print(f"encoder written to {run_dir / 'encoder_pretrained.tar'}")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from utility.config.schemas import SimCLRConfig
+from utility.config.schemas import PretrainConfig
 from utility.data.cache import SharedStore
 from utility.config.tasks import IdRule, TaskSpec
 from utility.data.compact import concat
@@ -50,7 +50,7 @@ def distinct_folders(dirs: list[str]) -> list[Path]:
     return keep
 
 
-def unlabeled_split(cfg: SimCLRConfig, cache: IndexCache | None = None) -> Split:
+def unlabeled_split(cfg: PretrainConfig, cache: IndexCache | None = None) -> Split:
     """Every image under the dataset_base_dir folders (listed once per folder state with a cache)."""
     formats = cfg.data_format or [".png", ".jpg", ".jpeg", ".npy"]
     parts = []
@@ -73,7 +73,7 @@ def unlabeled_split(cfg: SimCLRConfig, cache: IndexCache | None = None) -> Split
     return split
 
 
-def build_pretrain_data(cfg: SimCLRConfig, device: torch.device, startup: Startup, method_cls: Any,
+def build_pretrain_data(cfg: PretrainConfig, device: torch.device, startup: Startup, method_cls: Any,
                         settings: Any) -> tuple[Split, Preprocess, ImageDataset, Any, int]:
     """(split, preprocessing, dataset, loader, workers); image count and normaliser checked first."""
     index_cache = index_cache_for(cfg)

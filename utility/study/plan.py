@@ -16,7 +16,7 @@ from typing import Any, Optional
 import yaml
 
 from utility.config.loader import read_run_config, validate
-from utility.config.schemas import FTE_DEPRECATED, SIMCLR_DEPRECATED, FTEConfig, SimCLRConfig
+from utility.config.schemas import FTE_DEPRECATED, PRETRAIN_DEPRECATED, FTEConfig, PretrainConfig
 from utility.config.tasks import load_task
 from utility.config.yamlsafe import load_file
 from utility.errors import UserError
@@ -174,7 +174,7 @@ def _pretrain_job(spec: StudySpec, label: str, config: str, overrides: dict[str,
     if spec.output_root:
         raw["output_root"] = str(out_root)
     try:
-        cfg = validate(SimCLRConfig, raw, str(path), SIMCLR_DEPRECATED)
+        cfg = validate(PretrainConfig, raw, str(path), PRETRAIN_DEPRECATED)
     except UserError as exc:
         raise UserError(f"study source '{label}' (pretraining config {path}): {exc}") from None
     data = {k: v for k, v in raw.items()}

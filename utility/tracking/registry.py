@@ -2,33 +2,29 @@
 asks for it; its library only when the run starts."""
 from __future__ import annotations
 
-import importlib
-
 from utility.errors import UserError
+from utility.registry import Registry
 from utility.tracking.base import Tracker
 
 INSTALL_HINT = "pip install -r requirements-trackers.txt"
 
-_TRACKERS: dict[str, str] = {
-    "wandb": "utility.tracking.wandb_tracker:WandbTracker",
-    "mlflow": "utility.tracking.mlflow_tracker:MlflowTracker",
-}
+TRACKERS: Registry[type[Tracker]] = Registry(
+    "tracker", lambda name, known: f"unknown tracker '{name}' in config key 'trackers'; known: {', '.join(sorted(known))}")
+TRACKERS.lazy("wandb", "utility.tracking.wandb_tracker:WandbTracker")
+TRACKERS.lazy("mlflow", "utility.tracking.mlflow_tracker:MlflowTracker")
 
 
 def register_tracker(name: str, target: str) -> None:
     """``target`` is ``"package.module:Class"`` (a :class:`Tracker` subclass)."""
-    _TRACKERS[name] = target
+    TRACKERS.lazy(name, target)
 
 
 def tracker_names() -> list[str]:
-    return sorted(_TRACKERS)
+    return sorted(TRACKERS)
 
 
 def tracker_class(name: str) -> type[Tracker]:
-    if name not in _TRACKERS:
-        raise UserError(f"unknown tracker '{name}' in config key 'trackers'; known: {', '.join(tracker_names())}")
-    module, _, cls = _TRACKERS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return TRACKERS.find(name)
 
 
 def require_trackers(names: list[str]) -> None:

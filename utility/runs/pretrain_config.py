@@ -1,4 +1,4 @@
-"""What a SimCLR config means beyond its schema: the learning-rate rule in force (batch and method
+"""What a pretraining config means beyond its schema: the learning-rate rule in force (batch and method
 checks: utility/runs/ssl_config.py).
 
 The learning-rate rule (``lr_rule``, printed once at the start of every run):
@@ -24,9 +24,8 @@ import torch
 
 from utility.config.loader import parse_argv, read_run_config
 from utility.config.recipe import epoch_steps, recipe_of
-from utility.config.schemas import SIMCLR_DEPRECATED, SimCLRConfig
+from utility.config.schemas import PRETRAIN_DEPRECATED, PretrainConfig
 from utility.errors import UserError, user_errors
-from utility.methods.simclr import PER_REPLICA  # noqa: F401  (re-exported: loss_device values, one NT-Xent per replica)
 from utility.training.schedulers import ResumableLambdaLR, build_epoch_times_step_scheduler, build_scheduler
 
 PROG = "pkgs/SimCLR/main.py"
@@ -35,11 +34,11 @@ STEPWISE = {"None": None, "CosineAnnealing": "cosine_total", "Exponential": "dec
             "DecayingCosine": "decaying_cosine"}
 # keys only the predecessor's SimCLR configs carry (this tool's own configs have no use for them);
 # dataparallel and gpus are not among them: they are documented keys of this tool too
-PREDECESSOR_ONLY_KEYS = ("stepwise_scheduler", "nodes", "nr", "model_save_frequency", *SIMCLR_DEPRECATED)
+PREDECESSOR_ONLY_KEYS = ("stepwise_scheduler", "nodes", "nr", "model_save_frequency", *PRETRAIN_DEPRECATED)
 PREDECESSOR_LOSS_DEVICES = ("gpu", "cpu")
 # this tool's LR keys, which the predecessor's rule has no place for
 OWN_LR_KEYS = ("scheduler", "base_lr", "lr_scaling", "warmup_epochs", "scheduling_interval")
-def learning_rate(cfg: SimCLRConfig) -> float:
+def learning_rate(cfg: PretrainConfig) -> float:
     if cfg.lr is not None:
         return cfg.lr
     scale = {"linear": cfg.batch_size / 256, "sqrt": math.sqrt(cfg.batch_size), "none": 1.0}[cfg.lr_scaling]
@@ -64,7 +63,7 @@ def predecessor_markers(raw: dict[str, Any]) -> list[str]:
     return marks
 
 
-def resolve_lr_rule(cfg: SimCLRConfig, raw: dict[str, Any]) -> tuple[str, str]:
+def resolve_lr_rule(cfg: PretrainConfig, raw: dict[str, Any]) -> tuple[str, str]:
     """(rule, why): ``lr_rule`` itself, or for ``auto`` what marks the config as the predecessor's."""
     if cfg.lr_rule != "auto":
         rule, why = cfg.lr_rule, f"lr_rule: {cfg.lr_rule}"
@@ -95,7 +94,7 @@ class LrPlan:
     line: str
 
 
-def lr_plan(cfg: SimCLRConfig, rule: str, why: str) -> LrPlan:
+def lr_plan(cfg: PretrainConfig, rule: str, why: str) -> LrPlan:
     stepwise = STEPWISE[cfg.stepwise_scheduler] if cfg.stepwise_scheduler is not None else None
     notes = [why] if why else []
     if rule == "predecessor":
@@ -125,7 +124,7 @@ def lr_plan(cfg: SimCLRConfig, rule: str, why: str) -> LrPlan:
     return LrPlan(lr0, plan[0], plan[1], plan[2], plan[3], line)
 
 
-def build_lr_schedule(optimizer: torch.optim.Optimizer, plan: LrPlan, cfg: SimCLRConfig,
+def build_lr_schedule(optimizer: torch.optim.Optimizer, plan: LrPlan, cfg: PretrainConfig,
                       steps_per_epoch: int, n_images: int = 0) -> ResumableLambdaLR:
     """``n_images``: the training set size (the predecessor's recipe counts epochs as n_images / batch steps)."""
     r = recipe_of(cfg)
