@@ -209,7 +209,7 @@ def test_too_many_folds_refused_before_the_first_fold(setup):
     from utility.runs.supervised_data import check_folds
 
     cfg = load_config(FTEConfig, ["-c", str(setup["cfg"]), "--folds", "50"], "prog")[0]
-    with pytest.raises(UserError, match="'folds': 50 folds but task tiny has only 16 train \\+ val samples"):
+    with pytest.raises(UserError, match="'folds': 50 folds but task tiny has only 16 train \\+ val subjects"):
         check_folds(cfg, load_task(cfg.task))
     check_folds(cfg.model_copy(update={"folds": 16}), load_task(cfg.task))
 
