@@ -238,3 +238,36 @@ def test_get_model_finds_a_relative_file_from_another_folder_and_names_the_demo_
     torch.save(enc.encoder.state_dict(), tmp_path / "enc.tar")
     net = get_model("resnet18", "enc.tar", classes=2, in_channels=1)
     assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 2)
+
+
+def test_head_norm_batchnorm_standardises_features_before_the_head(tmp_path):
+    """MAE's linear-probe protocol: BatchNorm (no affine, eps 1e-6) then the linear head; the reference
+    is computed here from the features (batch statistics in training, running statistics in eval)."""
+    from utility.models import build_network
+
+    torch.manual_seed(0)
+    model, _ = build_network("resnet18", 3, 3, frozen_encoder=True, head_norm="batchnorm")
+    assert not any(True for _ in model.head.norm.parameters())  # no affine parameters
+    x = torch.randn(6, 3, 32, 32)
+    model.train()
+    feats = model.encoder(x).double()
+    ref = (feats - feats.mean(0)) / torch.sqrt(feats.var(0, unbiased=False) + 1e-6)
+    ref = ref @ model.head.weight.double().T + model.head.bias.double()
+    torch.testing.assert_close(model(x).double(), ref, rtol=1e-4, atol=1e-4)
+    model.eval()
+    run_mean, run_var = model.head.norm.running_mean.double(), model.head.norm.running_var.double()
+    torch.testing.assert_close(run_mean, 0.1 * feats.mean(0), rtol=1e-4, atol=1e-5)  # momentum 0.1 from 0
+    ref = (feats - run_mean) / torch.sqrt(run_var + 1e-6) @ model.head.weight.double().T + model.head.bias.double()
+    torch.testing.assert_close(model(x).double(), ref, rtol=1e-4, atol=1e-4)
+    # a finetuned file keeps head.weight/head.bias and loads back with its statistics; a plain head refuses it
+    torch.save(model.state_dict(), tmp_path / "finetuned_model.tar")
+    again, notes = build_network("resnet18", 3, 3, tmp_path / "finetuned_model.tar", head_norm="batchnorm")
+    assert notes == [] and {"head.weight", "head.bias", "head.norm.running_var"} <= set(again.state_dict())
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    _, notes = build_network("resnet18", 3, 3, tmp_path / "finetuned_model.tar")
+    assert len(notes) == 1 and "head" in notes[0]
+    with pytest.raises(UserError, match="head_norm"):
+        build_network("resnet18", 3, 3, segmentation=True, head_norm="batchnorm")
+    plain, _ = build_network("resnet18", 3, 3)
+    assert type(plain.head) is nn.Linear  # the default: today's head

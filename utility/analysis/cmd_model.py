@@ -153,7 +153,8 @@ def lr_find(args: Any) -> int:
     seed_everything(cfg.seed)
     init = resolve_user_path(cfg.model_path) if cfg.model_path else None
     model, _ = build_network(cfg.model_name, len(subject.classes), cfg.in_channels or 3, init, cfg.allow_partial_load,
-                             cfg.frozen_encoder, cfg.unfreeze_last_n, pipe.segmentation, cfg.head_dropout)
+                             cfg.frozen_encoder, cfg.unfreeze_last_n, pipe.segmentation, cfg.head_dropout,
+                             head_norm=cfg.head_norm)
     model.to(subject.device)
     recipe = recipe_of(cfg)  # the run's recipe: its augmentation, loss and weight decay
     augment, cpu_augment = build_augment(task.augmentation, tuple(cfg.shape_desired or task.shape_desired),

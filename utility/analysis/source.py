@@ -82,7 +82,7 @@ class Subject:
             torch.manual_seed(self.cfg.seed)
         model, _ = build_network(self.cfg.model_name, len(self.classes), self.cfg.in_channels or 3,
                                  Path(path) if path is not None else None, False,
-                                 segmentation=self.segmentation)
+                                 segmentation=self.segmentation, head_norm=self.cfg.head_norm)
         return model.to(self.device).eval()
 
     def weights_key(self) -> str:

@@ -148,6 +148,9 @@ class FTEConfig(RunBase, DataKeys):
     frozen_encoder: bool = False
     unfreeze_last_n: NonNegInt = Field(0, description="with frozen_encoder: train the last N encoder blocks")
     head_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    head_norm: Literal["none", "batchnorm"] = Field(
+        "none", description="classification: batchnorm = a BatchNorm without affine parameters before the linear "
+                            "head (MAE's linear-probing protocol; standardises frozen ViT features); none = plain head")
     syncbn: bool = False
 
     optimizer: str = "AdamW"

@@ -81,15 +81,36 @@ class FreezableEncoder:
         return self
 
 
-class Classifier(FreezableEncoder, nn.Module):
-    """Encoder + linear head. With a frozen encoder, the encoder stays in eval mode (BatchNorm
-    statistics frozen too) whatever ``train()`` is called with; only unfrozen blocks train."""
+HEAD_NORMS = ("none", "batchnorm")
 
-    def __init__(self, encoder: nn.Module, width: int, num_classes: int, dropout: float = 0.0) -> None:
+
+class NormedLinear(nn.Linear):
+    """A linear head after a BatchNorm without affine parameters (MAE's linear-probing protocol): frozen
+    features of very different scales per dimension (a ViT's LayerNorm'd tokens) are standardised with
+    the training batches' statistics (running statistics at evaluation), so a short probe can fit them.
+    A subclass of ``nn.Linear`` so the head's ``weight``/``bias`` keep their names in model files."""
+
+    def __init__(self, width: int, num_classes: int) -> None:
+        super().__init__(width, num_classes)
+        self.norm = nn.BatchNorm1d(width, affine=False, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.norm(x))
+
+
+class Classifier(FreezableEncoder, nn.Module):
+    """Encoder + linear head (``head_norm`` "batchnorm": :class:`NormedLinear`). With a frozen encoder, the
+    encoder stays in eval mode (BatchNorm statistics frozen too) whatever ``train()`` is called with; only
+    unfrozen blocks (and the head) train."""
+
+    def __init__(self, encoder: nn.Module, width: int, num_classes: int, dropout: float = 0.0,
+                 head_norm: str = "none") -> None:
         super().__init__()
+        if head_norm not in HEAD_NORMS:
+            raise UserError(f"head_norm '{head_norm}' is not one of {', '.join(HEAD_NORMS)}")
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(width, num_classes)
+        self.head = NormedLinear(width, num_classes) if head_norm == "batchnorm" else nn.Linear(width, num_classes)
         self.frozen_blocks: list[nn.Module] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,15 +29,19 @@ UNET_DECODERS = ("auto", "smp", "predecessor")
 def build_network(model_name: str, classes: int, in_channels: int = 3, weights: str | Path | None = None,
                   allow_partial: bool = False, frozen_encoder: bool = False, unfreeze_last_n: int = 0,
                   segmentation: bool | None = None, head_dropout: float = 0.0,
-                  unet_decoder: str = "auto", weights_format: str = "auto") -> tuple[nn.Module, list[str]]:
+                  unet_decoder: str = "auto", weights_format: str = "auto",
+                  head_norm: str = "none") -> tuple[nn.Module, list[str]]:
     """(network, notes about what did not load). ``segmentation``: a U-Net whose encoder is
     ``model_name`` (None: decided by a ``unet_`` name); else an encoder + linear head classifier.
     ``unet_decoder``: ``smp`` (ours), ``predecessor`` (the predecessor's backboned_unet layout) or
     ``auto`` (predecessor when ``weights`` is a predecessor U-Net file, else smp).
     ``frozen_encoder`` freezes the encoder's blocks but the last ``unfreeze_last_n`` (BN included).
-    ``weights_format``: the layout of a released model's file (utility/models/external.py); auto = ours."""
+    ``weights_format``: the layout of a released model's file (utility/models/external.py); auto = ours.
+    ``head_norm``: "batchnorm" puts a BatchNorm without affine parameters before the classifier's head."""
     if segmentation is None:
         segmentation = is_unet_name(model_name)
+    if segmentation and head_norm != "none":
+        raise UserError(f"head_norm '{head_norm}' is for classification heads; a segmentation network has none")
     if unet_decoder not in UNET_DECODERS:
         raise UserError(f"unet_decoder '{unet_decoder}' is not one of {', '.join(UNET_DECODERS)}")
     sd = read_state_dict(Path(weights)) if weights is not None else None
@@ -70,7 +74,7 @@ def build_network(model_name: str, classes: int, in_channels: int = 3, weights: 
                 notes = load_into_unet(model, Path(weights), allow_partial, sd) + mapped
     else:
         encoder, width = build_encoder(model_name, in_channels)
-        model = Classifier(encoder, width, classes, head_dropout)
+        model = Classifier(encoder, width, classes, head_dropout, head_norm)
         if weights is not None:
             sd, mapped = _external(sd, weights_format, encoder)
             notes = load_into_classifier(model, Path(weights), allow_partial, sd) + mapped

@@ -73,7 +73,8 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
                                  resolve_user_path(cfg.model_path) if cfg.model_path is not None else None,
                                  cfg.allow_partial_load, cfg.frozen_encoder, cfg.unfreeze_last_n,
                                  segmentation=pipe.segmentation, head_dropout=cfg.head_dropout,
-                                 unet_decoder=cfg.unet_decoder, weights_format=cfg.model_path_format)
+                                 unet_decoder=cfg.unet_decoder, weights_format=cfg.model_path_format,
+                                 head_norm=cfg.head_norm)
     for note in notes:
         print(f"warning: loading {cfg.model_path}: {note}", file=sys.stderr)
     train_module = session.place(model, cfg.syncbn)
