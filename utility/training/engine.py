@@ -1,6 +1,7 @@
 """The one training loop. Finetuning, segmentation and SimCLR differ only in the ``Method`` they
 plug in (how a batch becomes a loss, what evaluation accumulates); AMP, gradient scaling, LR
-scheduling, logging, checkpoints, resume and the best-model logic live here once.
+scheduling, logging, checkpoints and resume live here once (when checkpoints are written and which
+model is the best: the Checkpointing callback, training/checkpointing.py, that the trainer adds itself).
 """
 from __future__ import annotations
 
