@@ -155,6 +155,35 @@ def run_finetune(args: Sequence[Any], cwd: Path, timeout: Optional[float] = None
                           env=full_env)
 
 
+def run_inproc(main: Any, args: Sequence[Any], cwd: Path, cpu_only: bool = True) -> subprocess.CompletedProcess:
+    """An entry point's ``main`` through ``utility.entry.run_entry`` in this process, as
+    ``run_finetune`` runs it in a child: from ``cwd``, stdout/stderr captured as text, the exit code
+    returned in a CompletedProcess. For commands that end early (user errors): no interpreter start and
+    no torch import per case. ``cpu_only`` makes CUDA look absent, as CUDA_VISIBLE_DEVICES="" does.
+    Restores the cwd and resets ``CrashLog.path`` afterwards."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    import torch
+
+    from utility.entry import CrashLog, run_entry
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    old_cwd = os.getcwd()
+    no_cuda = mock.patch.object(torch.cuda, "is_available", return_value=False) if cpu_only \
+        else contextlib.nullcontext()
+    try:
+        os.chdir(cwd)
+        with no_cuda, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_entry(main, argv)
+    finally:
+        os.chdir(old_cwd)
+        CrashLog.path = None
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 # Deadlines are hang guards only, never a speed test: generous, and a busy machine may raise them further.
 HANG_GUARD_S = float(os.environ.get("TEST_HANG_GUARD_S", "1800"))
 
