@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import HANG_GUARD_S, kill_when
-from test_finetune_e2e import (base_config, child_env, command, make_stripes_dataset, ok, read_csv,
-                               run, train_rows_of_epoch, write_yaml)
+from test_finetune_e2e import (assert_complete_logs, assert_same_weights, base_config, child_env, command,
+                               make_stripes_dataset, ok, read_csv, run, train_rows_of_epoch, write_yaml)
 from test_simclr_e2e import make_unlabeled_tree, run_simclr
 from test_simclr_e2e import base_config as simclr_config
 
@@ -119,8 +119,10 @@ def test_simclr_same_numbers_any_cache_state_opmode_and_workers(tmp_path):
 
 
 def test_resume_mid_epoch_gives_the_uninterrupted_numbers(toy):
-    """Killed right after a mid-epoch checkpoint and resumed: the same train.log and val.log as a
-    run that was never interrupted (per-sample CPU augmentation in 2 workers + device-side noise)."""
+    """SIGKILLed right after a mid-epoch checkpoint and resumed: it says where it resumes, logs every step
+    once, and gives the same train.log, val.log, test loss and final weights as a run that was never
+    interrupted (per-sample CPU augmentation in 2 workers + device-side noise). The epoch-boundary resume:
+    test_finetune_e2e; SIGTERM: test_hardening."""
     common = {"epochs": 3, "seed": 9, "data_root": str(toy["data"]), "output_root": str(toy["out"]),
               "tf_device": "cpu", "num_workers": 2, "noise_injection": [0.05, 0.5],
               "scheduler": "decay", "decay_per_epoch": 0.7, "scheduling_interval": "step"}
@@ -131,10 +133,16 @@ def test_resume_mid_epoch_gives_the_uninterrupted_numbers(toy):
     # the second row of epoch 2 is written after the checkpoint of its first step was saved
     status = kill_when(cmd, toy["cwd"], lambda: train_rows_of_epoch(rd / "train.log", 2) >= 2, child_env())
     assert status == -signal.SIGKILL, "the run ended before it could be killed mid-training"
+    assert not (rd / "test.log").exists()
     ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
     assert ck["epoch"] >= 1 and ck["batch_in_epoch"] >= 1, "no mid-epoch checkpoint to resume from"
-    ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S, env=child_env()))
+    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S,
+                             env=child_env()))
+    assert f"resuming {rd} at epoch {ck['epoch'] + 1} step {ck['batch_in_epoch']}" in proc.stdout
+    assert_complete_logs(rd, 3, 3)  # every (epoch, step) row once: 3 x 8 train images in batches of 8
     assert_same_numbers(ref, rd, "resumed mid-epoch vs uninterrupted")
+    assert_same_weights(torch.load(rd / "finetuned_model.tar", weights_only=True),
+                        torch.load(ref / "finetuned_model.tar", weights_only=True))
     _, a = read_csv(ref / "test.log")
     _, b = read_csv(rd / "test.log")
     assert float(a[0]["avg_val_loss"]) == pytest.approx(float(b[0]["avg_val_loss"]), rel=1e-5)
