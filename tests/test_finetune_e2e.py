@@ -26,7 +26,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 REPO = Path(__file__).resolve().parent.parent
 FINETUNE = REPO / "pkgs" / "FTE" / "finetune.py"
 
-from conftest import HANG_GUARD_S, kill_when
+from conftest import HANG_GUARD_S, kill_when, run_inproc
 from utility.models import get_model
 
 CLASSES = ["horizontal", "noise", "vertical"]  # sorted: the folders reader orders classes by name
@@ -109,6 +109,13 @@ def command(cfg: Path, overrides: dict[str, Any]) -> list[str]:
 def run(cfg: Path, overrides: dict[str, Any], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(command(cfg, overrides), cwd=str(cwd), capture_output=True, text=True,
                           timeout=timeout, env=child_env())
+
+
+def run_here(cfg: Path, overrides: dict[str, Any], cwd: Path) -> subprocess.CompletedProcess:
+    """The same command in-process (``conftest.run_inproc``): no interpreter start or torch import."""
+    from utility.runs.finetune import main
+
+    return run_inproc(main, command(cfg, overrides)[2:], cwd)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -404,32 +411,8 @@ def assert_complete_logs(rd: Path, epochs: int, steps: int) -> None:
     assert len(trows) == 1
 
 
-def test_resume_after_mid_epoch_kill(reference_run):
-    ref = reference_run
-    toy = ref["toy"]
-    ov = {**ref["overrides"], "name": "resume/killed_mid", "checkpoint_every_steps": 1}
-    rd = toy["out"] / "finetuning" / "resume" / "killed_mid"
-    cmd = command(toy["cfg"], ov)
-    status = kill_when(cmd, toy["cwd"], lambda: train_rows_of_epoch(rd / "train.log", 2) >= 2, child_env())
-    assert status == -signal.SIGKILL, "the run ended before it could be killed mid-training"
-    assert not (rd / "test.log").exists()
-    ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
-    assert ck["epoch"] == 1 and ck["batch_in_epoch"] >= 1  # a mid-epoch checkpoint
-    _, rows = read_csv(rd / "train.log")
-    assert any(r["epoch"] == "2" for r in rows)
-
-    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S,
-                             env=child_env()))
-    assert f"resuming {rd} at epoch 2 step {ck['batch_in_epoch']}" in proc.stdout
-    assert_complete_logs(rd, 3, toy["steps"])
-    # same seed, no augmentation, no workers: the resumed run reaches the uninterrupted run's weights
-    resumed = torch.load(rd / "finetuned_model.tar", weights_only=True)
-    assert_same_weights(resumed, ref["weights"])
-    # and its per-step losses are the reference's
-    _, mine = read_csv(rd / "train.log")
-    _, theirs = read_csv(ref["run_dir"] / "train.log")
-    np.testing.assert_allclose([float(r["loss"]) for r in mine], [float(r["loss"]) for r in theirs],
-                               rtol=1e-5, atol=1e-6)
+# SIGKILL mid-epoch and resume (message, every step once, same losses and weights as uninterrupted):
+# test_reproducibility.py::test_resume_mid_epoch_gives_the_uninterrupted_numbers
 
 
 def test_resume_from_epoch_boundary_matches_uninterrupted(reference_run):
@@ -464,7 +447,7 @@ def test_finished_run_is_not_run_again(reference_run):
     ref = reference_run
     toy, rd = ref["toy"], ref["run_dir"]
     before = file_states(rd)
-    proc = ok(run(toy["cfg"], ref["overrides"], toy["cwd"]))
+    proc = ok(run_here(toy["cfg"], ref["overrides"], toy["cwd"]))
     assert "already complete" in proc.stdout
     assert "resuming" not in proc.stdout
     after = file_states(rd)
@@ -475,7 +458,7 @@ def test_same_name_different_config_is_refused(reference_run):
     ref = reference_run
     toy, rd = ref["toy"], ref["run_dir"]
     before = file_states(rd)
-    proc = run(toy["cfg"], {**ref["overrides"], "lr": 0.005}, toy["cwd"])
+    proc = run_here(toy["cfg"], {**ref["overrides"], "lr": 0.005}, toy["cwd"])
     assert proc.returncode == 2, proc.stderr
     assert "lr" in proc.stderr and "Traceback" not in proc.stderr
     assert file_states(rd) == before  # nothing of the earlier run touched, no crash.log added
@@ -483,6 +466,7 @@ def test_same_name_different_config_is_refused(reference_run):
 
 # ============================================================================ 4. frozen encoder
 
+@pytest.mark.e2e  # trains in-process
 def test_frozen_encoder_keeps_encoder_and_bn_statistics(toy):
     init = get_model("resnet18", None, len(CLASSES))
     # BN statistics that differ from their defaults, so any update is visible
@@ -493,7 +477,7 @@ def test_frozen_encoder_keeps_encoder_and_bn_statistics(toy):
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
     init_sd = {k: v.clone() for k, v in init.state_dict().items()}
     torch.save(init_sd, toy["cwd"] / "init_model.tar")
-    proc = ok(run(toy["cfg"], {"name": "frozen", "frozen_encoder": True, "model_path": "init_model.tar",
+    proc = ok(run_here(toy["cfg"], {"name": "frozen", "frozen_encoder": True, "model_path": "init_model.tar",
                                "epochs": 1, "lr": 0.01, "data_root": str(toy["data"]),
                                "output_root": str(toy["out"])}, toy["cwd"]))
     assert "warning" not in proc.stderr  # head loaded (same classes): no note
@@ -507,13 +491,14 @@ def test_frozen_encoder_keeps_encoder_and_bn_statistics(toy):
     assert not torch.equal(sd["head.bias"], init_sd["head.bias"])
 
 
+@pytest.mark.e2e  # trains in-process
 def test_unfreeze_last_block_trains_only_layer4(toy):
     import torchvision
 
     enc = torchvision.models.resnet18(weights=None)
     enc_sd = {k: v.clone() for k, v in enc.state_dict().items() if not k.startswith("fc.")}
     torch.save(enc_sd, toy["cwd"] / "encoder_pretrained.tar")
-    ok(run(toy["cfg"], {"name": "unfreeze1", "frozen_encoder": True, "unfreeze_last_n": 1,
+    ok(run_here(toy["cfg"], {"name": "unfreeze1", "frozen_encoder": True, "unfreeze_last_n": 1,
                         "model_path": "encoder_pretrained.tar", "epochs": 1, "data_root": str(toy["data"]),
                         "output_root": str(toy["out"])}, toy["cwd"]))
     sd = torch.load(toy["out"] / "finetuning" / "unfreeze1" / "finetuned_model.tar", weights_only=True)
