@@ -16,7 +16,8 @@ import torch
 
 from conftest import HANG_GUARD_S, kill_when
 from test_finetune_e2e import (assert_complete_logs, assert_same_weights, base_config, child_env, command,
-                               make_stripes_dataset, ok, read_csv, run, train_rows_of_epoch, write_yaml)
+                               make_stripes_dataset, ok, read_csv, run, run_here, train_rows_of_epoch,
+                               write_yaml)
 from test_simclr_e2e import make_unlabeled_tree, run_simclr
 from test_simclr_e2e import base_config as simclr_config
 
@@ -85,10 +86,12 @@ def test_finetune_same_numbers_any_cache_state_opmode_and_workers(toy, tf_device
         assert_same_numbers(dirs["empty"], dirs[label], f"{tf_device}: empty cache vs {label}")
 
 
+@pytest.mark.e2e  # trains in-process
 def test_val_log_lr_is_the_lr_the_epoch_trained_with(toy):
-    """With an epoch schedule, val.log's lr is the LR of the epoch's steps (train.log), not the next one's."""
+    """With an epoch schedule, val.log's lr is the LR of the epoch's steps (train.log), not the next one's
+    (in-process: the LRs do not depend on the process)."""
     name = "lr_logged"
-    ok(run(toy["cfg"], {"name": name, "epochs": 3, "seed": 1, "data_root": str(toy["data"]),
+    ok(run_here(toy["cfg"], {"name": name, "epochs": 3, "seed": 1, "data_root": str(toy["data"]),
                         "output_root": str(toy["out"]), "scheduler": "decay", "decay_per_epoch": 0.5,
                         "lr": 0.01, "no_augs": True}, toy["cwd"]))
     rd = toy["out"] / "finetuning" / name
