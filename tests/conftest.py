@@ -291,6 +291,26 @@ def tiny_setup(tmp_path, make_folder_dataset, write_task_yaml):
             "cwd": cwd, "paths": paths}
 
 
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> dict[str, Path]:
+    """One tiny finished finetuning run (resnet18, 1 epoch, 16 px, 2 classes x 8 images), made once per
+    session in-process, for the tests that only read a finished run. Never change it: a test that
+    modifies a run copies it first (shutil.copytree). Returns root, config, task, data_root, cwd, dir."""
+    from utility.runs.finetune import main as finetune_main
+
+    root = tmp_path_factory.mktemp("finished_run")
+    make_folder_dataset(root / "data" / "tiny", ["bar_h", "bar_v"], 8)
+    task = write_yaml(root / "tasks" / "tiny.yaml", task_dict())
+    config = write_yaml(root / "run.yaml", small_run_config(task=task, data_root=str(root / "data"),
+                                                            output_root=str(root / "out")))
+    cwd = root / "cwd"
+    cwd.mkdir()
+    proc = run_inproc(finetune_main, ["-c", config], cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"root": root, "config": config, "task": task, "data_root": root / "data", "cwd": cwd,
+            "dir": root / "out" / "finetuning" / "t" / "run"}
+
+
 # ----------------------------------------------------------------------------- test tiers (markers)
 
 DDP_FILES = {"test_ddp.py", "test_simclr_ddp.py", "test_ssl_ddp.py"}

@@ -8,10 +8,8 @@ import csv
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 REPO = Path(__file__).resolve().parent.parent
 FINETUNE = REPO / "pkgs" / "FTE" / "finetune.py"
 
-from conftest import HANG_GUARD_S, kill_when, run_inproc
+from conftest import run_inproc
 from utility.models import get_model
 
 CLASSES = ["horizontal", "noise", "vertical"]  # sorted: the folders reader orders classes by name
@@ -361,11 +359,6 @@ def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
 
 # ============================================================================ 3. resume
 
-def resume_overrides(toy: dict, name: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "epochs": 3, "data_root": str(toy["data"]), "output_root": str(toy["out"]),
-            "no_augs": True, "num_workers": 0, "seed": 7, **extra}
-
-
 def train_rows_of_epoch(path: Path, epoch: int) -> int:
     if not path.exists():
         return 0
@@ -374,24 +367,6 @@ def train_rows_of_epoch(path: Path, epoch: int) -> int:
     except (csv.Error, OSError):
         return 0
     return sum(1 for r in rows if r.get("epoch") == str(epoch))
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """An uninterrupted 3-epoch run (no augmentation, seed 7): the weights a resumed run must reach."""
-    tmp = tmp_path_factory.mktemp("ref")
-    data = tmp / "data"
-    make_stripes_dataset(data / "toy", {"train": 8, "val": 2, "test": 2})
-    task = folder_task(tmp / "tasks" / "toy.yaml")
-    cfg = base_config(tmp / "cfg" / "run.yaml", task)
-    cwd = tmp / "cwd"
-    cwd.mkdir()
-    toy = {"data": data, "out": tmp / "out", "task": task, "cfg": cfg, "cwd": cwd, "steps": 3}
-    ov = resume_overrides(toy, "resume/run")
-    proc = ok(run(cfg, ov, cwd))
-    rd = toy["out"] / "finetuning" / "resume" / "run"
-    return {"toy": toy, "overrides": ov, "run_dir": rd, "stdout": proc.stdout,
-            "weights": torch.load(rd / "finetuned_model.tar", weights_only=True)}
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -411,31 +386,8 @@ def assert_complete_logs(rd: Path, epochs: int, steps: int) -> None:
     assert len(trows) == 1
 
 
-# SIGKILL mid-epoch and resume (message, every step once, same losses and weights as uninterrupted):
-# test_reproducibility.py::test_resume_mid_epoch_gives_the_uninterrupted_numbers
-
-
-def test_resume_from_epoch_boundary_matches_uninterrupted(reference_run):
-    ref = reference_run
-    toy = ref["toy"]
-    ov = {**ref["overrides"], "name": "resume/killed_epoch"}
-    rd = toy["out"] / "finetuning" / "resume" / "killed_epoch"
-    cmd = command(toy["cfg"], ov)
-    # without per-step checkpoints the only checkpoints are written at the end of an epoch
-    status = kill_when(cmd, toy["cwd"], lambda: (rd / "checkpoint_last.pt").exists(), child_env())
-    assert status == -signal.SIGKILL
-    ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
-    assert ck["batch_in_epoch"] == 0 and 1 <= ck["epoch"] < 3
-    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S,
-                             env=child_env()))
-    assert f"resuming {rd} at epoch {ck['epoch'] + 1} step 0" in proc.stdout
-    assert_complete_logs(rd, 3, toy["steps"])
-    assert_same_weights(torch.load(rd / "finetuned_model.tar", weights_only=True), ref["weights"])
-    # the test metrics of equal weights are equal
-    _, a = read_csv(rd / "test.log")
-    _, b = read_csv(ref["run_dir"] / "test.log")
-    assert float(a[0]["accuracy"]) == float(b[0]["accuracy"])
-    assert float(a[0]["avg_val_loss"]) == pytest.approx(float(b[0]["avg_val_loss"]), rel=1e-5)
+# Resume after a SIGKILL mid-epoch and at an epoch boundary (the resume message, every step logged once, the
+# uninterrupted run's losses, val and test rows and weights): test_reproducibility.py; SIGTERM: test_hardening.py
 
 
 def file_states(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -443,22 +395,20 @@ def file_states(folder: Path) -> dict[str, tuple[int, bytes]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_finished_run_is_not_run_again(reference_run):
-    ref = reference_run
-    toy, rd = ref["toy"], ref["run_dir"]
+def test_finished_run_is_not_run_again(finished_run):
+    rd = finished_run["dir"]
     before = file_states(rd)
-    proc = ok(run_here(toy["cfg"], ref["overrides"], toy["cwd"]))
+    proc = ok(run_here(finished_run["config"], {}, finished_run["cwd"]))
     assert "already complete" in proc.stdout
     assert "resuming" not in proc.stdout
     after = file_states(rd)
     assert after == before  # same files, same bytes, same mtimes (test.log included)
 
 
-def test_same_name_different_config_is_refused(reference_run):
-    ref = reference_run
-    toy, rd = ref["toy"], ref["run_dir"]
+def test_same_name_different_config_is_refused(finished_run):
+    rd = finished_run["dir"]
     before = file_states(rd)
-    proc = run_here(toy["cfg"], {**ref["overrides"], "lr": 0.005}, toy["cwd"])
+    proc = run_here(finished_run["config"], {"lr": 0.005}, finished_run["cwd"])
     assert proc.returncode == 2, proc.stderr
     assert "lr" in proc.stderr and "Traceback" not in proc.stderr
     assert file_states(rd) == before  # nothing of the earlier run touched, no crash.log added
@@ -478,8 +428,8 @@ def test_frozen_encoder_keeps_encoder_and_bn_statistics(toy):
     init_sd = {k: v.clone() for k, v in init.state_dict().items()}
     torch.save(init_sd, toy["cwd"] / "init_model.tar")
     proc = ok(run_here(toy["cfg"], {"name": "frozen", "frozen_encoder": True, "model_path": "init_model.tar",
-                               "epochs": 1, "lr": 0.01, "data_root": str(toy["data"]),
-                               "output_root": str(toy["out"])}, toy["cwd"]))
+                                    "epochs": 1, "lr": 0.01, "data_root": str(toy["data"]),
+                                    "output_root": str(toy["out"])}, toy["cwd"]))
     assert "warning" not in proc.stderr  # head loaded (same classes): no note
     sd = torch.load(toy["out"] / "finetuning" / "frozen" / "finetuned_model.tar", weights_only=True)
     enc = encoder_state(init_sd)
@@ -499,8 +449,8 @@ def test_unfreeze_last_block_trains_only_layer4(toy):
     enc_sd = {k: v.clone() for k, v in enc.state_dict().items() if not k.startswith("fc.")}
     torch.save(enc_sd, toy["cwd"] / "encoder_pretrained.tar")
     ok(run_here(toy["cfg"], {"name": "unfreeze1", "frozen_encoder": True, "unfreeze_last_n": 1,
-                        "model_path": "encoder_pretrained.tar", "epochs": 1, "data_root": str(toy["data"]),
-                        "output_root": str(toy["out"])}, toy["cwd"]))
+                             "model_path": "encoder_pretrained.tar", "epochs": 1, "data_root": str(toy["data"]),
+                             "output_root": str(toy["out"])}, toy["cwd"]))
     sd = torch.load(toy["out"] / "finetuning" / "unfreeze1" / "finetuned_model.tar", weights_only=True)
     for k, v in enc_sd.items():
         got = sd[f"encoder.{k}"]
