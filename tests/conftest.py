@@ -10,6 +10,8 @@ test can build as many datasets / runs as it needs::
         assert proc.returncode == 0, proc.stderr
 
 The same functions are importable for module-level helpers: ``from conftest import write_png``.
+``run_inproc(main, args, cwd)`` runs an entry point in this process (user errors, short runs), and the
+session fixture ``finished_run`` is one tiny finished finetuning run for the tests that only read one.
 """
 from __future__ import annotations
 
@@ -158,9 +160,10 @@ def run_finetune(args: Sequence[Any], cwd: Path, timeout: Optional[float] = None
 def run_inproc(main: Any, args: Sequence[Any], cwd: Path, cpu_only: bool = True) -> subprocess.CompletedProcess:
     """An entry point's ``main`` through ``utility.entry.run_entry`` in this process, as
     ``run_finetune`` runs it in a child: from ``cwd``, stdout/stderr captured as text, the exit code
-    returned in a CompletedProcess. For commands that end early (user errors): no interpreter start and
-    no torch import per case. ``cpu_only`` makes CUDA look absent, as CUDA_VISIBLE_DEVICES="" does.
-    Restores the cwd and resets ``CrashLog.path`` afterwards."""
+    returned in a CompletedProcess. No interpreter start and no torch import per call: for user errors and
+    short runs whose checks do not depend on the process (its thread count is this process's; runs that
+    prove reproducibility, signals or a kill stay child processes). ``cpu_only`` makes CUDA look absent,
+    as CUDA_VISIBLE_DEVICES="" does. Restores the cwd and resets ``CrashLog.path`` afterwards."""
     import contextlib
     import io
     from unittest import mock

@@ -151,7 +151,6 @@ def failures(setup, runs):
     finally:
         holder.kill()
     results = {k: (p.returncode, p.stdout + p.stderr) for k, p in procs.items()}
-
     holder.wait()
     return {**results, "_holder_pid": holder.pid, "_damaged": last}
 
