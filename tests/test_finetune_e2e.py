@@ -1,6 +1,7 @@
 """End-to-end finetuning: the real entry point run as a subprocess, exactly as a user runs it
 (from a folder that is not the repository, data and outputs in tmp_path), then its files checked
 against independent computations (scikit-learn, torch.load, a forward pass of the saved model).
+Runs whose checks do not depend on the process go in-process through ``run_entry`` (``run_here``).
 """
 from __future__ import annotations
 
@@ -282,9 +283,11 @@ def test_multiclass_folder_run_files_and_metrics(tmp_path):
 ML_CLASSES = ["HBar", "VBar", "No Finding", "Hernia"]
 
 
+@pytest.mark.e2e  # trains in-process
 def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
     """CX8-like: images in train_val/ and test/, labels in a CSV joined by '|'. 'Hernia' has positives
-    only in the training images: its AUC is NaN and the macro values ignore it."""
+    only in the training images: its AUC is NaN and the macro values ignore it (in-process through
+    run_entry: the metrics are recomputed from the run's own predictions)."""
     rng = np.random.default_rng(3)
     root = tmp_path / "data" / "cxr"
     kinds = {"horizontal": "HBar", "vertical": "VBar", "both": "HBar|VBar", "noise": "No Finding"}
@@ -309,8 +312,8 @@ def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
     cfg = base_config(tmp_path / "cfg" / "run.yaml", task)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    ok(run(cfg, {"name": "ml", "epochs": 1, "data_root": str(tmp_path / "data"),
-                 "output_root": str(tmp_path / "out")}, cwd))
+    ok(run_here(cfg, {"name": "ml", "epochs": 1, "data_root": str(tmp_path / "data"),
+                      "output_root": str(tmp_path / "out")}, cwd))
     rd = tmp_path / "out" / "finetuning" / "ml"
 
     cols, trows = read_csv(rd / "test.log")
