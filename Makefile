@@ -52,9 +52,12 @@ demo-seg: venv
 	$(VPY) datasets/prepare_demo_seg.py
 	$(VPY) pkgs/FTE/finetune.py -c pkgs/FTE/config/demo_seg.yaml
 
-# the whole suite (what CI runs); test-fast: the unit tier only (in-process, no child processes)
+# the whole suite (what CI runs), in TEST_WORKERS processes (pytest-xdist; a test module stays on one worker,
+# so its module-scoped fixtures run once); one torch thread per worker, since the workers already fill the
+# cores (tests that need a thread count set it themselves). test-fast: the unit tier only (in-process).
+TEST_WORKERS ?= 2
 test: venv
-	$(VPY) -m pytest -q tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests
 
 test-fast: venv
 	$(VPY) -m pytest -q -m unit tests

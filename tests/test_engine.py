@@ -96,12 +96,12 @@ def loaders(train: Tensors, val: Tensors, seed: int = 0) -> tuple[DataLoader, Da
 
 
 def make_trainer(model, method, run_dir: Path, epochs: int = 2, lr: float = 0.1, scheduler_fn=None,
-                 **opts: Any) -> Trainer:
+                 callbacks=(), **opts: Any) -> Trainer:
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3)
     sched = scheduler_fn(opt) if scheduler_fn else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    options = TrainerOptions(epochs=epochs, seed=0, verbose=False, best_metric="accuracy", **opts)
-    return Trainer(model, method, opt, sched, Amp(torch.device("cpu")), run_dir, options)
+    options = TrainerOptions(**{"epochs": epochs, "seed": 0, "verbose": False, "best_metric": "accuracy", **opts})
+    return Trainer(model, method, opt, sched, Amp(torch.device("cpu")), run_dir, options, callbacks=callbacks)
 
 
 def read_log(path: Path) -> list[dict[str, str]]:

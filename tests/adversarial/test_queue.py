@@ -29,6 +29,7 @@ from utility.queue.cli import main as queue_main
 from utility.queue.parsecache import ParseCache
 from utility.queue.state import StateLog
 from utility.training import session
+from utility.training.callbacks import Callback, CallbackList
 from utility.training.stopsignal import StopOnSignal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -342,16 +343,30 @@ def test_fewer_epochs_than_an_interrupted_run_trained_is_refused(tmp_path):
 
 
 class FakeTrainer:
-    """What finish_or_stop needs of a trainer: the stop flag, the epoch, save()."""
+    """What finish_or_stop needs of a trainer: the stop flag, the epoch, callbacks, save_checkpoint()."""
 
-    def __init__(self, stop: StopOnSignal) -> None:
+    def __init__(self, stop: StopOnSignal, finishing: Callback) -> None:
         self.stop, self.epoch, self.finished, self.saved = stop, 3, False, []
+        self.callbacks = CallbackList([finishing])
 
     def _stop_signal(self) -> int:
         return self.stop.requested
 
-    def save(self) -> None:
+    def save_checkpoint(self) -> None:
         self.saved.append(self.finished)
+
+
+class FinalTest(Callback):
+    """Stands for the final test: records that it ran, optionally sending SIGTERM while it runs."""
+
+    def __init__(self, signal_during: bool = False) -> None:
+        self.signal_during, self.ran = signal_during, False
+
+    def on_train_end(self, trainer) -> None:
+        if self.signal_during:
+            os.kill(os.getpid(), signal.SIGTERM)          # arrives while the test runs
+            time.sleep(0.05)
+        self.ran = True
 
 
 @pytest.mark.unit
@@ -359,23 +374,20 @@ def test_signal_after_the_last_step_never_reports_success_without_the_test():
     """Asked to stop before the final test: Stopped (exit 143), not finished, the test left for the
     resumption. Asked during the final test: the test completes and the run is marked finished."""
     with StopOnSignal() as stop:
-        tr = FakeTrainer(stop)
+        test = FinalTest()
+        tr = FakeTrainer(stop, test)
         os.kill(os.getpid(), signal.SIGTERM)         # arrives during the last validation
         time.sleep(0.05)
         with pytest.raises(Stopped) as err:
-            session.finish_or_stop(tr, lambda t: {"accuracy": 1.0})
+            session.finish_or_stop(tr)
     assert err.value.exit_code == 143 and "final test" in str(err.value)
-    assert not tr.finished and tr.saved == []
-
-    def finish(t):
-        os.kill(os.getpid(), signal.SIGTERM)          # arrives while the test runs
-        time.sleep(0.05)
-        return {"accuracy": 0.5}
+    assert not tr.finished and tr.saved == [] and not test.ran
 
     with StopOnSignal() as stop:
-        tr = FakeTrainer(stop)
-        assert session.finish_or_stop(tr, finish) == {"accuracy": 0.5}
-    assert tr.finished and tr.saved == [True] and stop.requested == signal.SIGTERM
+        test = FinalTest(signal_during=True)
+        tr = FakeTrainer(stop, test)
+        session.finish_or_stop(tr)
+    assert test.ran and tr.finished and tr.saved == [True] and stop.requested == signal.SIGTERM
 
 
 SIGTERM_AT_LAST_VAL = """\

@@ -20,12 +20,12 @@ STD_EPS = 1e-4
 
 
 class VICRegSettings(MethodSettings):
-    expander_hidden: Annotated[int, Field(ge=1)] = 8192
-    expander_dim: Annotated[int, Field(ge=1)] = 8192
-    expander_layers: Annotated[int, Field(ge=1)] = 3
-    sim_coeff: Annotated[float, Field(ge=0)] = 25.0
-    std_coeff: Annotated[float, Field(ge=0)] = 25.0
-    cov_coeff: Annotated[float, Field(ge=0)] = 1.0
+    expander_hidden: Annotated[int, Field(ge=1)] = Field(8192, description="width of the expander's hidden layers")
+    expander_dim: Annotated[int, Field(ge=1)] = Field(8192, description="width of the embedding the loss sees")
+    expander_layers: Annotated[int, Field(ge=1)] = Field(3, description="linear layers of the expander")
+    sim_coeff: Annotated[float, Field(ge=0)] = Field(25.0, description="weight of the invariance (MSE) term")
+    std_coeff: Annotated[float, Field(ge=0)] = Field(25.0, description="weight of the variance (hinge on the std) term")
+    cov_coeff: Annotated[float, Field(ge=0)] = Field(1.0, description="weight of the covariance (off-diagonal) term")
 
 
 def variance_term(z: torch.Tensor) -> torch.Tensor:

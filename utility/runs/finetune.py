@@ -20,14 +20,13 @@ from utility.errors import UserError
 from utility.methods.registry import pipeline_for
 from utility.models import build_network, count_parameters
 from utility.paths import output_root, resolve_user_path
-from utility.runs.callbacks import BadFileReports
+from utility.runs.callbacks import BadFileReports, FinetunedWeights, TestEvaluation
 from utility.runs.startup import Startup, augmentation_path, index_cache_for, resolve_tf_device
 from utility.runs.finetune_optim import optimizer_and_schedule
 from utility.runs.split_audit import AUDIT_KEYS, audit_splits
 from utility.runs.supervised_data import build_data, check_folds
-from utility.runs.evaluation import read_test_row, report_bad_files, test_last_and_best, write_folds_summary
+from utility.runs.evaluation import read_test_row, report_bad_files, write_folds_summary
 from utility.distributed import is_main, shutdown, world_size
-from utility.training.checkpoint import atomic_save
 from utility.training.engine import TrainerOptions
 from utility.training.session import RESUME_FREE_KEYS, RunSession, make_run_dir
 from utility.tracking import require_trackers, tracking_for
@@ -96,7 +95,9 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
                           short_training=cfg.short_training, verbose=cfg.verbose, debug=cfg.debug,
                           log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
                           best_metric=metric, best_mode=mode, config=cfg.model_dump(mode="json"))
-    callbacks = [BadFileReports(bad), tracking_for(cfg, run_dir)]
+    testing = TestEvaluation(data.loaders["test"], run_dir, metric)  # after the weights are written
+    callbacks = [BadFileReports(bad), tracking_for(cfg, run_dir),
+                 FinetunedWeights(model, run_dir / "finetuned_model.tar"), testing]
     trainer = session.trainer(model, method, optimizer, scheduler, opts, train_module, callbacks)
     if cfg.verbose and is_main():
         sizes = ", ".join(f"{k} {len(s)}" for k, s in data.indexed.splits.items())
@@ -104,15 +105,9 @@ def run_one(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> dict[str, float]:
         print(f"task {task.name} ({task.type}, {n_cls} classes): {sizes}; model {cfg.model_name} "
               f"({p['trainable']:,}/{p['total']:,} trainable); device {session.device}, parallel {session.mode} "
               f"x{world_size()}; run dir {run_dir}")
-
-    def finish(tr) -> dict[str, float]:
-        if is_main():
-            atomic_save(model.state_dict(), run_dir / "finetuned_model.tar")  # a full disk: one line
-        return test_last_and_best(tr, data.loaders["test"], run_dir, metric)
-
-    results = session.run(trainer, startup.time_first_batch(data.loaders["train"]), data.loaders["val"], finish)
+    session.run(trainer, startup.time_first_batch(data.loaders["train"]), data.loaders["val"])
     report_bad_files(bad)
-    return results
+    return testing.results
 
 
 def run_folds(cfg: FTEConfig, task: TaskSpec, run_dir: Path) -> None:

@@ -16,12 +16,11 @@ from utility.config.schemas import PRETRAIN_DEPRECATED, PretrainConfig
 from utility.config.tasks import load_task
 from utility.data.badfiles import BadFiles
 from utility.data.dataset import Preprocess
-from utility.errors import UserError, user_errors
-from utility.methods.ssl_base import save_encoder
+from utility.errors import user_errors
 from utility.methods.views import TwoViews
 from utility.models import build_encoder, count_parameters
 from utility.paths import output_root
-from utility.runs.callbacks import BadFileReports, EncoderSnapshots, MethodSteps
+from utility.runs.callbacks import BadFileReports, EncoderSnapshots, MethodSteps, PretrainedEncoder
 from utility.runs.monitor import Monitor
 from utility.runs.pretrain_config import PROG, build_lr_schedule, lr_plan, raw_config, resolve_lr_rule
 from utility.runs.pretrain_data import build_pretrain_data
@@ -30,7 +29,7 @@ from utility.runs.ssl_config import check_batch_size, resolve_method
 from utility.runs.startup import Startup
 from utility.tracking import require_trackers, tracking_for
 from utility.distributed import is_main, shutdown
-from utility.training.engine import Trainer, TrainerOptions
+from utility.training.engine import TrainerOptions
 from utility.training.optim import build_optimizer
 from utility.training.session import RESUME_FREE_KEYS, RunSession
 
@@ -88,22 +87,16 @@ def main(argv: list[str], prog: str = PROG) -> int:
                           log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
                           config=cfg.model_dump(mode="json"), train_columns=PRETRAIN_COLUMNS)
     callbacks = [MethodSteps(method), BadFileReports(bad), *([monitor] if monitor else []),
-                 EncoderSnapshots(model, run_dir, cfg.enc_save_frequency, recipe_of(cfg)), tracking_for(cfg, run_dir)]
+                 EncoderSnapshots(model, run_dir, cfg.enc_save_frequency, recipe_of(cfg)), tracking_for(cfg, run_dir),
+                 PretrainedEncoder(model, run_dir / "encoder_pretrained.tar", method_cls.label, method_cls.min_batch,
+                                   cfg.epochs)]
     trainer = session.trainer(model, method, optimizer, scheduler, opts, train_module, callbacks)
     if cfg.verbose and is_main():
         p = count_parameters(model)
         print(f"{method_cls.label}: {len(ds)} images, encoder {cfg.resnet} ({p['total']:,} parameters with the heads), "
               f"lr {lr.lr0:.4g}, device {session.device}; run dir {run_dir}")
-
-    def finish(tr: Trainer) -> None:
-        if tr.global_step == 0:  # never an untrained encoder under the name of a pretrained one
-            raise UserError(f"no {method_cls.label} step was taken in {cfg.epochs} epoch(s) (every batch had fewer "
-                            f"than {method_cls.min_batch} valid images); encoder_pretrained.tar not written")
-        if is_main():
-            save_encoder(model, run_dir / "encoder_pretrained.tar")
-
     startup.add("augmentation", None, f"{method_cls.label} views batched on the training device ({session.device}, kornia)")
-    session.run(trainer, startup.time_first_batch(loader), None, finish)
+    session.run(trainer, startup.time_first_batch(loader), None)
     if is_main():
         print(f"encoder written to {run_dir / 'encoder_pretrained.tar'}")
     shutdown()

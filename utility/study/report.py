@@ -228,8 +228,9 @@ class Report:
                     ax.fill_between(x, np.nanmin(arr, 0), np.nanmax(arr, 0), alpha=0.2, color=self.color(src))
             axes[0].set(title=f"{task} ({mode}): validation {metric}", xlabel="epoch", ylabel=f"validation {metric}")
             axes[1].set(title="training loss (epoch mean)", xlabel="epoch", ylabel="training loss")
-            axes[0].legend(fontsize=8)
-            axes[1].legend(fontsize=8)
+            for ax in axes:
+                if ax.get_legend_handles_labels()[0]:  # a task whose runs have no logs yet: no empty legend
+                    ax.legend(fontsize=8)
             self.parts.append(f"<img src='{_fig_uri(fig)}'>")
         self.parts.append("</div>")
 

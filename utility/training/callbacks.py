@@ -1,5 +1,6 @@
-"""What watches a run plugs into the one engine as a callback: the kNN monitor, encoder snapshots,
-bad-file reports, experiment trackers, a method's per-step update (EMA targets).
+"""What watches or finishes a run plugs into the one engine as a callback: checkpoints
+(training/checkpointing.py), the kNN monitor, encoder snapshots, bad-file reports, experiment trackers,
+a method's per-step update (EMA targets), the product's weights and the final test (utility/runs/).
 
 The trainer holds one :class:`CallbackList` and calls it at fixed points; a callback overrides the
 events it needs (the base class does nothing). Events run on every rank: a callback that writes files
@@ -16,7 +17,8 @@ Trainer = Any  # utility.training.engine.Trainer (which imports this module)
 class Callback:
     """Override what you need; the order of one run's events:
     run_start, then per step step_end, per epoch validation_end (with validation) and epoch_end,
-    row after every CSV row the run writes, run_end (also when the run failed or stopped)."""
+    train_end once training is complete, row after every CSV row the run writes, run_end (also when
+    the run failed or stopped)."""
 
     def on_run_start(self, trainer: Trainer, resumed: bool) -> None:
         """Before the first step (``resumed``: the trainer continues from checkpoint_last.pt)."""
@@ -28,7 +30,12 @@ class Callback:
         """After each epoch's validation pass, with its metric row."""
 
     def on_epoch_end(self, trainer: Trainer) -> None:
-        """After an epoch (``trainer.epoch`` is the number of epochs done), before its checkpoint."""
+        """After an epoch (``trainer.epoch`` is the number of epochs done); its checkpoint is
+        written after every other callback's epoch_end (the trainer's Checkpointing comes last)."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last epoch's checkpoint, before the run is marked finished (the product's weights,
+        the final test). Not called when a stop was asked for before it (the resumption calls it)."""
 
     def on_row(self, path: Path, row: dict[str, Any]) -> None:
         """After each row a CSV log of the run gets (rank 0; the row as the file holds it)."""
@@ -55,6 +62,9 @@ class CallbackList(Callback):
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         self._each(lambda cb: cb.on_epoch_end(trainer))
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        self._each(lambda cb: cb.on_train_end(trainer))
 
     def on_row(self, path: Path, row: dict[str, Any]) -> None:
         self._each(lambda cb: cb.on_row(path, row))

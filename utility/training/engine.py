@@ -1,11 +1,11 @@
 """The one training loop. Finetuning, segmentation and SimCLR differ only in the ``Method`` they
 plug in (how a batch becomes a loss, what evaluation accumulates); AMP, gradient scaling, LR
-scheduling, logging, checkpoints, resume and the best-model logic live here once.
+scheduling, logging, checkpoints and resume live here once (when checkpoints are written and which
+model is the best: the Checkpointing callback, training/checkpointing.py, that the trainer adds itself).
 """
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import sys
 import time
@@ -22,6 +22,7 @@ from utility.data.sampler import EpochSampler
 from utility.training.callbacks import Callback, CallbackList
 from utility.training.datawait import WAIT_COLUMNS, DataWait
 from utility.training.checkpoint import RESUME_KEYS, atomic_save, load_checkpoint, rng_state, set_rng_state
+from utility.training.checkpointing import Checkpointing
 from utility.distributed import all_reduce_sum, barrier, is_main, rank, world_size
 from utility.training.finite import check_losses
 from utility.errors import Stopped
@@ -86,6 +87,19 @@ class Amp:
 
     def scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+
+@dataclass
+class RunningEpoch:
+    """The epoch being trained, as a mid-epoch checkpoint needs it: the step losses not yet in
+    train.log and the loss sum so far (``base_*``: what the epoch had before a resumption)."""
+
+    prog: "Progress"
+    loss_sum: torch.Tensor
+    base_sum: float
+    base_n: int
+    n_batches: int = 0
+    pending: list[tuple[int, int, torch.Tensor, float]] = field(default_factory=list)
 
 
 class Progress:
@@ -163,7 +177,9 @@ class Trainer:
         self.finished = False
         self.epoch_loss = [0.0, 0]  # running (sum, batches) of the current epoch, kept across resume
         self.epoch_lr = 0.0  # the LR the current epoch's last step used (val.log's lr)
-        self.callbacks = CallbackList(callbacks)  # monitors, snapshots, trackers (training/callbacks.py)
+        # monitors, snapshots, trackers, final test (training/callbacks.py); checkpoints last
+        self.callbacks = CallbackList([*callbacks, Checkpointing(opts.checkpoint_every_steps, opts.best_metric,
+                                                                 opts.best_mode)])
         columns = opts.train_columns + [c for c in WAIT_COLUMNS if c not in opts.train_columns]
         self.train_log = CsvLog(run_dir / "train.log", columns, opts.log_losses, self.callbacks.on_row)
         self.data_wait = DataWait(world_size(), notice=is_main())  # loader wait + images/s per log row
@@ -171,6 +187,8 @@ class Trainer:
         self.tb = TensorBoard(run_dir / "tensorboard")
         self.stop: Optional[StopOnSignal] = None  # set while fit runs: SIGTERM/SIGINT -> save and stop
         self.total_steps = 0  # optimizer steps planned over all epochs (set by fit; EMA schedules)
+        self.running: Optional[RunningEpoch] = None  # set while an epoch trains
+        self.saved_step = -1  # global_step of the last checkpoint_last.pt
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -193,9 +211,19 @@ class Trainer:
         }
 
     def save(self) -> None:
+        self.saved_step = self.global_step
         if is_main():
             atomic_save(self.state(), self.last_path)
         barrier()
+
+    def save_checkpoint(self) -> None:
+        """checkpoint_last.pt now (every rank calls it). Mid-epoch, the step losses not yet written
+        go to train.log first and the running epoch loss into the checkpoint: resume continues both."""
+        run = self.running
+        if run is not None:
+            self._flush(run.pending, run.prog)
+            self.epoch_loss = [run.base_sum + self._rank_mean(run.loss_sum), run.base_n + run.n_batches]
+        self.save()
 
     def resume(self) -> bool:
         """Continue from checkpoint_last.pt if there is one; drop log rows written after it."""
@@ -238,13 +266,6 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
-
-    def _is_better(self, value: float) -> bool:
-        if value is None or math.isnan(value):
-            return False
-        if self.best_value is None or math.isnan(self.best_value):
-            return True
-        return value > self.best_value if self.opts.best_mode == "max" else value < self.best_value
 
     def fit(self, train_loader: DataLoader, val_loader: Optional[DataLoader]) -> None:
         """Train until ``epochs``; a SIGTERM/SIGINT saves a checkpoint after the current step and
@@ -294,22 +315,13 @@ class Trainer:
             if val_loader is not None:
                 metrics = self.evaluate(val_loader, f"val_epoch_{self.epoch + 1}", "val")
                 row.update(metrics)
-                self.callbacks.on_validation_end(self, metrics)
-                key = self.opts.best_metric
-                if key is not None and key not in metrics:
-                    raise KeyError(f"best_metric '{key}' is not a validation metric ({', '.join(metrics)})")
-                if key is not None and self._is_better(metrics[key]):
-                    self.best_value, self.best_epoch = metrics[key], self.epoch + 1
-                    if is_main():
-                        atomic_save({"model": self.model.state_dict(), "epoch": self.epoch + 1,
-                                     "metric": key, "value": metrics[key]}, self.best_path)
+                self.callbacks.on_validation_end(self, metrics)  # checkpoint_best.pt (Checkpointing)
             row["lr"] = self.epoch_lr  # the LR of the epoch's last step, not the next epoch's
             row["epoch_time_s"] = round(time.time() - t0, 3)
             self._write_val(row)
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             self.epoch_loss = [0.0, 0]
-            self.callbacks.on_epoch_end(self)
-            self.save()
+            self.callbacks.on_epoch_end(self)  # then checkpoint_last.pt (Checkpointing, last)
             if self.opts.verbose and is_main():
                 shown = {k: v for k, v in list(row.items())[:6]}
                 print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
@@ -332,10 +344,9 @@ class Trainer:
         total = 1 if self.opts.short_training else len(loader) + self.batch_in_epoch
         prog = Progress(total, f"epoch {self.epoch + 1}/{self.opts.epochs}", self.opts.verbose)
         prog.update(self.batch_in_epoch)
-        pending: list[tuple[int, int, torch.Tensor, float]] = []
-        loss_sum = torch.zeros((), device=self.amp.device, dtype=torch.float64)
-        n_batches = 0
-        base_sum, base_n = self.epoch_loss
+        run = self.running = RunningEpoch(prog, torch.zeros((), device=self.amp.device, dtype=torch.float64),
+                                          *self.epoch_loss)
+        pending, loss_sum = run.pending, run.loss_sum
         every = 1 if self.opts.debug else self.opts.log_every
         for batch in self.data_wait.batches(loader, loader.batch_size or 1):
             with self.ctx.autocast():
@@ -352,29 +363,27 @@ class Trainer:
                 self.scheduler.step()
             self.batch_in_epoch += 1
             self.global_step += 1
-            self.callbacks.on_step_end(self)
-            n_batches += 1
+            run.n_batches += 1
             detached = loss.detach()
             loss_sum += detached
             pending.append((self.batch_in_epoch, self.global_step, detached, lr))
             flushed = len(pending) >= every
             if flushed:
                 self._flush(pending, prog)
+            self.callbacks.on_step_end(self)  # EMA targets; every N steps a checkpoint (Checkpointing, last)
             signum = self._stop_signal(sync_point=flushed)
-            every_steps = self.opts.checkpoint_every_steps
-            if signum or (every_steps and self.global_step % every_steps == 0):
-                self._flush(pending, prog)
-                self.epoch_loss = [base_sum + self._rank_mean(loss_sum), base_n + n_batches]
-                self.save()
             if signum:
+                if self.saved_step != self.global_step:  # not saved at this step already
+                    self.save_checkpoint()
                 prog.close()
                 raise self._stopped(signum)
             if self.opts.short_training:
                 break
         self._flush(pending, prog)
         prog.close()
+        self.running = None
         self.data_wait.check_notice(at_epoch_end=True)
-        return (base_sum + self._rank_mean(loss_sum)) / max(base_n + n_batches, 1)
+        return (run.base_sum + self._rank_mean(loss_sum)) / max(run.base_n + run.n_batches, 1)
 
     @staticmethod
     def _rank_mean(loss_sum: torch.Tensor) -> float:

@@ -1,6 +1,7 @@
 """One run's life, the same for every entry point: set up processes and device, decide what an
 existing run directory means (fresh, resume, done, or refused), keep crash.log there, seed, wrap
-the model for DP/DDP, then resume -> fit -> finish -> mark finished -> close.
+the model for DP/DDP, then resume -> fit -> train_end callbacks (product, final test) -> mark finished
+-> close.
 
 Finetuning and pretraining (utility/runs/) build their data, model and method and hand them here;
 they keep only what differs.
@@ -8,7 +9,7 @@ they keep only what differs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, TypeVar
+from typing import Any, Iterable, Optional
 
 import torch
 from pydantic import BaseModel
@@ -26,8 +27,6 @@ from utility.training.engine import Amp, Method, Trainer, TrainerOptions
 from utility.training.environment import ENV_FILE, record_environment
 from utility.training.runlock import LOCK_NAME, RunLock
 from utility.training.stopsignal import StopOnSignal
-
-T = TypeVar("T")
 
 # Keys that may change between a run and its resumption without making it a different run.
 RESUME_FREE_KEYS = frozenset({"epochs", "num_workers", "prefetch_factor", "verbose", "device", "debug",
@@ -117,21 +116,20 @@ def check_epochs_left(run_dir: Path, ck: dict[str, Any], epochs: int) -> None:
                         "or choose another name (nothing was changed)")
 
 
-def finish_or_stop(trainer: Trainer, finish: Callable[[Trainer], T]) -> T:
+def finish_or_stop(trainer: Trainer) -> None:
     """After the last step: a stop asked for meanwhile (during the last validation or checkpoint)
-    ends the run interrupted, with ``finish`` (the final test, the product's weights) left for the
-    resumption; a stop asked for during ``finish`` lets it complete. Either way a run that reports
-    success has its test results."""
+    ends the run interrupted, with the ``on_train_end`` callbacks (the product's weights, the final
+    test) left for the resumption; a stop asked for during them lets them complete. Either way a run
+    that reports success has its test results."""
     signum = trainer._stop_signal()  # every rank reaches this point together (DDP: a collective)
     if signum:
         raise Stopped(signum, f"training complete (checkpoint saved after epoch {trainer.epoch}); the final "
                               "test / weights are written when it is started again")
     if trainer.stop is not None:
         trainer.stop.then = "finishing the run first (final test / weights), then it is complete"
-    result = finish(trainer)
+    trainer.callbacks.on_train_end(trainer)  # every rank (the final test's collectives)
     trainer.finished = True
-    trainer.save()
-    return result
+    trainer.save_checkpoint()
 
 
 class RunSession:
@@ -186,10 +184,10 @@ class RunSession:
         return Trainer(model, method, optimizer, scheduler, Amp(self.device, self.cfg.amp),  # type: ignore[attr-defined]
                        self.run_dir, opts, train_module, callbacks)
 
-    def run(self, trainer: Trainer, train_loader: Any, val_loader: Any,
-            finish: Callable[[Trainer], T]) -> T:
-        """Write config.yaml, resume if there is a checkpoint, train, ``finish`` (save the product,
-        test), then mark the run finished. The logs are closed whatever happens."""
+    def run(self, trainer: Trainer, train_loader: Any, val_loader: Any) -> None:
+        """Write config.yaml, resume if there is a checkpoint, train, call ``on_train_end`` (the
+        product's weights, the final test: callbacks), then mark the run finished. The logs are
+        closed whatever happens."""
         if is_main():
             dump_config(self.cfg, self.run_dir / "config.yaml")
             record_environment(self.run_dir, self.device, self.state)  # threads, CPU, versions
@@ -201,11 +199,10 @@ class RunSession:
         try:
             with StopOnSignal() as trainer.stop:  # one handler from the first step until marked finished
                 trainer.fit(train_loader, val_loader)
-                result = finish_or_stop(trainer, finish)
+                finish_or_stop(trainer)
         finally:
             trainer.stop = None
             trainer.close()
             trainer.callbacks.on_run_end(trainer, trainer.finished)
         if self.lock is not None:
             self.lock.release()
-        return result
