@@ -10,6 +10,8 @@ test can build as many datasets / runs as it needs::
         assert proc.returncode == 0, proc.stderr
 
 The same functions are importable for module-level helpers: ``from conftest import write_png``.
+``run_inproc(main, args, cwd)`` runs an entry point in this process (user errors, short runs), and the
+session fixture ``finished_run`` is one tiny finished finetuning run for the tests that only read one.
 """
 from __future__ import annotations
 
@@ -155,6 +157,36 @@ def run_finetune(args: Sequence[Any], cwd: Path, timeout: Optional[float] = None
                           env=full_env)
 
 
+def run_inproc(main: Any, args: Sequence[Any], cwd: Path, cpu_only: bool = True) -> subprocess.CompletedProcess:
+    """An entry point's ``main`` through ``utility.entry.run_entry`` in this process, as
+    ``run_finetune`` runs it in a child: from ``cwd``, stdout/stderr captured as text, the exit code
+    returned in a CompletedProcess. No interpreter start and no torch import per call: for user errors and
+    short runs whose checks do not depend on the process (its thread count is this process's; runs that
+    prove reproducibility, signals or a kill stay child processes). ``cpu_only`` makes CUDA look absent,
+    as CUDA_VISIBLE_DEVICES="" does. Restores the cwd and resets ``CrashLog.path`` afterwards."""
+    import contextlib
+    import io
+    from unittest import mock
+
+    import torch
+
+    from utility.entry import CrashLog, run_entry
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    old_cwd = os.getcwd()
+    no_cuda = mock.patch.object(torch.cuda, "is_available", return_value=False) if cpu_only \
+        else contextlib.nullcontext()
+    try:
+        os.chdir(cwd)
+        with no_cuda, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run_entry(main, argv)
+    finally:
+        os.chdir(old_cwd)
+        CrashLog.path = None
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 # Deadlines are hang guards only, never a speed test: generous, and a busy machine may raise them further.
 HANG_GUARD_S = float(os.environ.get("TEST_HANG_GUARD_S", "1800"))
 
@@ -260,6 +292,26 @@ def tiny_setup(tmp_path, make_folder_dataset, write_task_yaml):
     cwd.mkdir()
     return {"data_root": data_root, "out_root": tmp_path / "out", "task": task, "config": config,
             "cwd": cwd, "paths": paths}
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> dict[str, Path]:
+    """One tiny finished finetuning run (resnet18, 1 epoch, 16 px, 2 classes x 8 images), made once per
+    session in-process, for the tests that only read a finished run. Never change it: a test that
+    modifies a run copies it first (shutil.copytree). Returns root, config, task, data_root, cwd, dir."""
+    from utility.runs.finetune import main as finetune_main
+
+    root = tmp_path_factory.mktemp("finished_run")
+    make_folder_dataset(root / "data" / "tiny", ["bar_h", "bar_v"], 8)
+    task = write_yaml(root / "tasks" / "tiny.yaml", task_dict())
+    config = write_yaml(root / "run.yaml", small_run_config(task=task, data_root=str(root / "data"),
+                                                            output_root=str(root / "out")))
+    cwd = root / "cwd"
+    cwd.mkdir()
+    proc = run_inproc(finetune_main, ["-c", config], cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"root": root, "config": config, "task": task, "data_root": root / "data", "cwd": cwd,
+            "dir": root / "out" / "finetuning" / "t" / "run"}
 
 
 # ----------------------------------------------------------------------------- test tiers (markers)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import class_pattern, make_folder_dataset, small_run_config, task_dict, write_png, write_yaml
+from conftest import class_pattern, make_folder_dataset, run_inproc, small_run_config, task_dict, write_png, write_yaml
 from utility.data.badfiles import BadFiles, drop_invalid
 from utility.data.dataset import ImageDataset, Preprocess
 from utility.data.index import Split
@@ -133,8 +133,16 @@ def broken(tmp_path):
                      "--cache_dir", tmp_path / "cache"]}
 
 
-def test_broken_files_skipped_and_reported(broken, run_finetune):
-    proc = run_finetune([*broken["args"], "--name", "b/normal"], cwd=broken["cwd"])
+def finetune(args: list, cwd: Path):
+    """The finetuning entry point in-process through ``run_entry`` (``conftest.run_inproc``)."""
+    from utility.runs.finetune import main
+
+    return run_inproc(main, args, cwd)
+
+
+@pytest.mark.e2e  # trains in-process
+def test_broken_files_skipped_and_reported(broken):
+    proc = finetune([*broken["args"], "--name", "b/normal"], cwd=broken["cwd"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     run_dir = broken["out"] / "finetuning" / "b" / "normal"
@@ -162,16 +170,16 @@ def test_broken_files_skipped_and_reported(broken, run_finetune):
         assert sum(int(v) for r in cm[1:] for v in r[1:]) == 8
 
 
-def test_debug_raises_on_broken_file(broken, run_finetune):
-    proc = run_finetune([*broken["args"], "--name", "b/debug", "--debug", "true"], cwd=broken["cwd"])
+def test_debug_raises_on_broken_file(broken):
+    proc = finetune([*broken["args"], "--name", "b/debug", "--debug", "true"], cwd=broken["cwd"])
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert str(broken["trunc"]) in proc.stderr  # the only broken training file
     assert "unreadable" in proc.stderr
 
 
-def test_too_many_broken_files_stop_the_run(broken, run_finetune):
-    proc = run_finetune([*broken["args"], "--name", "b/strict", "--max_bad_fraction", "0.05"], cwd=broken["cwd"])
+def test_too_many_broken_files_stop_the_run(broken):
+    proc = finetune([*broken["args"], "--name", "b/strict", "--max_bad_fraction", "0.05"], cwd=broken["cwd"])
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "split 'train'" in proc.stderr and "max_bad_fraction" in proc.stderr

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import HANG_GUARD_S, run_finetune, write_yaml
+from conftest import run_inproc, write_yaml
 from test_predecessor_weights import PredecessorClassifier, randomize_
 from utility.config.tasks import load_task
 from utility.data.body_part import classes_of
@@ -132,11 +132,13 @@ PREDECESSOR_CTBR = {
 }
 
 
+@pytest.mark.e2e  # trains in-process
 def test_ctbr_s_end_to_end_from_predecessor_config_and_weights(ctbr_root, tmp_path):
-    """A predecessor CTBR-S config runs; its model_path is a predecessor finetuned classifier (bias-free
+    """A predecessor CTBR-S config runs (in-process through run_entry); its model_path is a predecessor finetuned classifier (bias-free
     head, loss_criterion buffers): the first logged loss equals that model's weighted CE on the training
     slices (frozen encoder = eval-mode BN, one batch of all five slices), so the file loaded exactly."""
     from utility.data.dataset import ImageDataset, Preprocess
+    from utility.runs.finetune import main as finetune_main
 
     pred = randomize_(PredecessorClassifier(6, PREDECESSOR_CTBR["w_l"]), 7).eval()
     weights = tmp_path / "finetuned_model.tar"
@@ -144,7 +146,7 @@ def test_ctbr_s_end_to_end_from_predecessor_config_and_weights(ctbr_root, tmp_pa
     cfg = write_yaml(tmp_path / "ctbr_s.yaml", {**PREDECESSOR_CTBR, "model_path": str(weights)})
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    proc = run_finetune(["-c", cfg, "--data_root", ctbr_root, "--output_root", tmp_path / "out"], cwd=cwd, timeout=HANG_GUARD_S)
+    proc = run_inproc(finetune_main, ["-c", cfg, "--data_root", ctbr_root, "--output_root", tmp_path / "out"], cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len([ln for ln in proc.stderr.splitlines() if "w_m" in ln and not ln.startswith("recipe:")]) == 1
     assert "warning: loading" not in proc.stderr

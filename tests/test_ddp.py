@@ -483,14 +483,16 @@ def test_torchrun_finetune_rerun_is_already_complete(ddp_run):
     assert after == before
 
 
-def test_parallel_ddp_without_torchrun_is_a_user_error(ddp_run):
+def test_parallel_ddp_without_torchrun_is_a_user_error(ddp_run, monkeypatch):
+    """In-process through run_entry (as the script runs it): no torchrun variables, no process group."""
+    from conftest import run_inproc
+    from utility.runs.finetune import main
+
     args = ["-c", ddp_run["cfg"], "--parallel", "ddp", "--name", "ddp/no_torchrun", "--num_workers", "0",
             "--data_root", ddp_run["root"] / "data", "--output_root", ddp_run["root"] / "out"]
-    env = cpu_env()
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    proc = subprocess.run([sys.executable, str(FINETUNE), *map(str, args)], cwd=str(ddp_run["cwd"]),
-                          capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
+        monkeypatch.delenv(k, raising=False)
+    proc = run_inproc(main, args, ddp_run["cwd"])
     assert proc.returncode == 2, proc.stderr
     assert "torchrun" in proc.stderr and "Traceback" not in proc.stderr
     assert not (ddp_run["root"] / "out" / "finetuning" / "ddp" / "no_torchrun" / "train.log").exists()

@@ -1,6 +1,7 @@
 """End-to-end finetuning: the real entry point run as a subprocess, exactly as a user runs it
 (from a folder that is not the repository, data and outputs in tmp_path), then its files checked
 against independent computations (scikit-learn, torch.load, a forward pass of the saved model).
+Runs whose checks do not depend on the process go in-process through ``run_entry`` (``run_here``).
 """
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ import csv
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 REPO = Path(__file__).resolve().parent.parent
 FINETUNE = REPO / "pkgs" / "FTE" / "finetune.py"
 
-from conftest import HANG_GUARD_S, kill_when
+from conftest import run_inproc
 from utility.models import get_model
 
 CLASSES = ["horizontal", "noise", "vertical"]  # sorted: the folders reader orders classes by name
@@ -109,6 +108,13 @@ def command(cfg: Path, overrides: dict[str, Any]) -> list[str]:
 def run(cfg: Path, overrides: dict[str, Any], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(command(cfg, overrides), cwd=str(cwd), capture_output=True, text=True,
                           timeout=timeout, env=child_env())
+
+
+def run_here(cfg: Path, overrides: dict[str, Any], cwd: Path) -> subprocess.CompletedProcess:
+    """The same command in-process (``conftest.run_inproc``): no interpreter start or torch import."""
+    from utility.runs.finetune import main
+
+    return run_inproc(main, command(cfg, overrides)[2:], cwd)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -277,9 +283,11 @@ def test_multiclass_folder_run_files_and_metrics(tmp_path):
 ML_CLASSES = ["HBar", "VBar", "No Finding", "Hernia"]
 
 
+@pytest.mark.e2e  # trains in-process
 def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
     """CX8-like: images in train_val/ and test/, labels in a CSV joined by '|'. 'Hernia' has positives
-    only in the training images: its AUC is NaN and the macro values ignore it."""
+    only in the training images: its AUC is NaN and the macro values ignore it (in-process through
+    run_entry: the metrics are recomputed from the run's own predictions)."""
     rng = np.random.default_rng(3)
     root = tmp_path / "data" / "cxr"
     kinds = {"horizontal": "HBar", "vertical": "VBar", "both": "HBar|VBar", "noise": "No Finding"}
@@ -304,8 +312,8 @@ def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
     cfg = base_config(tmp_path / "cfg" / "run.yaml", task)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    ok(run(cfg, {"name": "ml", "epochs": 1, "data_root": str(tmp_path / "data"),
-                 "output_root": str(tmp_path / "out")}, cwd))
+    ok(run_here(cfg, {"name": "ml", "epochs": 1, "data_root": str(tmp_path / "data"),
+                      "output_root": str(tmp_path / "out")}, cwd))
     rd = tmp_path / "out" / "finetuning" / "ml"
 
     cols, trows = read_csv(rd / "test.log")
@@ -354,11 +362,6 @@ def test_multilabel_csv_run_nan_auc_for_label_without_positives(tmp_path):
 
 # ============================================================================ 3. resume
 
-def resume_overrides(toy: dict, name: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "epochs": 3, "data_root": str(toy["data"]), "output_root": str(toy["out"]),
-            "no_augs": True, "num_workers": 0, "seed": 7, **extra}
-
-
 def train_rows_of_epoch(path: Path, epoch: int) -> int:
     if not path.exists():
         return 0
@@ -367,24 +370,6 @@ def train_rows_of_epoch(path: Path, epoch: int) -> int:
     except (csv.Error, OSError):
         return 0
     return sum(1 for r in rows if r.get("epoch") == str(epoch))
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """An uninterrupted 3-epoch run (no augmentation, seed 7): the weights a resumed run must reach."""
-    tmp = tmp_path_factory.mktemp("ref")
-    data = tmp / "data"
-    make_stripes_dataset(data / "toy", {"train": 8, "val": 2, "test": 2})
-    task = folder_task(tmp / "tasks" / "toy.yaml")
-    cfg = base_config(tmp / "cfg" / "run.yaml", task)
-    cwd = tmp / "cwd"
-    cwd.mkdir()
-    toy = {"data": data, "out": tmp / "out", "task": task, "cfg": cfg, "cwd": cwd, "steps": 3}
-    ov = resume_overrides(toy, "resume/run")
-    proc = ok(run(cfg, ov, cwd))
-    rd = toy["out"] / "finetuning" / "resume" / "run"
-    return {"toy": toy, "overrides": ov, "run_dir": rd, "stdout": proc.stdout,
-            "weights": torch.load(rd / "finetuned_model.tar", weights_only=True)}
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -404,55 +389,8 @@ def assert_complete_logs(rd: Path, epochs: int, steps: int) -> None:
     assert len(trows) == 1
 
 
-def test_resume_after_mid_epoch_kill(reference_run):
-    ref = reference_run
-    toy = ref["toy"]
-    ov = {**ref["overrides"], "name": "resume/killed_mid", "checkpoint_every_steps": 1}
-    rd = toy["out"] / "finetuning" / "resume" / "killed_mid"
-    cmd = command(toy["cfg"], ov)
-    status = kill_when(cmd, toy["cwd"], lambda: train_rows_of_epoch(rd / "train.log", 2) >= 2, child_env())
-    assert status == -signal.SIGKILL, "the run ended before it could be killed mid-training"
-    assert not (rd / "test.log").exists()
-    ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
-    assert ck["epoch"] == 1 and ck["batch_in_epoch"] >= 1  # a mid-epoch checkpoint
-    _, rows = read_csv(rd / "train.log")
-    assert any(r["epoch"] == "2" for r in rows)
-
-    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S,
-                             env=child_env()))
-    assert f"resuming {rd} at epoch 2 step {ck['batch_in_epoch']}" in proc.stdout
-    assert_complete_logs(rd, 3, toy["steps"])
-    # same seed, no augmentation, no workers: the resumed run reaches the uninterrupted run's weights
-    resumed = torch.load(rd / "finetuned_model.tar", weights_only=True)
-    assert_same_weights(resumed, ref["weights"])
-    # and its per-step losses are the reference's
-    _, mine = read_csv(rd / "train.log")
-    _, theirs = read_csv(ref["run_dir"] / "train.log")
-    np.testing.assert_allclose([float(r["loss"]) for r in mine], [float(r["loss"]) for r in theirs],
-                               rtol=1e-5, atol=1e-6)
-
-
-def test_resume_from_epoch_boundary_matches_uninterrupted(reference_run):
-    ref = reference_run
-    toy = ref["toy"]
-    ov = {**ref["overrides"], "name": "resume/killed_epoch"}
-    rd = toy["out"] / "finetuning" / "resume" / "killed_epoch"
-    cmd = command(toy["cfg"], ov)
-    # without per-step checkpoints the only checkpoints are written at the end of an epoch
-    status = kill_when(cmd, toy["cwd"], lambda: (rd / "checkpoint_last.pt").exists(), child_env())
-    assert status == -signal.SIGKILL
-    ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
-    assert ck["batch_in_epoch"] == 0 and 1 <= ck["epoch"] < 3
-    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S,
-                             env=child_env()))
-    assert f"resuming {rd} at epoch {ck['epoch'] + 1} step 0" in proc.stdout
-    assert_complete_logs(rd, 3, toy["steps"])
-    assert_same_weights(torch.load(rd / "finetuned_model.tar", weights_only=True), ref["weights"])
-    # the test metrics of equal weights are equal
-    _, a = read_csv(rd / "test.log")
-    _, b = read_csv(ref["run_dir"] / "test.log")
-    assert float(a[0]["accuracy"]) == float(b[0]["accuracy"])
-    assert float(a[0]["avg_val_loss"]) == pytest.approx(float(b[0]["avg_val_loss"]), rel=1e-5)
+# Resume after a SIGKILL mid-epoch and at an epoch boundary (the resume message, every step logged once, the
+# uninterrupted run's losses, val and test rows and weights): test_reproducibility.py; SIGTERM: test_hardening.py
 
 
 def file_states(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -460,22 +398,20 @@ def file_states(folder: Path) -> dict[str, tuple[int, bytes]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_finished_run_is_not_run_again(reference_run):
-    ref = reference_run
-    toy, rd = ref["toy"], ref["run_dir"]
+def test_finished_run_is_not_run_again(finished_run):
+    rd = finished_run["dir"]
     before = file_states(rd)
-    proc = ok(run(toy["cfg"], ref["overrides"], toy["cwd"]))
+    proc = ok(run_here(finished_run["config"], {}, finished_run["cwd"]))
     assert "already complete" in proc.stdout
     assert "resuming" not in proc.stdout
     after = file_states(rd)
     assert after == before  # same files, same bytes, same mtimes (test.log included)
 
 
-def test_same_name_different_config_is_refused(reference_run):
-    ref = reference_run
-    toy, rd = ref["toy"], ref["run_dir"]
+def test_same_name_different_config_is_refused(finished_run):
+    rd = finished_run["dir"]
     before = file_states(rd)
-    proc = run(toy["cfg"], {**ref["overrides"], "lr": 0.005}, toy["cwd"])
+    proc = run_here(finished_run["config"], {"lr": 0.005}, finished_run["cwd"])
     assert proc.returncode == 2, proc.stderr
     assert "lr" in proc.stderr and "Traceback" not in proc.stderr
     assert file_states(rd) == before  # nothing of the earlier run touched, no crash.log added
@@ -483,6 +419,7 @@ def test_same_name_different_config_is_refused(reference_run):
 
 # ============================================================================ 4. frozen encoder
 
+@pytest.mark.e2e  # trains in-process
 def test_frozen_encoder_keeps_encoder_and_bn_statistics(toy):
     init = get_model("resnet18", None, len(CLASSES))
     # BN statistics that differ from their defaults, so any update is visible
@@ -493,9 +430,9 @@ def test_frozen_encoder_keeps_encoder_and_bn_statistics(toy):
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
     init_sd = {k: v.clone() for k, v in init.state_dict().items()}
     torch.save(init_sd, toy["cwd"] / "init_model.tar")
-    proc = ok(run(toy["cfg"], {"name": "frozen", "frozen_encoder": True, "model_path": "init_model.tar",
-                               "epochs": 1, "lr": 0.01, "data_root": str(toy["data"]),
-                               "output_root": str(toy["out"])}, toy["cwd"]))
+    proc = ok(run_here(toy["cfg"], {"name": "frozen", "frozen_encoder": True, "model_path": "init_model.tar",
+                                    "epochs": 1, "lr": 0.01, "data_root": str(toy["data"]),
+                                    "output_root": str(toy["out"])}, toy["cwd"]))
     assert "warning" not in proc.stderr  # head loaded (same classes): no note
     sd = torch.load(toy["out"] / "finetuning" / "frozen" / "finetuned_model.tar", weights_only=True)
     enc = encoder_state(init_sd)
@@ -507,15 +444,16 @@ def test_frozen_encoder_keeps_encoder_and_bn_statistics(toy):
     assert not torch.equal(sd["head.bias"], init_sd["head.bias"])
 
 
+@pytest.mark.e2e  # trains in-process
 def test_unfreeze_last_block_trains_only_layer4(toy):
     import torchvision
 
     enc = torchvision.models.resnet18(weights=None)
     enc_sd = {k: v.clone() for k, v in enc.state_dict().items() if not k.startswith("fc.")}
     torch.save(enc_sd, toy["cwd"] / "encoder_pretrained.tar")
-    ok(run(toy["cfg"], {"name": "unfreeze1", "frozen_encoder": True, "unfreeze_last_n": 1,
-                        "model_path": "encoder_pretrained.tar", "epochs": 1, "data_root": str(toy["data"]),
-                        "output_root": str(toy["out"])}, toy["cwd"]))
+    ok(run_here(toy["cfg"], {"name": "unfreeze1", "frozen_encoder": True, "unfreeze_last_n": 1,
+                             "model_path": "encoder_pretrained.tar", "epochs": 1, "data_root": str(toy["data"]),
+                             "output_root": str(toy["out"])}, toy["cwd"]))
     sd = torch.load(toy["out"] / "finetuning" / "unfreeze1" / "finetuned_model.tar", weights_only=True)
     for k, v in enc_sd.items():
         got = sd[f"encoder.{k}"]

@@ -1,8 +1,8 @@
 """Hardening (issue 12, items 5-12): runs never collide, a damaged cache or checkpoint is found, a full
 disk is one line, SIGTERM saves, and every mistake is one line naming its culprit before work starts.
 
-Subprocess runs share module-scoped fixtures (one reference run, one interrupted + resumed run, one
-batch of failing commands started side by side) to keep the whole file cheap. CPU only.
+Subprocess runs share module-scoped fixtures (one reference run, one interrupted + resumed run); the
+failing commands run in-process through ``run_entry`` to keep the whole file cheap. CPU only.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FINETUNE, REPO, make_folder_dataset, small_run_config, task_dict, write_png, write_yaml
+from conftest import FINETUNE, REPO, make_folder_dataset, run_inproc, small_run_config, task_dict, write_png, write_yaml
 from utility.config.loader import load_config
 from utility.config.schemas import FTEConfig, PretrainConfig
 from utility.data.badfiles import BadFiles
@@ -83,7 +83,7 @@ def setup(tmp_path_factory):
     make_folder_dataset(root / "data" / "tiny", ["a", "b"], 8)
     task = write_yaml(root / "tiny.yaml", task_dict())
     cfg = write_yaml(root / "run.yaml", small_run_config(task=task, data_root=str(root / "data"),
-                                                         output_root=str(root / "out"), batch_size=2, epochs=2))
+                                                         output_root=str(root / "out"), batch_size=2, epochs=1))
     cwd = root / "cwd"
     cwd.mkdir()
     return {"root": root, "cfg": cfg, "out": root / "out", "cwd": cwd}
@@ -91,7 +91,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(setup):
-    """An uninterrupted 2-epoch run ('ref', one worker) beside the same run SIGTERMed at step 3
+    """An uninterrupted 1-epoch run ('ref', one worker) beside the same run SIGTERMed at step 3
     ('sig'); then 'sig' is resumed."""
     ref = finetune(["-c", setup["cfg"], "--name", "ref", "--num_workers", 1], setup["cwd"])
     script = setup["root"] / "sigterm_at_step.py"
@@ -115,7 +115,9 @@ def test_sigterm_mid_epoch_saves_and_resume_matches(setup, runs):
     assert runs["resumed"][0] == 0 and "resuming" in runs["resumed"][1], runs["resumed"][1]
     assert runs["ref"][0] == 0, runs["ref"][1]
     ref, sig = setup["out"] / "finetuning" / "ref", setup["out"] / "finetuning" / "sig"
-    assert len(log_rows(ref / "val.log")) == 2
+    # 1 epoch of 6 steps (12 train images, batch 2), stopped after step 3; later epochs after a mid-epoch
+    # resume: test_reproducibility (SIGKILL)
+    assert len(log_rows(ref / "val.log")) == 1 and len(log_rows(ref / "train.log")) == 6
     assert log_rows(sig / "val.log") == log_rows(ref / "val.log")
     assert log_rows(sig / "train.log") == log_rows(ref / "train.log")
     assert log_rows(sig / "test.log") == log_rows(ref / "test.log")
@@ -125,8 +127,8 @@ def test_sigterm_mid_epoch_saves_and_resume_matches(setup, runs):
 
 @pytest.fixture(scope="module")
 def failures(setup, runs):
-    """The failing commands of items 5, 9 and 10 that need a real run, started side by side (the other
-    cases of those items are checked in-process below); {case: (rc, output)}."""
+    """The failing commands of items 5, 9 and 10 that need a real run, in-process through ``run_entry`` (as
+    the script runs them; the other cases of those items are checked in-process below); {case: (rc, output)}."""
     root, cfg, out = setup["root"], setup["cfg"], setup["out"]
     (root / "a_file").write_text("not a folder")
     target = root / "out_damaged" / "finetuning" / "ref"  # a copy of the finished reference run
@@ -142,9 +144,13 @@ def failures(setup, runs):
         "best_metric": ["--name", "bm", "--best_metric", "acuracy"],
         "locked": ["--name", "locked"],
     }
-    procs = {k: finetune(["-c", cfg, *extra], setup["cwd"]) for k, extra in cases.items()}
-    results = {k: finish(p) for k, p in procs.items()}
-    holder.kill()
+    from utility.runs.finetune import main
+
+    try:
+        procs = {k: run_inproc(main, ["-c", cfg, *extra], setup["cwd"]) for k, extra in cases.items()}
+    finally:
+        holder.kill()
+    results = {k: (p.returncode, p.stdout + p.stderr) for k, p in procs.items()}
     holder.wait()
     return {**results, "_holder_pid": holder.pid, "_damaged": last}
 

@@ -331,12 +331,16 @@ def test_cache_sees_an_edited_labels_csv_and_caches_pretraining_listings(tmp_pat
 
 # ----------------------------------------------------------------------------- start-up lines, end to end
 
-def test_finetune_startup_lines_log_and_cached_index(tiny_setup, run_finetune):
-    """A run prints and logs where start-up time went and writes the index cache that the next run
-    on the same data reads; tf_device auto without CUDA runs the loader-worker path."""
+@pytest.mark.e2e  # trains in-process
+def test_finetune_startup_lines_log_and_cached_index(tiny_setup):
+    """A run (in-process through run_entry) prints and logs where start-up time went and writes the index
+    cache that the next run on the same data reads; tf_device auto without CUDA runs the loader-worker path."""
+    from conftest import run_inproc
+    from utility.runs.finetune import main
+
     s = tiny_setup
-    r = run_finetune(["-c", s["config"], "--name", "t/a", "--verbose", "true", "--data_root", s["data_root"],
-                      "--output_root", s["out_root"]], cwd=s["cwd"])
+    r = run_inproc(main, ["-c", s["config"], "--name", "t/a", "--verbose", "true", "--data_root", s["data_root"],
+                      "--output_root", s["out_root"]], s["cwd"])
     assert r.returncode == 0, r.stderr
     assert "start-up: index" in r.stdout and "built (no cache file)" in r.stdout
     assert "start-up: first batch" in r.stdout

@@ -17,7 +17,6 @@ from torch.nn import functional as F
 
 from utility.errors import UserError
 from utility.models import build_network, get_model
-from conftest import HANG_GUARD_S
 
 
 def randomize_(module: nn.Module, seed: int) -> nn.Module:
@@ -193,13 +192,14 @@ def test_predecessor_unet_mismatch_and_decoder_choice(tmp_path, capsys):
     assert net.eval()(torch.randn(1, 3, 40, 48)).shape == (1, 2, 40, 48)  # padded to 64x64 and cropped back
 
 
+@pytest.mark.e2e  # trains in-process
 def test_predecessor_unet_through_finetune_model_path(tmp_path):
-    """``model_path: <predecessor U-Net file>`` in a finetuning run: the decoder is chosen from the file
+    """``model_path: <predecessor U-Net file>`` in a finetuning run (in-process through run_entry): the decoder is chosen from the file
     (no warning, nothing dropped) and the first logged loss equals the predecessor model's loss on the
     one training batch (frozen encoder: backbone BN in eval mode, decoder BN on batch statistics)."""
     import csv
 
-    from conftest import run_finetune, small_run_config, write_yaml
+    from conftest import run_inproc, small_run_config, write_yaml
     from datasets.prepare_demo_seg import write_demo
     from utility.config.tasks import load_task
     from utility.data.dataset import Preprocess
@@ -214,8 +214,10 @@ def test_predecessor_unet_through_finetune_model_path(tmp_path):
     cfg = small_run_config(name="seg/pred", task="demo_seg", model_name="unet_resnet18_backbone",
                            shape_desired=[32, 32], batch_size=4, no_augs=True, frozen_encoder=True,
                            model_path=str(weights))
-    proc = run_finetune(["-c", write_yaml(tmp_path / "cfg.yaml", cfg), "--data_root", tmp_path / "data",
-                         "--output_root", tmp_path / "out"], cwd=tmp_path, timeout=HANG_GUARD_S)
+    from utility.runs.finetune import main
+
+    proc = run_inproc(main, ["-c", write_yaml(tmp_path / "cfg.yaml", cfg), "--data_root", tmp_path / "data",
+                             "--output_root", tmp_path / "out"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "warning: loading" not in proc.stderr
     run = tmp_path / "out" / "finetuning" / "seg" / "pred"

@@ -2,7 +2,8 @@
 resume in the middle of an epoch. Random augmentation is on in every case (device-side Kornia
 drawing from the global RNG, or per-sample albumentations in loader workers), because that is where
 loading used to shift the random streams: the ordinary DataLoader path drew a seed from the global
-generator, the filled-cache path did not, and worker processes drew per-worker, not per-sample."""
+generator, the filled-cache path did not, and worker processes drew per-worker, not per-sample.
+The resume tests (SIGKILL mid-epoch and at an epoch boundary) compare with one uninterrupted run."""
 from __future__ import annotations
 
 import signal
@@ -15,8 +16,9 @@ import pytest
 import torch
 
 from conftest import HANG_GUARD_S, kill_when
-from test_finetune_e2e import (base_config, child_env, command, make_stripes_dataset, ok, read_csv,
-                               run, train_rows_of_epoch, write_yaml)
+from test_finetune_e2e import (assert_complete_logs, assert_same_weights, base_config, child_env, command,
+                               make_stripes_dataset, ok, read_csv, run, run_here, train_rows_of_epoch,
+                               write_yaml)
 from test_simclr_e2e import make_unlabeled_tree, run_simclr
 from test_simclr_e2e import base_config as simclr_config
 
@@ -85,10 +87,12 @@ def test_finetune_same_numbers_any_cache_state_opmode_and_workers(toy, tf_device
         assert_same_numbers(dirs["empty"], dirs[label], f"{tf_device}: empty cache vs {label}")
 
 
+@pytest.mark.e2e  # trains in-process
 def test_val_log_lr_is_the_lr_the_epoch_trained_with(toy):
-    """With an epoch schedule, val.log's lr is the LR of the epoch's steps (train.log), not the next one's."""
+    """With an epoch schedule, val.log's lr is the LR of the epoch's steps (train.log), not the next one's
+    (in-process: the LRs do not depend on the process)."""
     name = "lr_logged"
-    ok(run(toy["cfg"], {"name": name, "epochs": 3, "seed": 1, "data_root": str(toy["data"]),
+    ok(run_here(toy["cfg"], {"name": name, "epochs": 3, "seed": 1, "data_root": str(toy["data"]),
                         "output_root": str(toy["out"]), "scheduler": "decay", "decay_per_epoch": 0.5,
                         "lr": 0.01, "no_augs": True}, toy["cwd"]))
     rd = toy["out"] / "finetuning" / name
@@ -118,23 +122,57 @@ def test_simclr_same_numbers_any_cache_state_opmode_and_workers(tmp_path):
         assert_same_numbers(dirs["empty"], dirs[label], f"SimCLR: empty cache vs {label}")
 
 
-def test_resume_mid_epoch_gives_the_uninterrupted_numbers(toy):
-    """Killed right after a mid-epoch checkpoint and resumed: the same train.log and val.log as a
-    run that was never interrupted (per-sample CPU augmentation in 2 workers + device-side noise)."""
-    common = {"epochs": 3, "seed": 9, "data_root": str(toy["data"]), "output_root": str(toy["out"]),
-              "tf_device": "cpu", "num_workers": 2, "noise_injection": [0.05, 0.5],
-              "scheduler": "decay", "decay_per_epoch": 0.7, "scheduling_interval": "step"}
-    ok(run(toy["cfg"], {**common, "name": "mid/reference"}, toy["cwd"]))
-    ref = toy["out"] / "finetuning" / "mid" / "reference"
+RESUME = {"epochs": 3, "seed": 9, "tf_device": "cpu", "num_workers": 2, "noise_injection": [0.05, 0.5],
+          "scheduler": "decay", "decay_per_epoch": 0.7, "scheduling_interval": "step"}
+
+
+@pytest.fixture(scope="module")
+def resume_reference(toy) -> Path:
+    """The uninterrupted 3-epoch run (per-sample CPU augmentation in 2 workers + device-side noise, a
+    per-step schedule) both resume tests must reproduce."""
+    ok(run(toy["cfg"], {**RESUME, "data_root": str(toy["data"]), "output_root": str(toy["out"]),
+                        "name": "mid/reference"}, toy["cwd"]))
+    return toy["out"] / "finetuning" / "mid" / "reference"
+
+
+def assert_resumed_equals_reference(toy, cmd: list[str], rd: Path, ref: Path, ck: dict) -> None:
+    """Start ``cmd`` again: it says where it resumes, logs every (epoch, step) once, and gives the
+    reference's train.log, val.log, test loss and final weights."""
+    proc = ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S,
+                             env=child_env()))
+    assert f"resuming {rd} at epoch {ck['epoch'] + 1} step {ck['batch_in_epoch']}" in proc.stdout
+    assert_complete_logs(rd, 3, 3)  # 3 x 8 train images in batches of 8
+    assert_same_numbers(ref, rd, f"resumed at epoch {ck['epoch'] + 1} step {ck['batch_in_epoch']} vs uninterrupted")
+    assert_same_weights(torch.load(rd / "finetuned_model.tar", weights_only=True),
+                        torch.load(ref / "finetuned_model.tar", weights_only=True))
+    _, a = read_csv(ref / "test.log")
+    _, b = read_csv(rd / "test.log")
+    assert float(a[0]["accuracy"]) == float(b[0]["accuracy"])
+    assert float(a[0]["avg_val_loss"]) == pytest.approx(float(b[0]["avg_val_loss"]), rel=1e-5)
+
+
+def test_resume_mid_epoch_gives_the_uninterrupted_numbers(toy, resume_reference):
+    """SIGKILLed right after a mid-epoch checkpoint and resumed: the uninterrupted run's numbers."""
     rd = toy["out"] / "finetuning" / "mid" / "killed"
-    cmd = command(toy["cfg"], {**common, "name": "mid/killed", "checkpoint_every_steps": 1})
+    cmd = command(toy["cfg"], {**RESUME, "data_root": str(toy["data"]), "output_root": str(toy["out"]),
+                               "name": "mid/killed", "checkpoint_every_steps": 1})
     # the second row of epoch 2 is written after the checkpoint of its first step was saved
     status = kill_when(cmd, toy["cwd"], lambda: train_rows_of_epoch(rd / "train.log", 2) >= 2, child_env())
     assert status == -signal.SIGKILL, "the run ended before it could be killed mid-training"
+    assert not (rd / "test.log").exists()
     ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
     assert ck["epoch"] >= 1 and ck["batch_in_epoch"] >= 1, "no mid-epoch checkpoint to resume from"
-    ok(subprocess.run(cmd, cwd=str(toy["cwd"]), capture_output=True, text=True, timeout=HANG_GUARD_S, env=child_env()))
-    assert_same_numbers(ref, rd, "resumed mid-epoch vs uninterrupted")
-    _, a = read_csv(ref / "test.log")
-    _, b = read_csv(rd / "test.log")
-    assert float(a[0]["avg_val_loss"]) == pytest.approx(float(b[0]["avg_val_loss"]), rel=1e-5)
+    assert_resumed_equals_reference(toy, cmd, rd, resume_reference, ck)
+
+
+def test_resume_from_epoch_boundary_gives_the_uninterrupted_numbers(toy, resume_reference):
+    """SIGKILLed once the first end-of-epoch checkpoint exists (no per-step checkpoints) and resumed at the
+    start of the next epoch: the uninterrupted run's numbers."""
+    rd = toy["out"] / "finetuning" / "mid" / "killed_epoch"
+    cmd = command(toy["cfg"], {**RESUME, "data_root": str(toy["data"]), "output_root": str(toy["out"]),
+                               "name": "mid/killed_epoch"})
+    status = kill_when(cmd, toy["cwd"], lambda: (rd / "checkpoint_last.pt").exists(), child_env())
+    assert status == -signal.SIGKILL, "the run ended before it could be killed"
+    ck = torch.load(rd / "checkpoint_last.pt", weights_only=True)
+    assert ck["batch_in_epoch"] == 0 and 1 <= ck["epoch"] < 3
+    assert_resumed_equals_reference(toy, cmd, rd, resume_reference, ck)

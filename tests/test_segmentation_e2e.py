@@ -1,5 +1,5 @@
-"""End to end: ``pkgs/FTE/finetune.py`` on BraTS-like and LiTS-like data in the predecessor's layouts
-and on the generic layout, as a user runs it (subprocess, cwd outside the repository)."""
+"""End to end: finetuning on BraTS-like and LiTS-like data in the predecessor's layouts and on the
+generic layout, from a cwd outside the repository (in-process through ``run_entry``, as the script runs)."""
 from __future__ import annotations
 
 import csv
@@ -11,11 +11,14 @@ import pytest
 import torch
 
 
-from conftest import HANG_GUARD_S, run_finetune, small_run_config, write_yaml
+from conftest import run_inproc, small_run_config, write_yaml
 from test_segmentation_data import write_brats, write_lits
 from test_segmentation_model import simclr_encoder_file
 
 from utility.models import get_model
+
+
+pytestmark = pytest.mark.e2e  # every test trains in-process
 
 
 def _header(path: Path) -> list[str]:
@@ -33,8 +36,10 @@ def _run(tmp_path: Path, task: str, name: str, classes: int, **overrides):
     cfg_path = write_yaml(tmp_path / "cfg" / f"{name.replace('/', '_')}.yaml", cfg)
     cwd = tmp_path / "elsewhere"
     cwd.mkdir(exist_ok=True)
-    proc = run_finetune(["-c", cfg_path, "--data_root", tmp_path / "data", "--output_root", tmp_path / "out"],
-                        cwd=cwd, timeout=HANG_GUARD_S)
+    from utility.runs.finetune import main
+
+    proc = run_inproc(main, ["-c", cfg_path, "--data_root", tmp_path / "data", "--output_root", tmp_path / "out"],
+                      cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "out" / "finetuning" / name
     # grouped per class as the predecessor wrote them: dice, iou, precision, recall of class 0, then 1, ...

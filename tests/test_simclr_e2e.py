@@ -3,7 +3,8 @@ from a folder that is not the repository, on tiny generated images, CPU only.
 
 Covers the run directory's files (config.yaml, train.log rows, encoder snapshots, the encoder
 file's keys), hand-over to ``get_model`` and to finetuning, random_subset, resume after SIGKILL
-(log rows, LR schedule, optimizer state), and user errors. The linear-evaluation proof
+(log rows, LR schedule, optimizer state), and user errors (in-process through ``run_entry``, but
+for the missing-dataset case, which runs the script itself). The linear-evaluation proof
 (pretrained encoder beats a random one on digits) is marked slow: RUN_SLOW=1 to run it.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import torchvision
 import yaml
 
-from conftest import (HANG_GUARD_S, REPO, kill_when, run_finetune, small_run_config, write_class_image, write_png,
+from conftest import (HANG_GUARD_S, REPO, kill_when, run_inproc, small_run_config, write_class_image, write_png,
                       write_yaml)
 
 SIMCLR = REPO / "pkgs" / "SimCLR" / "main.py"
@@ -47,6 +48,13 @@ def simclr_cmd(*args) -> list[str]:
 def run_simclr(args, cwd: Path, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     return subprocess.run(simclr_cmd(*args), cwd=str(cwd), capture_output=True, text=True,
                           timeout=timeout, env=env())
+
+
+def simclr_inproc(args, cwd: Path) -> subprocess.CompletedProcess:
+    """The same entry point in-process (``conftest.run_inproc``): no interpreter start, no torch import."""
+    from utility.runs.pretrain import main
+
+    return run_inproc(main, args, cwd)
 
 
 def make_unlabeled_tree(root: Path) -> list[Path]:
@@ -181,7 +189,9 @@ def test_encoder_file_accepted_by_finetuning(full_run, work, make_folder_dataset
     cfg = write_yaml(tmp / "ft.yaml", small_run_config(
         name="t/ft", task=task, model_path=str(full_run["dir"] / "encoder_pretrained.tar"),
         frozen_encoder=True, epochs=1, batch_size=8))
-    proc = run_finetune(["-c", cfg, "--data_root", tmp / "data", "--output_root", work["out"]], cwd=work["cwd"])
+    from utility.runs.finetune import main as finetune
+
+    proc = run_inproc(finetune, ["-c", cfg, "--data_root", tmp / "data", "--output_root", work["out"]], work["cwd"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (work["out"] / "finetuning" / "t" / "ft").is_dir()
 
@@ -236,6 +246,7 @@ def test_resume_after_sigkill_continues_schedule_and_optimizer(full_run, work):
 
 # ----------------------------------------------------------------------------- predecessor configs
 
+@pytest.mark.e2e  # trains in-process
 @pytest.mark.parametrize("stepwise, epochs", [("None", 3), ("CosineAnnealing", 2)])
 def test_predecessor_config_trains_with_the_predecessor_lr_rule(work, stepwise, epochs):
     """A predecessor-style config (loss_device gpu, LARS with lr 3e-4, its full key set) trains as the
@@ -247,7 +258,7 @@ def test_predecessor_config_trains_with_the_predecessor_lr_rule(work, stepwise, 
     data = predecessor_config(str(work["data"]), name=name, stepwise_scheduler=stepwise, epochs=epochs,
                               batch_size=BATCH, device="cpu", verbose=False)
     cfg = write_yaml(work["tmp"] / f"pred_{stepwise}.yaml", data)
-    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    proc = simclr_inproc(["-c", cfg, "--output_root", work["out"]], work["cwd"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rule_lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("lr rule:")]
     assert len(rule_lines) == 1, proc.stdout + proc.stderr
@@ -276,7 +287,8 @@ def test_predecessor_config_trains_with_the_predecessor_lr_rule(work, stepwise, 
 
 def test_missing_dataset_dir_then_fixed_run_with_random_subset_and_reload(work):
     """A missing dataset_base_dir is a user error (exit 2, the folder named, no traceback); the
-    same run name then works once the folder is fixed (the error leaves nothing in the way).
+    same run name then works once the folder is fixed (the error leaves nothing in the way). The error
+    runs the real script (a child process); the fixed run goes in-process through ``run_entry``.
     That run uses random_subset 0.5 -> 11 of 22 images -> ceil(11/8) = 2 rows per epoch (3 with
     all images), and the predecessor's ``reload: true``, accepted with a warning. Both runs give
     a relative output_root, which is under the cwd (not the repository)."""
@@ -290,7 +302,7 @@ def test_missing_dataset_dir_then_fixed_run_with_random_subset_and_reload(work):
     assert "no_such_folder" in proc.stderr and "dataset_base_dir" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
-    fixed = run_simclr(["-c", cfg, "--output_root", rel, "--dataset_base_dir", work["data"]], work["cwd"])
+    fixed = simclr_inproc(["-c", cfg, "--output_root", rel, "--dataset_base_dir", work["data"]], work["cwd"])
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     out = fixed.stdout + fixed.stderr
     assert "reload" in out and "resume" in out.lower(), out
@@ -305,7 +317,7 @@ def test_unknown_key_gets_a_suggestion(work):
     data = base_config(work["data"], "t/typo", epochs=1)
     data["temprature"] = 0.3
     cfg = write_yaml(work["tmp"] / "typo.yaml", data)
-    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    proc = simclr_inproc(["-c", cfg, "--output_root", work["out"]], work["cwd"])
     assert proc.returncode == 2
     assert "temprature" in proc.stderr and "temperature" in proc.stderr.replace("temprature", "")
     assert "Traceback" not in proc.stderr
@@ -328,7 +340,7 @@ def test_batch_size_one_refused_before_any_work(work):
     """batch_size 1 can never form an NT-Xent batch: it used to exit 0 after zero steps with loss
     0.0000 and save the untrained encoder as encoder_pretrained.tar."""
     cfg = write_yaml(work["tmp"] / "b1.yaml", base_config(work["data"], "t/b1", batch_size=1, epochs=1))
-    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    proc = simclr_inproc(["-c", cfg, "--output_root", work["out"]], work["cwd"])
     assert_refused_before_any_work(proc, work["out"] / "pretraining" / "t" / "b1", "batch_size 1")
 
 
@@ -339,7 +351,7 @@ def test_one_image_folder_refused_naming_folder_and_count(work, batch_size):
     name = f"t/one_{batch_size}"
     cfg = write_yaml(work["tmp"] / f"one_{batch_size}.yaml",
                      base_config(one, name, batch_size=batch_size, epochs=1))
-    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    proc = simclr_inproc(["-c", cfg, "--output_root", work["out"]], work["cwd"])
     assert_refused_before_any_work(proc, work["out"] / "pretraining" / name, str(one), "1 image")
 
 
@@ -351,7 +363,7 @@ def test_zero_steps_never_saves_an_untrained_encoder(work):
     (folder / "broken.png").write_bytes(b"not a png" * 20)
     cfg = write_yaml(work["tmp"] / "zero.yaml", base_config(folder, "t/zero", batch_size=2, epochs=1,
                                                              max_bad_fraction=1.0, enc_save_frequency=None))
-    proc = run_simclr(["-c", cfg, "--output_root", work["out"]], work["cwd"])
+    proc = simclr_inproc(["-c", cfg, "--output_root", work["out"]], work["cwd"])
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "no SimCLR step" in proc.stderr and "Traceback" not in proc.stdout + proc.stderr
     assert not (work["out"] / "pretraining" / "t" / "zero" / "encoder_pretrained.tar").exists()

@@ -288,15 +288,17 @@ def test_study_flags_contaminated_and_val_overlapping_sources(tmp_path):
     assert "Data overlap" in (plan.study_dir / "report.html").read_text()
 
 
-def test_finetune_refuses_overlapping_folders_with_one_line(tmp_path, make_folder_dataset, run_finetune):
-    """The real entry point: a patient in train/ and test/ -> exit 2, one line naming count and examples."""
-    from conftest import small_run_config, task_dict, write_yaml
+def test_finetune_refuses_overlapping_folders_with_one_line(tmp_path, make_folder_dataset):
+    """The entry point (in-process through run_entry): a patient in train/ and test/ -> exit 2, one line
+    naming count and examples."""
+    from conftest import run_inproc, small_run_config, task_dict, write_yaml
+    from utility.runs.finetune import main
 
     make_folder_dataset(tmp_path / "data" / "tiny", ["a", "b"], 4)  # <class>_<split>_<i>.png: i is the patient
     task = write_yaml(tmp_path / "tiny.yaml", task_dict(subject={"regex": r"_(\d+)\.png$"}))
     cfg = write_yaml(tmp_path / "run.yaml", small_run_config(task=task, data_root=str(tmp_path / "data"),
                                                              output_root=str(tmp_path / "out")))
-    r = run_finetune(["-c", cfg], cwd=tmp_path)
+    r = run_inproc(main, ["-c", cfg], tmp_path)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
