@@ -168,7 +168,7 @@ def main() -> int:
     if not (REPO / "datasets" / "digits" / "train").is_dir():
         from datasets.prepare_demo import main as prepare  # type: ignore[import-not-found]
 
-        prepare()
+        prepare([])  # not this script's arguments
     tmp = tempfile.TemporaryDirectory() if args.work is None else None
     work = Path(tmp.name) if tmp else args.work.resolve()
     out = work / "out"

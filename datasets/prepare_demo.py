@@ -37,11 +37,11 @@ def write_digits(out: Path, size: int = 32, test_fraction: float = 0.2, seed: in
     return written
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "digits")
     ap.add_argument("--size", type=int, default=32)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     n = write_digits(args.out, args.size)
     print(f"demo data: {n} new images written to {args.out}" if n else f"demo data already in {args.out}")
     return 0
