@@ -189,6 +189,22 @@ def test_get_model_plain_network():
     assert not any("loss" in type(m).__name__.lower() for m in model.modules())
 
 
+def test_get_model_takes_the_head_norm_from_a_finetuned_file(tmp_path):
+    """A model finetuned with head_norm: batchnorm comes back with its head's statistics (outputs equal);
+    forcing a plain head on that file is refused naming the head's keys, never a silent drop."""
+    torch.manual_seed(0)
+    src = Classifier(build_encoder("resnet18", 1)[0], 512, 3, head_norm="batchnorm")
+    src.train()(torch.randn(8, 1, 16, 16))  # running statistics away from their initial values
+    torch.save(src.state_dict(), tmp_path / "finetuned_model.tar")
+    model = get_model("resnet18", tmp_path / "finetuned_model.tar", 3, in_channels=1).eval()
+    assert isinstance(model.head.norm, nn.BatchNorm1d)
+    assert torch.equal(model.head.norm.running_mean, src.head.norm.running_mean)
+    x = torch.randn(4, 1, 16, 16)
+    assert torch.allclose(model(x), src.eval()(x), atol=1e-6)
+    with pytest.raises(UserError, match="head.norm.running_mean"):
+        get_model("resnet18", tmp_path / "finetuned_model.tar", 3, in_channels=1, head_norm="none")
+
+
 def test_get_model_frozen_encoder_semantics():
     model = get_model("resnet18", None, 3, frozen_encoder=True)
     assert not any(p.requires_grad for p in model.encoder.parameters())

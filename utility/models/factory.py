@@ -94,7 +94,7 @@ def _external(sd, fmt: str, encoder: nn.Module):
 
 def get_model(model_name: str, enc_weights: str | Path | None, classes: int,
               frozen_encoder: bool = False, in_channels: int = 3, allow_partial_load: bool = False,
-              unet_decoder: str = "auto") -> nn.Module:
+              unet_decoder: str = "auto", head_norm: str | None = None) -> nn.Module:
     """A plain network (no loss, no augmentation) from a pretraining encoder file or a finetuned
     model file (ours or the predecessor's). ``model_name`` is an encoder name (``resnet50``) or
     ``unet_<encoder>_backbone``; ``enc_weights=None`` gives random initialisation. Any weight that
@@ -102,11 +102,17 @@ def get_model(model_name: str, enc_weights: str | Path | None, classes: int,
     loaded and the keys not loaded are printed. A relative ``enc_weights`` is looked up in the current
     directory, then in the repository (``make demo`` writes its SimCLR encoder to
     logs_and_checkpoints/pretraining/demo/SimCLR/encoder_pretrained.tar). ``in_channels=1`` builds the
-    encoder for grayscale input (the demo digits); the default 3 expects RGB (repeat a gray channel)."""
+    encoder for grayscale input (the demo digits); the default 3 expects RGB (repeat a gray channel).
+    ``head_norm``: the classifier head's input normalisation (finetuning key ``head_norm``); None takes it
+    from the file (a model finetuned with ``head_norm: batchnorm`` holds ``head.norm`` statistics)."""
     if enc_weights is not None:
         enc_weights = resolve_user_path(enc_weights)
+    if head_norm is None:
+        head_norm = "none"
+        if enc_weights is not None and not is_unet_name(model_name):
+            head_norm = "batchnorm" if "head.norm.running_mean" in read_state_dict(Path(enc_weights)) else "none"
     model, notes = build_network(model_name, classes, in_channels, enc_weights, allow_partial_load,
-                                 frozen_encoder, unet_decoder=unet_decoder)
+                                 frozen_encoder, unet_decoder=unet_decoder, head_norm=head_norm)
     if notes and not allow_partial_load:
         raise UserError(f"{enc_weights}: " + "; ".join(notes) + " (allow_partial_load=True loads what fits)")
     for note in notes:
