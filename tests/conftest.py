@@ -243,6 +243,19 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 # ----------------------------------------------------------------------------- fixtures
 
+@pytest.fixture(autouse=True)
+def _torch_anomaly_mode_restored():
+    """A run started in-process with ``debug: true`` turns on autograd anomaly detection for the whole
+    process (the entry points are processes of their own, the tests are not): put it back after each
+    test, so a later in-process run sees the mode it would see as a command (a NaN loss stays the run's
+    one-line stop, not an anomaly traceback)."""
+    import torch
+
+    before = torch.is_anomaly_enabled()
+    yield
+    torch.autograd.set_detect_anomaly(before)
+
+
 @pytest.fixture
 def repo_root() -> Path:
     """The repository root (tests never write into it)."""
