@@ -508,7 +508,9 @@ def test_torchrun_batch_size_not_divisible_is_a_user_error(ddp_run):
     worker_errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert worker_errors and all("batch_size 7" in ln and "2 processes" in ln for ln in worker_errors), \
         proc.stderr[-3000:]
-    assert "exitcode  : 2" in proc.stderr
+    # torchrun's summary names the first failure it saw: a worker's exit 2, or on a busy machine the other
+    # worker torn down (SIGABRT) after its peer left; the one-line errors above are what the user reads
+    assert "exitcode  : 2" in proc.stderr or "SIGABRT" in proc.stderr, proc.stderr[-3000:]
     # torchrun prints its own ChildFailedError traceback; none comes from our code
     assert f'File "{REPO / "utility"}' not in proc.stderr and f'File "{REPO / "pkgs"}' not in proc.stderr
     assert not (ddp_run["root"] / "out" / "finetuning" / "ddp" / "odd_batch" / "train.log").exists()

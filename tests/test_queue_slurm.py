@@ -177,7 +177,8 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_before_afterok(tmp_p
     assert r.returncode == 0, r.stdout + r.stderr
     assert statuses(jobs) == ["completed", "completed"], r.stdout
     assert "checkpoint saved" in r.stdout and "resumed from" in r.stdout, r.stdout
-    assert "L1 requeued by SLURM" in r.stdout, r.stdout
+    # the queue's "requeued by SLURM" line needs a poll to fall in the short PENDING spell of the requeue;
+    # the requeue itself is proven by one submission (attempts 1) that checkpointed, resumed and completed
     lt = latest(tmp_path, jobs)
     train, after = lt[(f"{PY} train.py", 0)], lt[(dep, 0)]
     assert train["attempts"] == 1 and train["exit_code"] == 0     # one submission, requeued
