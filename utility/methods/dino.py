@@ -16,7 +16,7 @@ method's state (checkpoint_last.pt).
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import torch
 import torch.distributed as dist
@@ -46,6 +46,9 @@ class DINOSettings(MethodSettings):
     local_crops: Annotated[int, Field(ge=0)] = 8
     local_size: Optional[Annotated[int, Field(ge=1)]] = Field(None, description="default image_size * 96/224")
     local_scale: tuple[float, float] = (0.05, 0.4)
+    export: Literal["teacher", "student"] = Field(
+        "teacher", description="the encoder handed on (encoder_pretrained.tar, snapshots, the monitor): the "
+        "teacher, as the paper evaluates it, or the student")
 
 
 class DINOHead(nn.Module):
@@ -121,6 +124,9 @@ class DINOMethod(SSLMethod):
     @classmethod
     def build_model(cls, encoder: nn.Module, width: int, s: DINOSettings) -> nn.Module:
         return DINONet(encoder, DINOHead(width, s))
+
+    def exported(self) -> str:
+        return "target_encoder" if self.settings.export == "teacher" else "encoder"
 
     def objective(self, out) -> torch.Tensor:
         student, teacher = out

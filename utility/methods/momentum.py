@@ -33,6 +33,12 @@ class MomentumNet(nn.Module):
             return self.target_projector(self.target_encoder(x))
 
     @torch.no_grad()
+    def sync_target(self) -> None:
+        """The target encoder := the online encoder (after the online one was loaded from a file, so the
+        teacher does not start from the random weights it was copied from)."""
+        self.target_encoder.load_state_dict(self.encoder.state_dict())
+
+    @torch.no_grad()
     def update_target(self, tau: float) -> None:
         """EMA step of the target's parameters (its BatchNorm statistics come from its own forward)."""
         online, target = self.online_parameters(), self.target_parameters()

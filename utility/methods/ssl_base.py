@@ -67,6 +67,11 @@ class SSLMethod(NoEvaluation):
     def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """After every optimizer step, with the plain model (EMA/momentum targets); most methods need nothing."""
 
+    def exported(self) -> str:
+        """The model's submodule that pretraining hands on (encoder_pretrained.tar, encoder_<N>.tar, the
+        monitor): the online encoder, unless a method's paper evaluates another one (DINO: the teacher)."""
+        return "encoder"
+
     # ------------------------------------------------------------------ the shared step
     def valid_images(self, batch: dict[str, Any], ctx: StepContext, least: int) -> Optional[torch.Tensor]:
         """The batch's valid images as 3 channels on the device, or None when fewer than ``least`` remain."""
@@ -122,6 +127,8 @@ def plain(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
-def save_encoder(model: nn.Module, path) -> None:
-    """Encoder state dict only, no ``module.`` prefix: what finetuning's model_path and get_model read."""
-    atomic_save({k: v.detach().cpu() for k, v in plain(model).encoder.state_dict().items()}, path)
+def save_encoder(model: nn.Module, path, part: str = "encoder") -> None:
+    """Encoder state dict only (``part``: which of the model's encoders, SSLMethod.exported), no ``module.``
+    prefix: what finetuning's model_path and get_model read."""
+    enc = getattr(plain(model), part)
+    atomic_save({k: v.detach().cpu() for k, v in enc.state_dict().items()}, path)

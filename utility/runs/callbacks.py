@@ -32,14 +32,15 @@ class EncoderSnapshots(Callback):
     """encoder_<N>.tar every ``every`` epochs (0: never; rank 0); N as the recipe numbers them
     (utility/config/recipe.py snapshot_epoch: after N epochs, or the predecessor's 0-based epoch)."""
 
-    def __init__(self, model: nn.Module, run_dir: Path, every: int, recipe: Optional[Recipe] = None) -> None:
-        self.model, self.run_dir, self.every = model, run_dir, every
+    def __init__(self, model: nn.Module, run_dir: Path, every: int, recipe: Optional[Recipe] = None,
+                 part: str = "encoder") -> None:
+        self.model, self.run_dir, self.every, self.part = model, run_dir, every, part
         self.recipe = recipe or recipe_of("modern")
 
     def on_epoch_end(self, trainer: Any) -> None:
         n = snapshot_epoch(self.recipe, trainer.epoch, self.every)
         if is_main() and n is not None:
-            save_encoder(self.model, self.run_dir / f"encoder_{n}.tar")
+            save_encoder(self.model, self.run_dir / f"encoder_{n}.tar", self.part)
 
 
 class MethodSteps(Callback):
@@ -67,15 +68,17 @@ class PretrainedEncoder(Callback):
     """encoder_pretrained.tar once training is complete (rank 0); refused when no step was taken,
     so an untrained encoder never carries the name of a pretrained one."""
 
-    def __init__(self, model: nn.Module, path: Path, label: str, min_batch: int, epochs: int) -> None:
+    def __init__(self, model: nn.Module, path: Path, label: str, min_batch: int, epochs: int,
+                 part: str = "encoder") -> None:
         self.model, self.path, self.label, self.min_batch, self.epochs = model, path, label, min_batch, epochs
+        self.part = part
 
     def on_train_end(self, trainer: Any) -> None:
         if trainer.global_step == 0:
             raise UserError(f"no {self.label} step was taken in {self.epochs} epoch(s) (every batch had fewer "
                             f"than {self.min_batch} valid images); {self.path.name} not written")
         if is_main():
-            save_encoder(self.model, self.path)
+            save_encoder(self.model, self.path, self.part)
 
 
 class TestEvaluation(Callback):

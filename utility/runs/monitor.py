@@ -35,6 +35,7 @@ from utility.data.preprocess import conform_channels
 from utility.errors import UserError
 from utility.metrics.knn import knn_accuracy
 from utility.metrics.rankme import rankme
+from utility.methods.ssl_base import plain
 from utility.paths import DEFAULT_DATA_ROOT, resolve_user_path
 from utility.training.callbacks import Callback
 from utility.training.checkpoint import rng_state, set_rng_state
@@ -148,8 +149,9 @@ class Monitor(Callback):
 
     def __init__(self, mcfg: MonitorConfig, prep: Preprocess, data_root: Optional[str], seed: int, batch_size: int,
                  workers: int, in_channels: int, device: torch.device, run_dir: Path, epochs: int,
-                 seen: Optional[PathArray] = None) -> None:
+                 seen: Optional[PathArray] = None, part: str = "encoder") -> None:
         self.cfg, self.in_channels, self.device, self.epochs = mcfg, in_channels, device, epochs
+        self.part = part  # the submodule pretraining hands on (SSLMethod.exported)
         self.data = labelled_loaders(mcfg.task, prep, data_root, seed, mcfg.batch_size or batch_size, workers,
                                      mcfg.query)
         self.log = CsvLog(run_dir / "monitor.log", MONITOR_COLUMNS)
@@ -193,7 +195,7 @@ class Monitor(Callback):
         return row
 
     def on_epoch_end(self, trainer: Any) -> None:
-        self(trainer.model.encoder, trainer.epoch, trainer.tb)
+        self(getattr(plain(trainer.model), self.part), trainer.epoch, trainer.tb)
 
     def on_run_end(self, trainer: Any, finished: bool) -> None:
         self.close()

@@ -21,6 +21,7 @@ from utility.methods.views import TwoViews
 from utility.models import build_encoder, count_parameters
 from utility.paths import output_root
 from utility.runs.callbacks import BadFileReports, EncoderSnapshots, MethodSteps, PretrainedEncoder
+from utility.methods.momentum import MomentumNet
 from utility.runs.monitor import Monitor
 from utility.runs.pretrain_config import PROG, build_lr_schedule, lr_plan, raw_config, resolve_lr_rule
 from utility.runs.pretrain_data import build_pretrain_data
@@ -66,6 +67,8 @@ def main(argv: list[str], prog: str = PROG) -> int:
     model = method_cls.build_model(encoder, width, settings)
     if cfg.init_encoder is not None:
         start_from_encoder(model.encoder, cfg.init_encoder, run_dir)
+        if isinstance(model, MomentumNet):  # the EMA target starts from the loaded weights too
+            model.sync_target()
     train_module = session.place(model, cfg.syncbn, cfg.gpus)
     views = TwoViews(cfg.image_size, cfg.jitter_strength, cfg.jitter_p, cfg.grayscale, cfg.blur_p,
                      cfg.crop_scale, cfg.hflip_p).to(session.device)
@@ -75,7 +78,7 @@ def main(argv: list[str], prog: str = PROG) -> int:
     if cfg.monitor is not None and is_main():
         mprep = Preprocess(channels=cfg.in_channels, shape=shape, normalizer=prep.normalizer, window=prep.window)
         monitor = Monitor(cfg.monitor, mprep, cfg.data_root, cfg.seed, cfg.batch_size, workers, cfg.in_channels,
-                          session.device, run_dir, cfg.epochs, seen=split.paths)
+                          session.device, run_dir, cfg.epochs, seen=split.paths, part=method.exported())
     optimizer = user_errors(build_optimizer, model, cfg.optimizer, lr.lr0, cfg.weight_decay, cfg.momentum,
                             exclude_bn_bias=excludes_bn_bias(recipe_of(cfg), cfg.optimizer),
                             fused=session.speed.fused_optimizer)
@@ -87,9 +90,9 @@ def main(argv: list[str], prog: str = PROG) -> int:
                           log_losses=cfg.log_losses, checkpoint_every_steps=cfg.checkpoint_every_steps,
                           config=cfg.model_dump(mode="json"), train_columns=PRETRAIN_COLUMNS)
     callbacks = [MethodSteps(method), BadFileReports(bad), *([monitor] if monitor else []),
-                 EncoderSnapshots(model, run_dir, cfg.enc_save_frequency, recipe_of(cfg)), tracking_for(cfg, run_dir),
+                 EncoderSnapshots(model, run_dir, cfg.enc_save_frequency, recipe_of(cfg), method.exported()), tracking_for(cfg, run_dir),
                  PretrainedEncoder(model, run_dir / "encoder_pretrained.tar", method_cls.label, method_cls.min_batch,
-                                   cfg.epochs)]
+                                   cfg.epochs, method.exported())]
     trainer = session.trainer(model, method, optimizer, scheduler, opts, train_module, callbacks)
     if cfg.verbose and is_main():
         p = count_parameters(model)
