@@ -8,6 +8,8 @@ they keep only what differs.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -160,8 +162,6 @@ class RunSession:
             run_dir.mkdir(parents=True, exist_ok=True)
             CrashLog.path = run_dir / "crash.log"
             seed_everything(cfg.seed)
-            if cfg.debug:
-                torch.autograd.set_detect_anomaly(True)
         return session
 
     @property
@@ -196,8 +196,11 @@ class RunSession:
         if resumed:
             print(f"resuming {self.run_dir} at epoch {trainer.epoch + 1} step {trainer.batch_in_epoch}")
         trainer.callbacks.on_run_start(trainer, self.state == "resume")
+        # debug: autograd anomaly detection for this run's training only (restored after, so a process that
+        # runs several runs - a benchmark, the tests - does not keep it)
+        anomaly = torch.autograd.set_detect_anomaly(True) if getattr(self.cfg, "debug", False) else nullcontext()
         try:
-            with StopOnSignal() as trainer.stop:  # one handler from the first step until marked finished
+            with anomaly, StopOnSignal() as trainer.stop:  # one handler from the first step until marked finished
                 trainer.fit(train_loader, val_loader)
                 finish_or_stop(trainer)
         finally:
