@@ -192,3 +192,17 @@ def test_defaults_are_the_papers():
     assert (d.out_dim, d.hidden, d.bottleneck, d.student_temp, d.teacher_temp, d.center_momentum, d.tau_base) == \
         (65536, 2048, 256, 0.1, 0.04, 0.9, 0.996)
     assert (m.mask_ratio, m.decoder_dim, m.decoder_depth, m.decoder_heads, m.norm_pix_loss) == (0.75, 512, 8, 16, True)
+
+
+def test_head_bn_puts_a_batchnorm_after_each_hidden_layer():
+    """head_bn (the paper's use_bn_in_head): Linear-BN-GELU per hidden layer; the output is the same
+    cosine layer (every row of the last layer unit norm, so |logit| <= 1)."""
+    s = DINOMethod.Settings(out_dim=32, hidden=24, bottleneck=8, head_layers=3, head_bn=True)
+    head = DINOHead(16, s)
+    kinds = [type(m).__name__ for m in head.mlp]
+    assert kinds == ["Linear", "BatchNorm1d", "GELU", "Linear", "BatchNorm1d", "GELU", "Linear"]
+    assert [m.num_features for m in head.mlp if isinstance(m, torch.nn.BatchNorm1d)] == [24, 24]
+    out = head(rnd(6, 16, seed=1).float())
+    assert out.shape == (6, 32) and out.abs().max() <= 1 + 1e-6
+    assert "BatchNorm1d" not in [type(m).__name__ for m in DINOHead(16, DINOMethod.Settings(out_dim=32)).mlp]
+    assert DINOMethod.Settings().head_bn is False and DINOMethod.Settings().export == "teacher"

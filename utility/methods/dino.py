@@ -46,6 +46,8 @@ class DINOSettings(MethodSettings):
     local_crops: Annotated[int, Field(ge=0)] = 8
     local_size: Optional[Annotated[int, Field(ge=1)]] = Field(None, description="default image_size * 96/224")
     local_scale: tuple[float, float] = (0.05, 0.4)
+    head_bn: bool = Field(False, description="BatchNorm after each hidden layer of the head (the paper's "
+                          "use_bn_in_head option)")
     export: Literal["teacher", "student"] = Field(
         "teacher", description="the encoder handed on (encoder_pretrained.tar, snapshots, the monitor): the "
         "teacher, as the paper evaluates it, or the student")
@@ -62,7 +64,7 @@ class DINOHead(nn.Module):
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(a, b))
             if i < len(dims) - 2:
-                layers.append(nn.GELU())
+                layers += [nn.BatchNorm1d(b), nn.GELU()] if s.head_bn else [nn.GELU()]
         self.mlp = nn.Sequential(*layers)
         self.last = nn.Parameter(torch.empty(s.out_dim, s.bottleneck))
         nn.init.trunc_normal_(self.last, std=0.02)
