@@ -39,3 +39,15 @@ def test_table_pairs_gains_by_seed_and_marks_mae_on_resnet_na(bench):
     assert f"{g:.3f} ± {half:.3f}" in mae_vit and "| 3 |" in mae_vit
     mae_resnet = next(line for line in text.splitlines() if line.startswith("| mae | resnet18 |"))
     assert "n/a" in mae_resnet and "masks ViT patches" in mae_resnet
+
+
+def test_linear_eval_probes_run_apart(bench, monkeypatch, tmp_path):
+    """The default probe is the standardised 30-epoch one; --probe plain (the issue's protocol) uses the
+    plain head in runs of their own names, so both can live in one --work folder."""
+    calls = []
+    monkeypatch.setattr(bench, "run", lambda main, argv: calls.append(argv) or "")
+    monkeypatch.setattr(bench, "last_value", lambda path, col: str(path))
+    got = [bench.linear_eval(tmp_path / "e.tar", "vit", "x_vit_1", 1, tmp_path, "cpu", p) for p in ("batchnorm", "plain")]
+    assert calls[0][-4:] == ["--head_norm", "batchnorm", "--epochs", "30"] and calls[1][-2:] == ["--head_norm", "none"]
+    assert "bench/linear_x_vit_1" in calls[0] and "bench/linear_plain_x_vit_1" in calls[1]
+    assert got[0] != got[1]
