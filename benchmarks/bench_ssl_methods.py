@@ -2,7 +2,8 @@
 beat a random encoder, and by how much, with 95 % confidence intervals over the seeds?
 
     python benchmarks/bench_ssl_methods.py [--methods simclr,dino] [--backbones resnet18,vit]
-                                           [--seeds 42,43,44] [--epochs 12] [--vit_epochs N] [--work DIR]
+                                           [--seeds 42,43,44] [--epochs N] [--vit_epochs N] [--work DIR]
+                                           [--probe batchnorm|plain]
 
 Per (method, backbone, seed): pretrain with ``pkgs/SSL/config/demo_digits_<method>.yaml`` (16 px digits,
 the demo's batch, views, optimizer, schedule and epochs; the encoder replaced by the backbone, ``--seed`` the
